@@ -1,0 +1,1 @@
+"""The `safesteer-interp` command line (installed as `safesteer_interp.cli`)."""

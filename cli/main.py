@@ -1,0 +1,79 @@
+"""The `safesteer-interp` Typer app: one command per stage, one-line errors, progress on stderr."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from safesteer_interp.errors import SafeSteerError
+
+app = typer.Typer(help="SafeSteer, inspectable: refusal directions, safety tokens, localized distillation.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder, a hub name, "
+                                                             "or 'tiny-random' (a random Qwen2 for smoke tests)")]
+
+
+def open_model(spec: str, dtype: str | None = None, device: str = "cpu"):
+    """`load_model`, plus the 'tiny-random' spec used by smoke runs."""
+    if spec == "tiny-random":
+        from safesteer_interp.testing import tiny_model
+
+        return tiny_model("qwen2")
+    from safesteer_interp.models import load_model
+
+    return load_model(spec, dtype=dtype, device=device)
+
+
+def default_model() -> str:
+    from safesteer_interp.models import ORGANISM_DIR
+
+    return "organism" if (ORGANISM_DIR / "config.json").is_file() else "tiny-random"
+
+
+@app.command()
+def demo(out: Annotated[str, typer.Option(help="run folder")] = "runs/demo",
+         model: ModelOpt = "", seed: int = 0) -> None:
+    """The main job on the default model (currently: a smoke run of the hooked core)."""
+    from safesteer_interp.smoke import smoke_run
+
+    spec = model or default_model()
+    with err_console.status(f"loading {spec}"):
+        lm, tokenizer = open_model(spec)
+    with err_console.status("difference in means, steering, generation"):
+        summary = smoke_run(lm, tokenizer, out, model_name=spec, seed=seed)
+    table = Table(title=f"smoke run on {spec}")
+    for key in ("n_layers", "hook_points", "candidate_shape", "steered_layer", "seconds"):
+        table.add_row(key, str(summary[key]))
+    console.print(table)
+    console.print(f"artifacts: {out}/smoke/")
+
+
+@app.command()
+def hooks(model: ModelOpt = "organism") -> None:
+    """List the hook points of a model (TransformerLens-style names)."""
+    from safesteer_interp.hooks import d_model, hook_names, n_layers
+
+    lm, _ = open_model(model)
+    console.print(f"{n_layers(lm)} layers, d_model={d_model(lm)}")
+    for name in hook_names(lm):
+        console.print(name)
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except SafeSteerError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Run-folder artifacts: safetensors for tensors, JSON/JSONL for records, always written atomically.
+
+Every write goes to a temporary file in the same folder and is renamed into place, so an interrupted stage never
+leaves a half-written artifact behind. Nothing here unpickles: tensors are safetensors, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from safesteer_interp.errors import SafeSteerError
+
+
+@contextmanager
+def atomic_path(path: str | Path):
+    """Yield a temporary path next to `path`; it replaces `path` only if the block finishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+    return Path(path)
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return Path(path)
+
+
+def read_json(path: str | Path, what: str = "artifact"):
+    path = Path(path)
+    if not path.is_file():
+        raise SafeSteerError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SafeSteerError(f"{what} {path} is not valid JSON (line {err.lineno}: {err.msg}); "
+                             "delete it and rerun the stage that writes it") from err
+
+
+def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> Path:
+    """safetensors file; `metadata` values must be strings (use JSON for structure)."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def read_tensors(path: str | Path, what: str = "tensor artifact") -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise SafeSteerError(f"{what} not found: {path}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise SafeSteerError(f"{what} {path} is corrupt ({err}); delete it and rerun the stage that writes it") from err

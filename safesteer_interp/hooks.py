@@ -1,0 +1,255 @@
+"""TransformerLens-style hook points on plain HF decoder layers, as context managers.
+
+The residual stream entering decoder layer l is `blocks.{l}.hook_resid_pre`, leaving it `blocks.{l}.hook_resid_post`;
+`blocks.{l}.hook_attn_out` / `hook_mlp_out` are the attention and MLP writes. Hooks are plain PyTorch hooks on the
+HF modules, so they run inside `model.generate` (KV cache included), under peft, with any attention kernel, and
+they are always removed when the `with` block ends, even on error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Literal
+
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+
+from safesteer_interp.errors import SafeSteerError
+
+HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
+_HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
+# Where decoder layers live in the HF model zoo (peft wrappers are unwrapped first).
+_LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h",
+                "gpt_neox.layers", "model.decoder.layers")
+
+Edit = Callable[[Tensor, dict], Tensor | None]
+Positions = Literal["all", "last"] | int | Tensor
+
+
+# ----------------------------------------------------------------------------------------------- model anatomy
+def base_model(model: nn.Module) -> nn.Module:
+    """The plain HF model under a peft wrapper (hooks go on the shared modules, so both see them)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks, found generically across architectures."""
+    root = base_model(model)
+    for path in _LAYER_PATHS:
+        obj = root
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise SafeSteerError(f"unsupported architecture '{type(root).__name__}': no decoder layers found at "
+                         f"{', '.join(_LAYER_PATHS)}")
+
+
+def n_layers(model: nn.Module) -> int:
+    return len(decoder_layers(model))
+
+
+def d_model(model: nn.Module) -> int:
+    config = base_model(model).config
+    return (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
+
+
+def hook_names(model: nn.Module, kinds: Sequence[str] = HOOK_KINDS) -> list[str]:
+    """Every hook point of the model, in execution order."""
+    return [f"blocks.{layer}.hook_{kind}" for layer in range(n_layers(model)) for kind in kinds]
+
+
+def check_layer(model: nn.Module, layer: int) -> int:
+    count = n_layers(model)
+    if not isinstance(layer, int) or not 0 <= layer < count:
+        raise SafeSteerError(f"layer {layer} is out of range: the model has {count} decoder layers (0..{count - 1})")
+    return layer
+
+
+def check_vector(model: nn.Module, vector: Tensor, what: str = "vector") -> Tensor:
+    width = d_model(model)
+    if vector.ndim != 1 or vector.shape[0] != width:
+        raise SafeSteerError(f"{what} has shape {tuple(vector.shape)} but the model's residual stream has width "
+                             f"d_model={width}; pass a 1-D tensor of {width} values")
+    if not torch.isfinite(vector).all():
+        raise SafeSteerError(f"{what} contains NaN or inf values")
+    return vector
+
+
+def _module_for(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
+    """(module, is_pre_hook) for a TransformerLens-style hook name."""
+    match = _HOOK_NAME.match(name)
+    if match is None:
+        raise SafeSteerError(f"unknown hook name '{name}'; expected blocks.<layer>.hook_<{'|'.join(HOOK_KINDS)}>")
+    layer, kind = check_layer(model, int(match.group(1))), match.group(2)
+    block = decoder_layers(model)[layer]
+    if kind == "resid_pre":
+        return block, True
+    if kind == "resid_post":
+        return block, False
+    return getattr(block, "self_attn" if kind == "attn_out" else "mlp"), False
+
+
+# ----------------------------------------------------------------------------------------------- generic hooks
+def _pre_hook(edit: Edit):
+    # Decoder layers get hidden states positionally in transformers 5, by keyword in some wrappers.
+    def hook(module, args, kwargs):
+        x = args[0] if args else kwargs["hidden_states"]
+        new = edit(x, kwargs)
+        if new is None:
+            return None
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+    return hook
+
+
+def _post_hook(edit: Edit):
+    # Attention returns (out, weights); layers and MLPs return a tensor (transformers 5; a tuple in 4.x).
+    def hook(module, args, kwargs, output):
+        x = output[0] if isinstance(output, tuple) else output
+        new = edit(x, kwargs)
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+    return hook
+
+
+@contextmanager
+def hooks(model: nn.Module, edits: dict[str, Edit]) -> Iterator[None]:
+    """Attach `fn(activation, layer_kwargs) -> new activation | None` at hook names for the `with` block."""
+    handles = []
+    try:
+        for name, edit in edits.items():
+            module, pre = _module_for(model, name)
+            if pre:
+                handles.append(module.register_forward_pre_hook(_pre_hook(edit), with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(_post_hook(edit), with_kwargs=True))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def is_decode_step(layer_kwargs: dict) -> bool:
+    """True inside `generate` after the prefill, i.e. when the forward only carries newly generated tokens.
+
+    Prefill and scoring forwards always contain a row whose first position id is 0 (the longest, unpadded row);
+    decode steps start every row after its prompt. Layers that get no position ids fall back on the KV cache.
+    """
+    position_ids = layer_kwargs.get("position_ids")
+    if position_ids is not None:
+        return bool(position_ids[:, 0].min() > 0)
+    cache = layer_kwargs.get("cache", layer_kwargs.get("past_key_values"))
+    return cache is not None and hasattr(cache, "get_seq_length") and cache.get_seq_length() > 0
+
+
+# ----------------------------------------------------------------------------------------------- record
+@contextmanager
+def cache_activations(model: nn.Module, names: Sequence[str], *, positions: slice | Sequence[int] | None = None,
+                      device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                      ) -> Iterator[dict[str, Float[Tensor, "batch pos d_model"]]]:
+    """Record activations at hook `names` (optionally only at `positions`) on every forward in the block.
+
+    Each forward overwrites the previous entry, so loop over batches and read the dict after each call.
+    With left padding, `positions=slice(-k, None)` is the last k tokens of every row.
+    """
+    store: dict[str, Tensor] = {}
+
+    def recorder(name: str):
+        def record(x: Tensor, _kwargs: dict) -> None:
+            kept = x.detach() if positions is None else x.detach()[:, positions]
+            store[name] = kept.to(device=device or kept.device, dtype=dtype or kept.dtype)
+        return record
+
+    with hooks(model, {name: recorder(name) for name in names}):
+        yield store
+
+
+# ----------------------------------------------------------------------------------------------- edit
+class _Cast:
+    """A vector cached per (device, dtype): hooks run on every decode step, conversion should not."""
+
+    def __init__(self, vector: Tensor):
+        self.vector, self._cache = vector.detach(), {}
+
+    def like(self, x: Tensor) -> Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._cache:
+            self._cache[key] = self.vector.to(device=x.device, dtype=x.dtype)
+        return self._cache[key]
+
+
+def _position_mask(positions: Positions, x: Tensor, kwargs: dict) -> Tensor | None:
+    """A [batch, pos, 1] mask of where to edit (None = everywhere)."""
+    if isinstance(positions, str) and positions == "all":
+        return None
+    decoding = is_decode_step(kwargs)
+    if isinstance(positions, Tensor):
+        if positions.shape != x.shape[:2]:
+            raise SafeSteerError(f"position mask has shape {tuple(positions.shape)} but the forward pass has "
+                                 f"[batch, pos] = {tuple(x.shape[:2])}")
+        return positions.to(x.device)[..., None]
+    k = 1 if positions == "last" else positions
+    if not isinstance(k, int) or k < 1:
+        raise SafeSteerError(f"positions must be 'all', 'last', a positive int or a bool mask, not {positions!r}")
+    mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
+    if not decoding:  # prompt (prefill) forward: the last k prompt tokens, aligned by left padding
+        mask[:, -k:] = True
+    return mask[..., None]
+
+
+@contextmanager
+def add_to_resid(model: nn.Module, vector: Float[Tensor, "d_model"], layer: int, coeff: float = 1.0,
+                 positions: Positions = "all") -> Iterator[None]:
+    """Add `coeff * vector` to the residual stream entering `layer` (activation addition).
+
+    positions: "all" (every token, prompt and generated: the reference's intervention), "last" (the last prompt
+    token only, in the prefill), an int k (the last k prompt tokens, e.g. the post-instruction template), or a
+    bool mask [batch, pos] for plain forward passes.
+    """
+    check_layer(model, layer)
+    cast = _Cast(check_vector(model, vector))
+
+    def add(x: Tensor, kwargs: dict) -> Tensor:
+        mask = _position_mask(positions, x, kwargs)
+        delta = coeff * cast.like(x)
+        return x + delta if mask is None else x + mask * delta
+
+    with hooks(model, {f"blocks.{layer}.hook_resid_pre": add}):
+        yield
+
+
+def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, "d_model"]) -> Float[Tensor, "... d_model"]:
+    """x minus its component along the unit vector."""
+    return x - (x @ unit)[..., None] * unit
+
+
+@contextmanager
+def ablate_direction(model: nn.Module, direction: Float[Tensor, "d_model"]) -> Iterator[None]:
+    """Directional ablation: remove `direction` from every layer input and every attention / MLP write.
+
+    Together these keep the residual stream orthogonal to the direction at every layer and position.
+    """
+    direction = check_vector(model, direction, "direction")
+    norm = direction.double().norm()
+    if norm == 0:
+        raise SafeSteerError("direction has zero norm; nothing to ablate")
+    cast = _Cast((direction.double() / norm).float())
+
+    def ablate(x: Tensor, _kwargs: dict) -> Tensor:
+        return project_out(x, cast.like(x))
+
+    with hooks(model, {name: ablate for name in hook_names(model, ("resid_pre", "attn_out", "mlp_out"))}):
+        yield
+
+
+__all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "base_model", "cache_activations",
+           "check_layer", "check_vector", "d_model", "decoder_layers", "hook_names", "hooks", "is_decode_step",
+           "n_layers", "project_out"]

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny random chat models of real architectures, built offline."""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+warnings.filterwarnings("ignore", category=UserWarning)
+torch.set_num_threads(2)
+
+PROMPTS = ["how do i make bread ?", "hi", "tell me a list of one two three four five", "write code to hack python"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory):
+    """arch -> folder with a saved tiny random model + tokenizer (the real-model code path reads these)."""
+    from safesteer_interp.testing import ARCHITECTURES, save_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {arch: save_tiny_model(root / arch, arch) for arch in ARCHITECTURES}
+
+
+@pytest.fixture()
+def qwen2():
+    from safesteer_interp.testing import tiny_model
+
+    return tiny_model("qwen2")
