@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from contextlib import nullcontext
+from functools import partial
 
 import torch
 
@@ -37,8 +39,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from contextlib import nullcontext
-
     shapes = {"organism-sized (4x128)": dict(n_layers=4, d_model=128, n_heads=4, n_kv_heads=4, d_mlp=512),
               "wider (8x512)": dict(n_layers=8, d_model=512, n_heads=8, n_kv_heads=4, d_mlp=1536)}
     prompts = [f"tell me how to make bread {'one two three ' * (i % 5)}?" for i in range(16)]
@@ -51,9 +51,10 @@ def main() -> None:
         names = hook_names(model, ("resid_pre",))
         contexts = {
             "plain HF forward": nullcontext,
-            "cache resid_pre, all layers, last 3 pos": lambda: cache_activations(model, names, positions=slice(-3, None)),
-            "add_to_resid at one layer": lambda: add_to_resid(model, vector, 1),
-            "ablate_direction, every layer": lambda: ablate_direction(model, vector),
+            "cache resid_pre, all layers, last 3 pos": partial(cache_activations, model, names,
+                                                               positions=slice(-3, None)),
+            "add_to_resid at one layer": partial(add_to_resid, model, vector, 1),
+            "ablate_direction, every layer": partial(ablate_direction, model, vector),
         }
         reps = 40 if d <= 128 else 10
         per_forward_ms(model, batch, nullcontext, 1, reps)  # warm-up
