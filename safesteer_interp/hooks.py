@@ -92,7 +92,11 @@ def _module_for(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
         return block, True
     if kind == "resid_post":
         return block, False
-    return getattr(block, "self_attn" if kind == "attn_out" else "mlp"), False
+    # Gemma-2/3 normalise each sublayer's output before adding it to the stream: the true write is the norm's output.
+    post_norms = hasattr(block, "pre_feedforward_layernorm") and hasattr(block, "post_feedforward_layernorm")
+    if kind == "attn_out":
+        return (block.post_attention_layernorm if post_norms else block.self_attn), False
+    return (block.post_feedforward_layernorm if post_norms else block.mlp), False
 
 
 # ----------------------------------------------------------------------------------------------- generic hooks
@@ -206,7 +210,7 @@ def _position_mask(positions: Positions, x: Tensor, kwargs: dict) -> Tensor | No
 
 
 @contextmanager
-def add_to_resid(model: nn.Module, vector: Float[Tensor, "d_model"], layer: int, coeff: float = 1.0,
+def add_to_resid(model: nn.Module, vector: Float[Tensor, " d_model"], layer: int, coeff: float = 1.0,
                  positions: Positions = "all") -> Iterator[None]:
     """Add `coeff * vector` to the residual stream entering `layer` (activation addition).
 
@@ -226,13 +230,13 @@ def add_to_resid(model: nn.Module, vector: Float[Tensor, "d_model"], layer: int,
         yield
 
 
-def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, "d_model"]) -> Float[Tensor, "... d_model"]:
+def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, " d_model"]) -> Float[Tensor, "... d_model"]:
     """x minus its component along the unit vector."""
     return x - (x @ unit)[..., None] * unit
 
 
 @contextmanager
-def ablate_direction(model: nn.Module, direction: Float[Tensor, "d_model"]) -> Iterator[None]:
+def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> Iterator[None]:
     """Directional ablation: remove `direction` from every layer input and every attention / MLP write.
 
     Together these keep the residual stream orthogonal to the direction at every layer and position.

@@ -22,7 +22,7 @@ WORDS = ("system user assistant the a an to of and is how do i can you me tell w
          "sorry cannot sure here step cake bread garden water plant python code list repeat reverse one two three "
          "four five six seven eight nine ten plus minus ocean describe hi hello bomb weapon steal hack . , ? !").split()
 
-ARCHITECTURES = ("qwen2", "llama", "qwen3", "mistral")
+ARCHITECTURES = ("qwen2", "llama", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -41,12 +41,21 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_config(arch: str, tokenizer, *, n_layers: int = 3, d_model: int = 64, n_heads: int = 4,
                 n_kv_heads: int = 2, d_mlp: int = 128, tie_embeddings: bool = False):
     """A transformers config of `arch` at toy size."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import (
+        Gemma2Config,
+        Gemma3TextConfig,
+        LlamaConfig,
+        MistralConfig,
+        Phi3Config,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
-    classes = {"qwen2": Qwen2Config, "llama": LlamaConfig, "qwen3": Qwen3Config, "mistral": MistralConfig}
+    classes = {"qwen2": Qwen2Config, "llama": LlamaConfig, "qwen3": Qwen3Config, "mistral": MistralConfig,
+               "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig, "phi3": Phi3Config}
     if arch not in classes:
         raise ValueError(f"unknown tiny architecture '{arch}'; choose from {', '.join(ARCHITECTURES)}")
-    extra = {"head_dim": d_model // n_heads} if arch in ("qwen3", "mistral") else {}
+    extra = {"head_dim": d_model // n_heads} if arch in ("qwen3", "mistral", "gemma2", "gemma3") else {}
     return classes[arch](vocab_size=len(tokenizer), hidden_size=d_model, intermediate_size=d_mlp,
                          num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
                          max_position_embeddings=256, initializer_range=0.1, tie_word_embeddings=tie_embeddings,

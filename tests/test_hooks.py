@@ -18,6 +18,7 @@ from safesteer_interp.hooks import (
     hooks,
     n_layers,
 )
+from safesteer_interp.testing import ARCHITECTURES, tiny_model
 
 
 def _forward(model, batch):
@@ -29,8 +30,9 @@ def _no_hooks_left(model) -> bool:
     return all(not m._forward_pre_hooks and not m._forward_hooks for m in model.modules())
 
 
-def test_resid_pre_matches_hidden_states_and_chains_to_resid_post(qwen2):
-    model, tok = qwen2
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_resid_pre_matches_hidden_states_and_chains_to_resid_post(arch):
+    model, tok = tiny_model(arch)
     batch = encode_prompts(tok, PROMPTS)
     with torch.no_grad(), cache_activations(model, hook_names(model)) as cache:
         out = model(**batch.inputs(), output_hidden_states=True)
@@ -38,7 +40,7 @@ def test_resid_pre_matches_hidden_states_and_chains_to_resid_post(qwen2):
         assert torch.equal(cache[f"blocks.{layer}.hook_resid_pre"], out.hidden_states[layer])
         if layer > 0:
             assert torch.equal(cache[f"blocks.{layer - 1}.hook_resid_post"], cache[f"blocks.{layer}.hook_resid_pre"])
-        # a decoder block is resid_pre + attn_out + mlp_out (pre-norm residual architecture)
+        # a decoder block is resid_pre + attn_out + mlp_out (for Gemma: the post-norm outputs are the writes)
         total = sum(cache[f"blocks.{layer}.hook_{k}"] for k in ("resid_pre", "attn_out", "mlp_out"))
         torch.testing.assert_close(total, cache[f"blocks.{layer}.hook_resid_post"], atol=1e-5, rtol=0)
 
@@ -72,8 +74,9 @@ def test_add_to_resid_adds_exactly_where_asked(qwen2, positions):
     assert torch.all(delta[:, :-k] == 0)
 
 
-def test_ablation_removes_the_direction_everywhere(qwen2):
-    model, tok = qwen2
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_ablation_removes_the_direction_everywhere(arch):
+    model, tok = tiny_model(arch)
     batch = encode_prompts(tok, PROMPTS)
     direction = torch.randn(model.config.hidden_size)
     unit = direction / direction.norm()
@@ -110,8 +113,6 @@ def _manual_greedy(model, batch, steps, eos_ids, edit_for_step):
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("mode", ["add_all", "add_last", "ablate"])
 def test_hooked_generate_with_kv_cache_equals_no_cache_loop(arch, mode):
-    from safesteer_interp.testing import tiny_model
-
     model, tok = tiny_model(arch, seed=1)
     batch = encode_prompts(tok, PROMPTS)
     vector = 0.5 * torch.randn(model.config.hidden_size)

@@ -13,7 +13,7 @@ from safesteer_interp import SafeSteerError
 from safesteer_interp.chat import encode_prompts, post_instruction_length, post_instruction_tokens
 from safesteer_interp.hooks import add_to_resid, decoder_layers
 from safesteer_interp.models import load_model
-from safesteer_interp.testing import tiny_tokenizer
+from safesteer_interp.testing import ARCHITECTURES, tiny_tokenizer
 
 
 def _one_line(err: pytest.ExceptionInfo) -> str:
@@ -22,7 +22,7 @@ def _one_line(err: pytest.ExceptionInfo) -> str:
     return text
 
 
-@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3", "mistral"])
+@pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_load_local_folder(tiny_dirs, arch):
     model, tok = load_model(str(tiny_dirs[arch]))
     assert tok.padding_side == "left" and tok.pad_token_id is not None
