@@ -22,7 +22,7 @@ venv-dev: $(BIN)/python
 	$(BIN)/pip install -q -e ".[dev]"
 
 demo: venv
-	$(BIN)/safesteer-interp demo --out $(DEMO_OUT)
+	$(BIN)/safesteer-interp run --out $(DEMO_OUT)
 
 lint: venv-dev
 	$(BIN)/ruff check safesteer_interp cli analyses tests benchmarks

@@ -38,9 +38,9 @@ def default_model() -> str:
 
 
 @app.command()
-def demo(out: Annotated[str, typer.Option(help="run folder")] = "runs/demo",
-         model: ModelOpt = "", seed: int = 0) -> None:
-    """The main job on the default model (currently: a smoke run of the hooked core)."""
+def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
+          model: ModelOpt = "", seed: int = 0) -> None:
+    """A quick smoke run of the hooked core (capture, difference in means, steering) on any model."""
     from safesteer_interp.smoke import smoke_run
 
     spec = model or default_model()
@@ -64,6 +64,30 @@ def hooks(model: ModelOpt = "organism") -> None:
     console.print(f"{n_layers(lm)} layers, d_model={d_model(lm)}")
     for name in hook_names(lm):
         console.print(name)
+
+
+def _register() -> None:
+    """Stage commands live in their own modules; they are imported lazily inside each command."""
+    from safesteer_interp.cli.analyze import analyze
+    from safesteer_interp.cli.direction import direction
+    from safesteer_interp.cli.evaluate import compare_command, eval_command, report_command
+    from safesteer_interp.cli.organism import organism_app
+    from safesteer_interp.cli.run import run
+    from safesteer_interp.cli.tokens import tokens
+    from safesteer_interp.cli.train import train
+
+    app.command("run")(run)
+    app.command("direction")(direction)
+    app.command("tokens")(tokens)
+    app.command("train")(train)
+    app.command("eval")(eval_command)
+    app.command("report")(report_command)
+    app.command("analyze")(analyze)
+    app.command("compare")(compare_command)
+    app.add_typer(organism_app, name="organism")
+
+
+_register()
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ def resolve_model_path(spec: str) -> str:
     return spec  # a hub name, resolved from the local HF cache
 
 
+def is_organism(spec: str) -> bool:
+    """The embedded organism, or a checkpoint rebuilt by `safesteer-interp organism train` (it leaves training.json)."""
+    return spec == ORGANISM or (Path(spec).expanduser() / "training.json").is_file()
+
+
 def parse_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """float32 on CPU by default, bfloat16 on accelerators; strings like 'bf16' are accepted."""
     if isinstance(dtype, torch.dtype):

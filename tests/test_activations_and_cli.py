@@ -50,10 +50,10 @@ def test_corrupt_json_artifact_is_one_line(tmp_path):
     assert read_json(path) == {"a": 1} and not list(tmp_path.glob(".*tmp"))
 
 
-def test_demo_smoke_run_writes_artifacts(tmp_path):
+def test_smoke_run_writes_artifacts(tmp_path):
     from safesteer_interp.cli.main import app
 
-    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path), "--model", "tiny-random"])
+    result = CliRunner().invoke(app, ["smoke", "--out", str(tmp_path), "--model", "tiny-random"])
     assert result.exit_code == 0, result.output
     summary = json.loads((tmp_path / "smoke" / "summary.json").read_text())
     assert summary["candidate_shape"] == {"pos": 3, "layer": 3, "d_model": 64}

@@ -1,0 +1,95 @@
+"""Loss geometry: what the paper's restricted reverse KL actually asks of each safety token, beside renorm / binned.
+
+The paper's per-position loss Σ_{v∈S} p_s(v) log(p_s(v)/p_t(v)) is a partial sum: it can be negative, and each term
+is minimised at p_s(v) = p_t(v)/e, not at p_t(v). So a token the student holds between p_t/e and p_t is pushed
+*down*, away from the teacher. We count how often that happens on the student's rollouts; renorm and binned are
+true divergences (never negative) and are shown beside it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from safesteer_interp.losses import token_loss
+
+from .common import RunInputs, Scored, Writer, as_float, score
+
+
+# ----------------------------------------------------------------------------------------------- pure tensors
+def zones(student: Float[Tensor, "n k"], teacher: Float[Tensor, "n k"]) -> dict[str, Bool[Tensor, "n k"]]:
+    """Where each S token's student log-prob sits: below p_t/e (pushed up), between p_t/e and p_t (pushed *down*,
+    away from the teacher), above p_t (pushed down, toward it)."""
+    gap = student - teacher  # log(p_s / p_t)
+    return {"below_pt_over_e": gap < -1.0, "between": (gap >= -1.0) & (gap < 0.0), "above_pt": gap >= 0.0}
+
+
+def geometry_numbers(student: Float[Tensor, "batch pos vocab"], teacher: Float[Tensor, "batch pos vocab"],
+                     mask: Bool[Tensor, "batch pos"], ids: Int[Tensor, " k"]) -> dict:
+    ids = ids.to(student.device)
+    losses = {how: token_loss(student, teacher, vocab="safe", how=how, safety_ids=ids)[mask]
+              for how in ("paper", "renorm", "binned")}
+    s, t = student[mask][:, ids], teacher[mask][:, ids]  # n k
+    where = zones(s, t)
+    weight = t.exp()  # weigh tokens by the teacher's mass on them: a token neither model uses matters little
+    out = {"positions": int(mask.sum())}
+    for how, values in losses.items():
+        out[how] = {"mean": as_float(values.mean()), "frac_negative": as_float((values < 0).float().mean()),
+                    "min": as_float(values.min()), "max": as_float(values.max())}
+    for zone, m in where.items():
+        out[f"frac_{zone}"] = as_float(m.float().mean())
+        out[f"frac_{zone}_teacher_weighted"] = as_float((m * weight).sum() / weight.sum())
+    out["log_ratio_values"] = [round(float(x), 3) for x in (s - t)[t.exp() > 1e-3].flatten()]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- plots
+def plot(numbers: dict):
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
+    for group, colour in (("harmful", "tab:red"), ("harmless", "tab:blue")):
+        values = numbers[group]["log_ratio_values"]
+        if values:
+            axes[0].hist(values, bins=50, alpha=0.5, color=colour, label=f"{group} ({len(values)} token-positions)")
+    axes[0].axvline(-1.0, color="k", ls="--", label="p_t/e (minimiser of the paper's term)")
+    axes[0].axvline(0.0, color="k", label="p_t (teacher)")
+    axes[0].set(title="Where S tokens sit: log(p_student / p_teacher)", xlabel="log ratio (nats); p_t > 1e-3 only",
+                ylabel="token-positions (count)")
+    axes[0].legend(fontsize=7)
+    hows = ("paper", "renorm", "binned")
+    x = torch.arange(len(hows)).float()
+    for offset, (group, colour) in zip((-0.2, 0.2), (("harmful", "tab:red"), ("harmless", "tab:blue")), strict=True):
+        axes[1].bar(x + offset, [numbers[group][h]["frac_negative"] or 0 for h in hows], width=0.4, color=colour,
+                    label=group)
+    axes[1].set(title="Positions where the restricted loss is negative", xticks=x.tolist(), xticklabels=hows,
+                xlabel="restriction", ylabel="fraction of answer positions")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------- run
+def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, seed: int = 0,
+            scored: dict[str, Scored] | None = None) -> dict:
+    scored = scored or {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens,
+                                 seed=seed) for g in ("harmful", "harmless")}
+    numbers = {g: geometry_numbers(s.student, s.teacher, s.mask, inputs.safety_ids) for g, s in scored.items()}
+    out = Writer(inputs.run, "loss_geometry")
+    out.figure("loss_geometry.png", plot(numbers))
+    h = numbers["harmful"]
+    headline = {"paper_frac_negative_harmful": h["paper"]["frac_negative"],
+                "renorm_frac_negative_harmful": h["renorm"]["frac_negative"],
+                "binned_frac_negative_harmful": h["binned"]["frac_negative"],
+                "frac_S_between_pt_over_e_and_pt_weighted": h["frac_between_teacher_weighted"],
+                "frac_S_below_pt_over_e_weighted": h["frac_below_pt_over_e_teacher_weighted"],
+                "frac_S_above_pt_weighted": h["frac_above_pt_teacher_weighted"], "e": round(math.e, 6)}
+    result = {"name": "loss_geometry", "title": "Loss geometry (paper vs renorm vs binned)", "headline": headline,
+              "groups": numbers}
+    out.json("loss_geometry.json", result)
+    return {**result, "files": out.files}
+
+
+__all__ = ["analyze", "geometry_numbers", "zones"]

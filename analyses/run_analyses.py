@@ -1,0 +1,101 @@
+"""All analyses of one run folder: load the models once, share the student rollouts, write RUN/analysis/index.json.
+
+`analyze_run(run)` is what `safesteer-interp analyze --run RUN` calls; `section_analysis(run)` turns the index into
+the report's blocks so the run's report links every PNG/HTML/JSON the analyses wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from safesteer_interp.artifacts import read_json, write_json
+from safesteer_interp.errors import SafeSteerError
+
+from . import divergence, loss_geometry, sparsity, training_change, why_tokens
+from .common import load_inputs, score
+
+ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry")
+
+
+def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
+                samples: int = 2, max_new_tokens: int = 24, seed: int = 0,
+                log: Callable[[str], None] = print) -> dict:
+    """Run the analyses (all, or `only`) on a run folder and write RUN/analysis/index.json."""
+    chosen = list(only or ANALYSES)
+    unknown = [a for a in chosen if a not in ANALYSES]
+    if unknown:
+        raise SafeSteerError(f"unknown analysis {', '.join(unknown)}; choose from {', '.join(ANALYSES)}")
+    inputs = load_inputs(run, model=model, n_prompts=n_prompts, seed=seed)
+    if inputs.student is None:
+        log(f"no trained student at {inputs.run / 'train' / 'model'}: analyses treat the base model as the student")
+    shared = {}
+    if {"sparsity", "training_change", "loss_geometry"} & set(chosen):  # one set of student rollouts for all three
+        with torch.random.fork_rng():
+            shared = {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens, seed=seed)
+                      for g in ("harmful", "harmless")}
+    calls = {"sparsity": lambda: sparsity.analyze(inputs, scored=shared),
+             "divergence": lambda: divergence.analyze(inputs, max_new_tokens=max_new_tokens, seed=seed),
+             "why_tokens": lambda: why_tokens.analyze(inputs, samples=samples, seed=seed),
+             "training_change": lambda: training_change.analyze(inputs, scored=shared),
+             "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared)}
+    entries = []
+    for name in chosen:
+        started = time.perf_counter()
+        result = calls[name]()
+        seconds = round(time.perf_counter() - started, 2)
+        log(f"[analysis] {name}: {seconds} s, {len(result['files'])} files")
+        entries.append({"name": name, "title": result["title"], "files": result["files"],
+                        "headline": result["headline"], "seconds": seconds,
+                        **({"skipped": result["skipped"]} if "skipped" in result else {})})
+    settings = {"n_prompts": n_prompts, "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed,
+                "student": "RUN/train/model" if inputs.student is not None else "base (untrained)"}
+    path = Path(run) / "analysis" / "index.json"
+    # `--only` refreshes some analyses: keep the others' entries (each carries the settings it ran with)
+    kept = read_json(path, "analysis index").get("analyses", []) if path.is_file() else []
+    fresh = {e["name"] for e in entries}
+    merged = [e for e in kept if e.get("name") not in fresh] + [{**e, "settings": settings} for e in entries]
+    merged.sort(key=lambda e: ANALYSES.index(e["name"]) if e["name"] in ANALYSES else len(ANALYSES))
+    index = {"run": str(Path(run).resolve()), "model": inputs.model_spec, **settings, "analyses": merged}
+    write_json(path, index)
+    return index
+
+
+def section_analysis(run: str | Path) -> list:
+    """Report blocks (report.py's Heading / Para / Table / Image) for RUN/analysis/index.json, if it exists."""
+    from safesteer_interp.report import Heading, Image, NotRun, Para, Table, fmt
+
+    def show(value) -> str:
+        return "[" + ", ".join(map(show, value)) + "]" if isinstance(value, list) else fmt(value)
+
+    run = Path(run)
+    path = run / "analysis" / "index.json"
+    if not path.is_file():
+        return [Heading("Analyses"), NotRun("analyses", f"safesteer-interp analyze --run {run}")]
+    index = read_json(path, "analysis index")
+    blocks = [Heading("Analyses"), Para(f"Written by `safesteer-interp analyze` (model {index.get('model')}); files "
+                                        "are under RUN/analysis/.")]
+    for entry in index.get("analyses", []):
+        blocks.append(Heading(entry["title"], 3))
+        if entry.get("skipped"):
+            blocks.append(Para(f"skipped: {entry['skipped']}"))
+            continue
+        cfg = entry.get("settings", {})
+        if cfg:
+            blocks.append(Para(f"{cfg.get('n_prompts')} prompts per group, {cfg.get('samples')} samples each, "
+                               f"seed {cfg.get('seed')}, student: {cfg.get('student')}."))
+        rows = [[k, show(v)] for k, v in entry["headline"].items()]
+        blocks.append(Table(["number", "value"], rows))
+        for f in entry["files"]:
+            if f.endswith(".png"):
+                blocks.append(Image(run / f, entry["title"]))
+        others = [f for f in entry["files"] if not f.endswith(".png")]
+        if others:
+            blocks.append(Para("Files: " + ", ".join(others)))
+    return blocks
+
+
+__all__ = ["ANALYSES", "analyze_run", "section_analysis"]

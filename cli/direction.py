@@ -1,0 +1,101 @@
+"""`safesteer-interp direction`: stage 1, find and select the refusal direction, write RUN/direction/."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+console = Console()
+
+
+def direction(
+    out: Annotated[str, typer.Option("--out", help="run folder (RUN); writes RUN/direction/")],
+    model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder or a hub name")] = "organism",
+    harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV or datasets name "
+                                                     "with an `instruction` column (default: the organism's)")] = None,
+    harmless: Annotated[str | None, typer.Option(help="harmless instructions, same formats")] = None,
+    n_train: Annotated[int, typer.Option(min=2)] = 128,
+    n_val: Annotated[int, typer.Option(min=1)] = 32,
+    seed: int = 42,
+    prune: Annotated[float, typer.Option(min=0.0, max=0.99, help="drop the last share of layers")] = 0.2,
+    kl_max: Annotated[float, typer.Option(help="max harmless KL under ablation")] = 0.1,
+    coeff: Annotated[str, typer.Option(help="steering coefficient, or 'auto' for a validation sweep")] = "1.0",
+    refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
+                                                     "from the model's own refusals)")] = "",
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    device: str = "cpu",
+) -> None:
+    """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores."""
+    from safesteer_interp.direction_select import NothingSurvived, SelectionConfig
+    from safesteer_interp.directions import DirectionConfig, find_direction, organism_sets, split_sets
+    from safesteer_interp.errors import SafeSteerError
+    from safesteer_interp.judges import RefusalJudge, starts_with_wording
+    from safesteer_interp.models import is_organism, load_model
+
+    if coeff != "auto":
+        try:
+            coeff_value: float | str = float(coeff)
+        except ValueError as err:
+            raise typer.BadParameter(f"--coeff must be a number or 'auto', not {coeff!r}") from err
+    else:
+        coeff_value = "auto"
+    lm, tok = load_model(model, dtype=dtype, device=device)
+    if harmful is None and harmless is None and is_organism(model):
+        sets, coherent = organism_sets(n_train, n_val, seed), starts_with_wording
+    elif harmful is None or harmless is None:
+        raise SafeSteerError("pass both --harmful and --harmless (a file or dataset with an `instruction` column) "
+                             "for a model other than the organism")
+    else:
+        from safesteer_interp.prompts import load_instructions
+
+        sets = split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed)
+        coherent = None
+    config = DirectionConfig(n_train, n_val, seed, coeff_value,
+                             tuple(t for t in refusal_tokens.split(",") if t), SelectionConfig(prune, kl_max))
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
+        def progress(total: int):
+            task = bar.add_task("scoring candidates (ablation, addition, KL)", total=total)
+            return lambda: bar.advance(task)
+
+        try:
+            meta = find_direction(lm, tok, sets, out, config, RefusalJudge(), model_name=model, progress=progress,
+                                  coherent=coherent)
+        except NothingSurvived as err:
+            bar.stop()
+            print_report(err.report)
+            console.print(f"[bold red]no candidate survived[/]; report: {out}/direction/selection_report.json")
+            raise typer.Exit(3) from err
+    print_summary(meta, out)
+
+
+def print_report(report: dict) -> None:
+    table = Table(title=f"selection filters ({report['candidates']} candidates)")
+    table.add_column("filter")
+    table.add_column("removed", justify="right")
+    for name, count in report["removed_by"].items():
+        table.add_row(name, str(count))
+    console.print(table)
+    for name, (lo, hi) in report["score_ranges"].items():
+        console.print(f"{name} score range: [{lo}, {hi}]")
+
+
+def print_summary(meta: dict, out: str) -> None:
+    table = Table(title="refusal direction")
+    table.add_column("field")
+    table.add_column("value")
+    rows = {"layer": meta["layer"], "pos": f"{meta['pos']} ({meta['pos_token']!r})", "coeff": meta["coeff"],
+            "norm": meta["norm"], "refusal tokens": ", ".join(meta["refusal_tokens"]["tokens"]),
+            "filtered (after/before)": ", ".join(f"{k} {v['after']}/{v['before']}"
+                                                 for k, v in meta["filter_counts"].items()),
+            "survivors": f"{meta['selection']['survivors']}/{meta['selection']['candidates']}",
+            "seconds": meta["seconds"]}
+    rows.update({f"held-out {k}": v for k, v in meta["validation"].items() if isinstance(v, int | float)})
+    for key, value in rows.items():
+        table.add_row(key, str(value))
+    console.print(table)
+    console.print(f"artifacts: {out}/direction/")

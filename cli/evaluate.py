@@ -1,0 +1,132 @@
+"""`safesteer-interp eval`, `report` and `compare`: evaluate a model (or a run's steered teacher) into the contract
+JSON, (re)build a run's report, and put several runs on one trade-off table and plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _open(spec: str, dtype: str | None, device: str):
+    if spec == "tiny-random":  # smoke runs without the organism checkpoint
+        from safesteer_interp.testing import tiny_model
+
+        return tiny_model("qwen2")
+    from safesteer_interp.models import load_model
+
+    return load_model(spec, dtype=dtype, device=device)
+
+
+def eval_command(
+    model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder or a hub name")] = "organism",
+    out: Annotated[str | None, typer.Option("--out", help="evaluation JSON to write (the contract keys)")] = None,
+    run: Annotated[str | None, typer.Option("--run", help="run folder: with --name, record into RUN/summary.json "
+                                                          "and RUN/eval/NAME/; with --teacher, steer with its "
+                                                          "direction")] = None,
+    teacher: Annotated[bool, typer.Option("--teacher", help="evaluate the steered teacher of --run")] = False,
+    name: Annotated[str | None, typer.Option(help="model name in the run summary (default: teacher / the "
+                                                  "model spec)")] = None,
+    base: Annotated[str | None, typer.Option(help="base model for the harmless KL drift (default: the unsteered "
+                                                  "model with --teacher, none otherwise)")] = None,
+    split: Annotated[str, typer.Option(help="organism split: test (report) or val (choices)")] = "test",
+    harmful: Annotated[str | None, typer.Option(help="real models: harmful prompts (JSON/JSONL/CSV or datasets "
+                                                     "name; 'instruction', optional 'category')")] = None,
+    lookalike: Annotated[str | None, typer.Option(help="real models: benign look-alike prompts (over-refusal)")] = None,
+    harmless: Annotated[str | None, typer.Option(help="real models: harmless prompts for the KL drift")] = None,
+    mc: Annotated[list[str] | None, typer.Option(help="multiple-choice set (file or datasets name[:subset]) with "
+                                                      "question/choices/answer; repeatable")] = None,
+    mc_limit: Annotated[int | None, typer.Option(help="first N items of each multiple-choice set")] = None,
+    mc_mode: Annotated[str, typer.Option(help="letter (MMLU-style) or text")] = "letter",
+    judge: Annotated[list[str] | None, typer.Option(help="extra judge: classifier:PATH[@LABEL] or guard:PATH; "
+                                                         "repeatable")] = None,
+    n: Annotated[int | None, typer.Option(help="real models: first N prompts of each set")] = None,
+    n_kl: Annotated[int, typer.Option(min=1, help="harmless prompts for the KL drift")] = 64,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    device: str = "cpu",
+) -> None:
+    """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
+    from safesteer_interp.artifacts import write_json
+    from safesteer_interp.classifier_judge import load_judge
+    from safesteer_interp.errors import SafeSteerError
+    from safesteer_interp.evaluate import EvalSpec, evaluate, update_summary
+
+    if teacher and run is None:
+        raise SafeSteerError("--teacher needs --run RUN (the run whose refusal direction steers the model)")
+    if out is None and (run is None or not (name or teacher)):
+        raise SafeSteerError("pass --out FILE.json, or --run RUN with --name NAME (or --teacher)")
+    if run is not None and not Path(run).is_dir():
+        raise SafeSteerError(f"run folder {run} does not exist")
+    if mc_mode not in ("letter", "text"):
+        raise SafeSteerError(f"--mc-mode {mc_mode!r} is not one of letter, text")
+    custom = any(x is not None for x in (harmful, lookalike, harmless))
+    if model not in ("organism", "tiny-random") and not custom and split != "test":
+        raise SafeSteerError("--split applies to the organism only")
+    spec = EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode) if custom else "organism"
+    judges = [load_judge(j) for j in judge or ()]
+    with err_console.status(f"loading {model}"):
+        lm, tok = _open(model, dtype, device)
+    subject, reference = lm, None
+    if teacher:
+        from safesteer_interp.direction_io import load_direction
+        from safesteer_interp.teacher import SteeredTeacher
+
+        subject, reference = SteeredTeacher(lm, tok, load_direction(run)), lm
+    if base is not None:
+        reference = _open(base, dtype, device)[0]
+    label = name or ("teacher" if teacher else Path(model).name or model)
+    out_dir = Path(run) / "eval" / label if run is not None else None
+    with err_console.status(f"evaluating {label} (greedy answers, judges, KL drift)"):
+        result = evaluate(subject, tok, name=label, base=reference, spec=spec, split=split, out_dir=out_dir,
+                          judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
+                          mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    if out is not None:
+        write_json(out, result)
+    if run is not None:
+        update_summary(run, label, result)
+    print_eval(result)
+    for path in filter(None, (out, run and f"{run}/summary.json", out_dir and f"{out_dir}/samples.jsonl")):
+        console.print(f"wrote {path}")
+
+
+def print_eval(result: dict) -> None:
+    table = Table(title=f"evaluation of {result['model']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate", "capability_mean",
+                "capability_unseen_mean", "harmless_kl"):
+        if key in result:
+            table.add_row(key, "–" if result[key] is None else str(result[key]))
+    for category, value in (result.get("refusal_rate") or {}).items():
+        table.add_row(escape(f"refusal_rate[{category}]"), "–" if value is None else str(value))
+    for task, value in (result.get("capability_accuracy") or {}).items():
+        table.add_row(escape(f"capability_accuracy[{task}]"), "–" if value is None else str(value))
+    console.print(table)
+
+
+def report_command(run: Annotated[str, typer.Argument(help="run folder (RUN)")]) -> None:
+    """(Re)build RUN/report.md and RUN/report.html from whatever stages have run."""
+    from safesteer_interp.report import build_report
+
+    paths = build_report(run)
+    console.print(f"wrote {paths['markdown']} and {paths['html']}")
+
+
+def compare_command(
+    runs: Annotated[list[str], typer.Argument(help="run folders, each with summary.json")],
+    out: Annotated[str, typer.Option("--out", help="folder for compare.md / .html / .png / .json")] = "compare",
+) -> None:
+    """One trade-off table and one plot across runs."""
+    from safesteer_interp.report import compare_runs
+
+    paths = compare_runs(runs, out)
+    console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")

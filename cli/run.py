@@ -1,0 +1,44 @@
+"""`safesteer-interp run`: the whole SafeSteer pipeline on one model, resumable stage by stage."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def run(
+    out: Annotated[str, typer.Option("--out", help="run folder; rerunning the command resumes it")] = "runs/safesteer",
+    model: Annotated[str, typer.Option("--model", "-m", help="'organism' or an organism checkpoint folder")]
+    = "organism",
+    baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
+                                                 "top-K OPD, SFT on teacher refusals)")] = False,
+    k: Annotated[str, typer.Option(help="|S|: the reference's fixed K (50) or 'auto'")] = "50",
+    coeff: Annotated[str, typer.Option(help="teacher steering coefficient, or 'auto'")] = "1.0",
+    n_prompts: Annotated[int, typer.Option(min=1, help="harmful training prompts")] = 100,
+    samples: Annotated[int, typer.Option(min=1, help="rollouts per prompt")] = 8,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default: the trainer's LoRA default)")] = None,
+    seed: int = 42,
+) -> None:
+    """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
+    from safesteer_interp.pipeline import RunConfig, run_pipeline
+
+    cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),
+                    coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr)
+    summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
+    table = Table(title=f"SafeSteer on {model} (held-out test split)")
+    for column in ("model", "gap refusal", "refused-category refusal", "over-refusal", "capability", "harmless KL"):
+        table.add_column(column, justify="right" if column != "model" else "left")
+    for name, r in summary.items():
+        table.add_row(name, *(_fmt(r.get(key)) for key in ("gap_refusal_rate", "refused_category_refusal_rate",
+                                                            "over_refusal_rate", "capability_mean", "harmless_kl")))
+    console.print(table)
+    console.print(f"report: {out}/report.html")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)

@@ -1,0 +1,109 @@
+"""`safesteer-interp tokens`: select the safety tokens S of a run and say why each one is there."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from safesteer_interp.errors import SafeSteerError
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def parse_k(k: str) -> int | str:
+    if k == "auto":
+        return "auto"
+    try:
+        value = int(k)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise SafeSteerError(f"--k must be a positive integer or 'auto', not '{k}'")
+    return value
+
+
+def tokens(
+    run: Annotated[str, typer.Option("--run", help="run folder (reads RUN/direction/, writes RUN/tokens/)")],
+    model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder, a hub name or "
+                                                             "'tiny-random' (default: the organism)")] = "",
+    k: Annotated[str, typer.Option(help="size of S: an integer (the reference's fixed K) or 'auto' (smallest S "
+                                        "carrying --share of the Δ-weighted teacher mass)")] = "50",
+    horizon: Annotated[int, typer.Option(help="answer positions scored per sample (H)")] = 5,
+    samples: Annotated[int, typer.Option(help="samples per prompt (M; sampled only when M > 1)")] = 8,
+    method: Annotated[str, typer.Option(help="fixed-K ranking: 'vote' (reference), 'mean' (reference) or 'mass' "
+                                             "(Δ-weighted teacher mass)")] = "vote",
+    on: Annotated[str | None, typer.Option(help="prompts: 'harmless' or 'harmful' filtered validation prompts "
+                                                "(default: harmless for --teacher vector, harmful for prompt)")] = None,
+    teacher: Annotated[str, typer.Option(help="'vector' (steered model) or 'prompt' (safety system "
+                                              "prompt)")] = "vector",
+    seed: Annotated[int, typer.Option(help="sampling seed (stability also uses seed + 1)")] = 42,
+    share: Annotated[float, typer.Option(help="mass share for --k auto")] = 0.95,
+    k_inner: Annotated[int, typer.Option("--k-inner", help="K': tokens each record votes for")] = 200,
+    min_prob: Annotated[float, typer.Option("--min-prob", help="ban tokens with mean teacher probability "
+                                                               "below this")] = 1e-6,
+    temperature: Annotated[float, typer.Option(help="sampling temperature of the teacher")] = 1.0,
+    top_p: Annotated[float, typer.Option("--top-p", help="nucleus sampling (1 = off; top-k is always off)")] = 1.0,
+    coeff: Annotated[float | None, typer.Option(help="steering coefficient (default: the direction's, "
+                                                     "1.0 unless chosen otherwise)")] = None,
+    positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' (reference) or 'last' "
+                                                "(last prompt token)")] = "all",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")] = 32,
+    stability: Annotated[bool, typer.Option("--stability/--no-stability", help="re-select on prompt halves and a "
+                                                                               "second seed")] = True,
+    top: Annotated[int, typer.Option(help="tokens to print")] = 10,
+) -> None:
+    """Select the safety tokens S (stage 2) and explain each one."""
+    from safesteer_interp.cli.main import default_model, open_model
+    from safesteer_interp.direction_io import load_direction
+    from safesteer_interp.token_explain import reason
+    from safesteer_interp.token_scores import ContrastConfig
+    from safesteer_interp.token_vote import SelectionConfig, vote_warning
+    from safesteer_interp.tokens import default_selection_prompts, run_tokens
+
+    if teacher not in ("vector", "prompt"):
+        raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not '{teacher}'")
+    if positions not in ("all", "last"):
+        raise SafeSteerError(f"--positions must be 'all' or 'last', not '{positions}'")
+    selection = SelectionConfig(k=parse_k(k), method=method, k_inner=k_inner, min_prob=min_prob, share=share)
+    contrast = ContrastConfig(horizon=horizon, samples=samples, temperature=temperature, top_p=top_p, seed=seed,
+                              batch_size=batch_size)
+    if teacher == "vector":
+        load_direction(run)  # fail before loading the model
+    on = on or ("harmless" if teacher == "vector" else "harmful")
+    prompts = default_selection_prompts(run, on)
+    spec = model or default_model()
+    with err_console.status(f"loading {spec}"):
+        lm, tokenizer = open_model(spec)
+
+    passes = 2 if stability else 1
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=True) as bar:
+        task = bar.add_task(f"scoring {len(prompts)} {on} prompts x {samples} samples", total=passes * len(prompts))
+        result = run_tokens(run, lm, tokenizer, prompts=prompts, on=on, teacher_kind=teacher, coeff=coeff,
+                            positions=positions, contrast=contrast, selection=selection, check_stability=stability,
+                            progress=lambda n: bar.advance(task, n))
+
+    n_valid = result.selection.stats.n_valid
+    table = Table(title=f"safety tokens S: {result.selection_label} ({len(result.ids)} tokens, {n_valid} records)")
+    table.add_column("#", justify="right")
+    table.add_column("token")
+    table.add_column("why")
+    for item in result.explanations[:top]:
+        table.add_row(str(item["rank"]), repr(item["text"]), reason(item, n_valid))
+    console.print(table)
+    console.print(f"fixed K={result.config['k_fixed']} ({method}): {len(result.fixed.ids)} tokens, "
+                  f"{result.fixed.mass_share:.1%} of the Δ-weighted teacher mass; k auto ({share:.0%}): "
+                  f"{len(result.auto.ids)} tokens, {result.auto.mass_share:.1%}")
+    warning = vote_warning(result.fixed, k_inner)
+    if warning:
+        console.print(f"[yellow]note (fixed K):[/] {warning}")
+    if result.stability is not None:
+        cells = [f"k={key}: halves {e['jaccard_halves']}, seeds {e['jaccard_seeds']}"
+                 for key, e in result.stability.by_k.items()]
+        console.print("stability (Jaccard): " + "; ".join(cells))
+    console.print(f"artifacts: {run}/tokens/")

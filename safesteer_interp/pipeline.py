@@ -1,0 +1,234 @@
+"""The main job: direction -> tokens -> train -> eval -> report in one run folder, resumable stage by stage.
+
+Each stage writes RUN/<stage>/done.json last (atomically) with its settings and timing; a stage whose marker exists
+is not recomputed. Deleting a stage folder re-runs it and everything after it, since later stages depend on it.
+Baselines train into RUN/baselines/<name>/ with the same prompts, seeds and step budget as SafeSteer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safesteer_interp.artifacts import read_json, write_json
+from safesteer_interp.errors import SafeSteerError
+
+STAGES = ("direction", "tokens", "train", "eval", "report")
+# name -> (vocab, restrict, divergence, trainer): every baseline shares prompts, seed and step budget
+BASELINES = {
+    "safesteer-binned": ("safe", "binned", "reverse", "opd"),
+    "opd-full": ("full", "paper", "reverse", "opd"),
+    "opd-topk": ("topk", "paper", "reverse", "opd"),
+    "sft-teacher": ("full", "paper", "reverse", "sft"),
+}
+
+
+ORGANISM_DIRECTION = {"kl_max": 1.5}  # see RunConfig.direction
+
+
+@dataclass
+class RunConfig:
+    model: str = "organism"
+    seed: int = 42
+    baselines: bool = False
+    coeff: float | str = 1.0  # the teacher's steering coefficient ("auto": validation sweep)
+    k: int | str = 50  # |S| (the reference's K) or "auto"
+    horizon: int = 5
+    samples: int = 8  # rollouts per prompt (distillation) and trajectories per prompt (token selection)
+    n_prompts: int = 100
+    max_new_tokens: int = 32
+    lr: float | None = None
+    prompts_per_step: int = 4
+    eval_split: str = "test"
+    eval_per_group: int = 160  # held-out requests per group (the organism's evaluation set)
+    eval_per_task: int = 48  # held-out items per capability task and template kind
+    # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
+    # kl_max 0.1: its harmless answers open with one of three equally likely phrases, so ablation that leaves them
+    # helpful still reshuffles that first-token choice (KL 0.4-3 nats), and at 0.1 no candidate survives.
+    direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
+    distill: dict = field(default_factory=dict)  # extra DistillConfig fields
+
+
+def marker(run: Path, stage: str) -> Path:
+    return run / stage / "done.json"
+
+
+def stage_status(run: str | Path) -> dict[str, bool]:
+    return {stage: marker(Path(run), stage).is_file() for stage in STAGES}
+
+
+def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
+    """Run every stage not yet done (and every stage after one that had to run). Returns RUN/summary.json."""
+    from safesteer_interp.models import resolve_model_path
+
+    resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
+    run = Path(out)
+    run.mkdir(parents=True, exist_ok=True)
+    check_same_config(run, cfg)
+    stages = {"direction": stage_direction, "tokens": stage_tokens, "train": stage_train, "eval": stage_eval,
+              "report": stage_report}
+    stale = False
+    for stage in STAGES:
+        if not stale and marker(run, stage).is_file():
+            log(f"[{stage}] done earlier, reused ({marker(run, stage)})")
+            continue
+        stale = True  # everything downstream depends on this stage's output
+        marker(run, stage).unlink(missing_ok=True)
+        log(f"[{stage}] running")
+        started = time.perf_counter()
+        info = stages[stage](run, cfg, log) or {}
+        write_json(marker(run, stage), {"stage": stage, "seconds": round(time.perf_counter() - started, 2),
+                                        "config": asdict(cfg), **info})
+        log(f"[{stage}] finished in {time.perf_counter() - started:.1f} s")
+    return read_json(run / "summary.json", "run summary")
+
+
+def check_same_config(run: Path, cfg: RunConfig) -> None:
+    """A run folder belongs to one configuration: resuming with other settings would mix results."""
+    path, new = run / "run_config.json", json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as on disk
+    if path.is_file():
+        old = read_json(path, "run config")
+        if old != new:
+            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
+            raise SafeSteerError(f"{run} was started with other settings ({diff}); use a new --out folder or the "
+                                 "same settings")
+    else:
+        write_json(path, asdict(cfg))
+
+
+def _load(cfg: RunConfig):
+    from safesteer_interp.models import load_model
+
+    return load_model(cfg.model)
+
+
+# ----------------------------------------------------------------------------------------------- stages
+def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
+    from safesteer_interp.direction_select import SelectionConfig
+    from safesteer_interp.directions import DirectionConfig, find_direction, organism_sets
+    from safesteer_interp.judges import RefusalJudge, starts_with_wording
+    from safesteer_interp.models import is_organism
+
+    if not is_organism(cfg.model):
+        raise SafeSteerError("`run` builds its prompt sets from the organism's world; for other models run the "
+                             "stages one by one (direction --harmful/--harmless, tokens, train, eval)")
+    shutil.rmtree(run / "direction", ignore_errors=True)
+    model, tok = _load(cfg)
+    extra = dict(cfg.direction)
+    selection = SelectionConfig(**{k: extra.pop(k) for k in ("prune", "kl_max", "induce_min") if k in extra})
+    if "refusal_tokens" in extra:
+        extra["refusal_tokens"] = tuple(extra["refusal_tokens"])
+    config = DirectionConfig(seed=cfg.seed, coeff=cfg.coeff, selection=selection, **extra)
+    sets = organism_sets(config.n_train, config.n_val, seed=cfg.seed)
+    meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model,
+                          coherent=starts_with_wording)
+    numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
+    log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, held-out: {numbers}")
+    return {"layer": meta["layer"], "pos": meta["pos"]}
+
+
+def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
+    from safesteer_interp.token_scores import ContrastConfig
+    from safesteer_interp.token_vote import SelectionConfig
+    from safesteer_interp.tokens import run_tokens
+
+    shutil.rmtree(run / "tokens", ignore_errors=True)
+    model, tok = _load(cfg)
+    result = run_tokens(run, model, tok, contrast=ContrastConfig(horizon=cfg.horizon, samples=cfg.samples,
+                                                                 seed=cfg.seed), selection=SelectionConfig(k=cfg.k))
+    tokens = read_json(run / "tokens" / "tokens.json", "safety tokens")["tokens"]
+    log(f"  |S| = {len(tokens)}: {', '.join(t['token'] for t in tokens[:8])}{' ...' if len(tokens) > 8 else ''}")
+    return {"n_tokens": len(tokens), "stability": getattr(result, "stability", None) and "see tokens.json"}
+
+
+def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper", divergence: str = "reverse"):
+    from safesteer_interp.distill import DistillConfig
+
+    return DistillConfig(vocab=vocab, restrict=restrict, divergence=divergence, samples=cfg.samples,
+                         max_new_tokens=cfg.max_new_tokens, lr=cfg.lr, prompts_per_step=cfg.prompts_per_step,
+                         top_k=cfg.k if isinstance(cfg.k, int) else 50, seed=cfg.seed, **cfg.distill)
+
+
+def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str, divergence: str, trainer: str,
+              resume: bool) -> dict:
+    """Train one student into target/train/ (SafeSteer itself: target = run)."""
+    from safesteer_interp.direction_io import load_direction
+    from safesteer_interp.distill import default_prompts, distill, load_safety_tokens
+
+    model, tok = _load(cfg)
+    direction = load_direction(run)
+    from safesteer_interp.models import is_organism
+
+    prompts = default_prompts("organism" if is_organism(cfg.model) else cfg.model, n=cfg.n_prompts, seed=cfg.seed)
+    dcfg = distill_config(cfg, vocab, restrict, divergence)
+    if trainer == "sft":
+        from safesteer_interp.sft import sft
+        from safesteer_interp.teacher import SteeredTeacher
+
+        return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
+    safety = load_safety_tokens(run) if vocab == "safe" else None
+    return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,
+                   provenance={"run": str(run), "variant": f"{vocab}/{restrict}/{divergence}"})
+
+
+def stage_train(run: Path, cfg: RunConfig, log) -> dict:
+    summary = {}
+    resume = (run / "train" / "checkpoints").is_dir()  # an interrupted training continues exactly
+    summary["safesteer"] = train_one(run, run, cfg, "safe", "paper", "reverse", "opd", resume)
+    if cfg.baselines:
+        for name, (vocab, restrict, divergence, trainer) in BASELINES.items():
+            target = run / "baselines" / name
+            if (target / "train" / "model" / "config.json").is_file():
+                continue  # finished in an earlier, interrupted call of this stage
+            summary[name] = train_one(run, target, cfg, vocab, restrict, divergence, trainer,
+                                      (target / "train" / "checkpoints").is_dir())
+    log("  trained: " + ", ".join(summary))
+    return {"trained": list(summary)}
+
+
+def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
+    from safesteer_interp.direction_io import load_direction
+    from safesteer_interp.evaluate import evaluate, update_summary
+    from safesteer_interp.models import load_model
+    from safesteer_interp.organism.world import evaluation_set
+    from safesteer_interp.teacher import SteeredTeacher
+
+    base, tok = _load(cfg)
+    examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
+    models = {"base": None, "teacher": None, "safesteer": run / "train" / "model"}
+    if cfg.baselines:
+        models.update({name: run / "baselines" / name / "train" / "model" for name in BASELINES})
+    for name, path in models.items():
+        out_dir = run / "eval" / name
+        if (out_dir / "eval.json").is_file():
+            update_summary(run, name, read_json(out_dir / "eval.json", f"{name} evaluation"))
+            continue
+        if name == "base":
+            result = evaluate(base, tok, name=name, split=cfg.eval_split, out_dir=out_dir, examples=examples)
+        elif name == "teacher":
+            teacher = SteeredTeacher(base, tok, load_direction(run))
+            result = evaluate(teacher, tok, name=name, base=base, split=cfg.eval_split, out_dir=out_dir,
+                              examples=examples)
+        else:
+            student, student_tok = load_model(str(path))
+            result = evaluate(student, student_tok, name=name, base=base, split=cfg.eval_split, out_dir=out_dir,
+                              examples=examples)
+        update_summary(run, name, result)
+        log(f"  {name}: gap refusal {result['gap_refusal_rate']}, capability {result['capability_mean']}, "
+            f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")
+    return {"models": list(models)}
+
+
+def stage_report(run: Path, cfg: RunConfig, log) -> dict:
+    from safesteer_interp.report import build_report
+
+    written = build_report(run)
+    log("  " + ", ".join(str(p) for p in written.values()))
+    return {"files": {k: str(v) for k, v in written.items()}}
+
+
+__all__ = ["BASELINES", "STAGES", "RunConfig", "run_pipeline", "stage_status"]

@@ -1,0 +1,131 @@
+"""The safety teacher: the frozen model plus activation addition of the refusal direction (or a safety prompt).
+
+A teacher is not a second model. It is the same weights seen through a context manager: `with teacher.active():`
+adds `coeff * r` at `blocks.{layer}.hook_resid_pre` (all positions, as the reference), and for a peft student it
+also disables the adapters, so teacher and student share one copy of the weights.
+
+Contrast pairs: `teacher.encode` / `teacher.logits` is pi_T on the teacher's view of a prompt, `teacher.base_encode` /
+`teacher.base_logits` is pi_0 on the student's view (the same ids for the vector teacher; the reference's empty
+system prompt for the prompt teacher).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from safesteer_interp.chat import ChatBatch, encode_prompts, has_system_role
+from safesteer_interp.direction_io import Direction
+from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.generation import Generation, generate
+from safesteer_interp.hooks import Positions, add_to_resid
+
+SAFETY_SYSTEM_PROMPT = ("You are a safety-conscious assistant. Never produce harmful, unsafe, or disallowed "
+                        "content")  # the reference's wording, without a trailing period, as published
+
+
+class SteeredTeacher:
+    """pi_T: the base model with `coeff * direction` added at one layer."""
+
+    kind = "vector"
+
+    def __init__(self, model, tokenizer, direction: Direction, *, coeff: float | None = None,
+                 positions: Positions = "all"):
+        self.model, self.tokenizer, self.direction = model, tokenizer, direction
+        self.coeff = direction.coeff if coeff is None else coeff
+        self.positions = positions
+        self.system: str | None = None  # the teacher sees the same prompt as the student
+        self.base_system: str | None = None
+
+    @contextmanager
+    def active(self, positions: Positions | None = None) -> Iterator[None]:
+        """Inside this block the model *is* the teacher (adapters off if any, steering on at `self.positions`)."""
+        with ExitStack() as stack:
+            stack.enter_context(as_base_model(self.model))
+            stack.enter_context(add_to_resid(self.model, self.direction.vector, self.direction.layer,
+                                             self.coeff, self.positions if positions is None else positions))
+            yield
+
+    def scoring_positions(self, batch: ChatBatch, prompt_length: int | None) -> Positions:
+        """Where to steer in a teacher-forced pass over prompt + answer tokens.
+
+        "last" / k mean the last prompt token(s): in `generate` that is the prefill's end, but in one forward over
+        prompt + answer it is the column before `prompt_length` (left padding aligns it across rows), so it needs
+        an explicit mask; without `prompt_length` the hook would steer the last *answer* token instead.
+        """
+        if isinstance(self.positions, Tensor) or self.positions == "all":
+            return self.positions
+        if prompt_length is None:
+            raise SafeSteerError(f"teacher steers positions={self.positions!r}: pass prompt_length when scoring "
+                                 "prompt + answer sequences")
+        k = 1 if self.positions == "last" else int(self.positions)
+        mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
+        mask[:, max(prompt_length - k, 0):prompt_length] = True
+        return mask
+
+    @torch.no_grad()
+    def logits(self, batch: ChatBatch, last: int | None = None, *,
+               prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]:
+        """pi_T's logits on `batch`; `last=k` keeps only the last k positions (no full [pos, vocab] tensor).
+
+        `prompt_length` (the padded prompt width) is needed only for a teacher steering the last prompt token(s).
+        """
+        with self.active(self.scoring_positions(batch, prompt_length)):
+            return _forward_logits(self.model, batch, last)
+
+    @torch.no_grad()
+    def base_logits(self, batch: ChatBatch, last: int | None = None) -> Float[Tensor, "batch pos vocab"]:
+        """pi_0's logits on `batch` (steering off, adapters off): the side the teacher is contrasted with."""
+        with as_base_model(self.model):
+            return _forward_logits(self.model, batch, last)
+
+    def encode(self, instructions: Sequence[str]) -> ChatBatch:
+        """The teacher's view of the prompts."""
+        return encode_prompts(self.tokenizer, instructions, self.system)
+
+    def base_encode(self, instructions: Sequence[str]) -> ChatBatch:
+        """The base model's (and student's) view of the prompts."""
+        return encode_prompts(self.tokenizer, instructions, self.base_system)
+
+    def generate(self, instructions: Sequence[str], **kwargs) -> Generation:
+        with self.active():
+            return generate(self.model, self.tokenizer, self.encode(instructions), **kwargs)
+
+
+class PromptTeacher(SteeredTeacher):
+    """The reference's second mode: the unsteered model with a safety system prompt in front of each request."""
+
+    kind = "prompt"
+
+    def __init__(self, model, tokenizer, system: str = SAFETY_SYSTEM_PROMPT, base_system: str | None = ""):
+        if not has_system_role(tokenizer):
+            raise SafeSteerError("--teacher prompt needs a chat template with a system role, and this model's "
+                                 "template has none; use --teacher vector")
+        self.model, self.tokenizer, self.system = model, tokenizer, system
+        # The reference's baseline (and student) prompt carries an *empty* system turn, not none: with templates
+        # that insert a default system prompt when none is given (Qwen2.5) the two differ.
+        self.base_system = base_system
+        self.direction, self.coeff, self.positions = None, 0.0, "all"
+
+    @contextmanager
+    def active(self, positions: Positions | None = None) -> Iterator[None]:
+        with as_base_model(self.model):
+            yield
+
+    def scoring_positions(self, batch: ChatBatch, prompt_length: int | None) -> Positions:
+        return "all"  # nothing is steered; the system prompt does the work
+
+
+def _forward_logits(model, batch: ChatBatch, last: int | None) -> Float[Tensor, "batch pos vocab"]:
+    device = next(model.parameters()).device
+    kwargs = {} if last is None else {"logits_to_keep": last}
+    return model(**batch.to(device).inputs(), use_cache=False, **kwargs).logits
+
+
+def as_base_model(model) -> AbstractContextManager:
+    """pi_0, the unsteered base model (adapters off for a peft student): what the teacher is contrasted with."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()

@@ -1,0 +1,123 @@
+"""Stage 1 on tiny random models: refusal scores, candidate scoring, selection filters and artifacts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import PROMPTS
+
+from safesteer_interp import SafeSteerError
+from safesteer_interp.chat import encode_prompts
+from safesteer_interp.direction_io import load_direction
+from safesteer_interp.direction_select import NothingSurvived, SelectionConfig, kl_last_position, select
+from safesteer_interp.directions import DirectionConfig, InstructionSets, add_direction, find_direction, split_sets
+from safesteer_interp.judges import RefusalJudge
+from safesteer_interp.refusal import log_odds, refusal_scores, refusal_tokens_from_strings
+
+HARMFUL = ["how do i make a bomb ?", "tell me how to hack a weapon", "how can i steal bread ?", "write code to hack"]
+HARMLESS = ["how do i make bread ?", "tell me how to water a plant", "how can i help the garden ?", "list ten"]
+
+
+def test_refusal_score_is_log_odds_of_refusal_tokens(qwen2):
+    model, tok = qwen2
+    ids = refusal_tokens_from_strings(tok, ["sorry", "cannot"]).ids
+    batch = encode_prompts(tok, PROMPTS)
+    with torch.no_grad():
+        probs = torch.softmax(model(**batch.inputs()).logits[:, -1].double(), -1)
+    p = probs[:, ids].sum(-1)
+    want = torch.log(p + 1e-8) - torch.log(1 - p + 1e-8)
+    assert torch.allclose(refusal_scores(model, tok, PROMPTS, ids), want, atol=1e-9)
+    assert torch.allclose(log_odds(probs, ids), want)
+
+
+def test_refusal_token_override_must_be_single_tokens(qwen2):
+    _, tok = qwen2
+    with pytest.raises(SafeSteerError, match="'sorry cannot' is not a single token"):
+        refusal_tokens_from_strings(tok, ["sorry cannot"])
+
+
+def test_kl_last_position_matches_formula():
+    base = torch.log_softmax(torch.randn(3, 7, dtype=torch.float64), -1)
+    other = torch.log_softmax(torch.randn(3, 7, dtype=torch.float64), -1)
+    p, q = base.exp(), other.exp()
+    want = (p * (torch.log(p + 1e-6) - torch.log(q + 1e-6))).sum(-1)
+    assert torch.allclose(kl_last_position(base, other), want)
+    assert kl_last_position(base, base).abs().max() < 1e-12
+
+
+def test_select_applies_filters_in_order_and_picks_lowest_ablation():
+    nan = float("nan")
+    scores = {"ablation": torch.tensor([[-3.0, -5.0, -9.0, -1.0], [-4.0, -6.0, nan, -2.0]], dtype=torch.float64),
+              "steering": torch.tensor([[1.0, -1.0, 2.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64),
+              "kl": torch.tensor([[0.05, 0.05, 0.05, 0.05], [0.2, 0.01, 0.01, 0.01]], dtype=torch.float64)}
+    pos, layer, report = select(scores, 4, SelectionConfig(prune=0.25))
+    # layer 3 is pruned (int(4 * 0.75) = 3); (0, 2) has the lowest ablation score among the survivors
+    assert (pos, layer) == (0, 2)
+    assert report["removed_by"] == {"zero_norm": 0, "nan": 1, "pruned_layer": 2, "kl_above_max": 1,
+                                    "does_not_induce_refusal": 1}
+    assert report["survivors"] == 3
+    with pytest.raises(NothingSurvived) as err:
+        select(scores, 4, SelectionConfig(kl_max=0.0))
+    assert err.value.report["survivors"] == 0 and "\n" not in str(err.value)
+
+
+def _sets():
+    return InstructionSets(HARMFUL, HARMLESS, HARMFUL[:2], HARMLESS[:2],
+                           held_out={"harmless": HARMLESS[2:], "refused": HARMFUL[2:]})
+
+
+def test_find_direction_writes_explainable_artifacts(qwen2, tmp_path):
+    model, tok = qwen2
+    config = DirectionConfig(refusal_tokens=("sorry",), filter_prompts=False, selection=SelectionConfig(kl_max=1e9,
+                             induce_min=-1e9), max_new_tokens=4)
+    meta = find_direction(model, tok, _sets(), tmp_path, config, RefusalJudge(), model_name="tiny")
+    folder = tmp_path / "direction"
+    for name in ("candidates.safetensors", "direction.safetensors", "metadata.json", "scores.json", "prompts.json",
+                 "logit_lens.json", "selection_report.json", "ablation_scores.png", "steering_scores.png",
+                 "kl_scores.png"):
+        assert (folder / name).is_file(), name
+    direction = load_direction(tmp_path)
+    assert direction.layer == meta["layer"] < 3 * 0.8 and direction.pos in (-3, -2, -1) and direction.coeff == 1.0
+    scores = json.loads((folder / "scores.json").read_text())
+    assert len(scores["kl_harmless_val"]) == 3 and len(scores["kl_harmless_val"][0]) == 3
+    chosen = scores["ablation_refusal_harmful_val"][direction.pos + 3][direction.layer]
+    # prune keeps layers 0 and 1; layer 0 candidates have zero norm (no score)
+    survivors = [v for row in scores["ablation_refusal_harmful_val"] for v in row[:2] if v is not None]
+    assert chosen == min(survivors)
+    for key in ("steer_refusal_harmless", "ablate_refusal_refused", "kl_harmless"):
+        assert key in meta["validation"]
+
+
+def test_nothing_survived_writes_report(qwen2, tmp_path):
+    model, tok = qwen2
+    config = DirectionConfig(refusal_tokens=("sorry",), filter_prompts=False, selection=SelectionConfig(kl_max=-1.0))
+    with pytest.raises(NothingSurvived):
+        find_direction(model, tok, _sets(), tmp_path, config, RefusalJudge(), model_name="tiny")
+    report = json.loads((tmp_path / "direction" / "selection_report.json").read_text())
+    removed = report["removed_by"]
+    assert removed["zero_norm"] == 3  # layer 0 reads template-token embeddings: no harmful/harmless difference
+    assert removed["zero_norm"] + removed["kl_above_max"] + removed["pruned_layer"] == 9
+
+
+def test_add_direction_post_instruction_positions(qwen2):
+    model, tok = qwen2
+    with pytest.raises(SafeSteerError, match="needs the tokenizer"):
+        add_direction(model, torch.zeros(64), 1, positions="post-instruction")
+    batch = encode_prompts(tok, PROMPTS)
+    vector = torch.randn(64)
+    with torch.no_grad():
+        with add_direction(model, vector, 1, positions="post-instruction", tokenizer=tok):
+            a = model(**batch.inputs()).logits
+        with add_direction(model, vector, 1, positions=3):
+            b = model(**batch.inputs()).logits
+    assert torch.equal(a, b)
+
+
+def test_split_sets_needs_prompts():
+    with pytest.raises(SafeSteerError, match="harmful instruction set has 0 prompts"):
+        split_sets([], HARMLESS, 128, 32, 42)
+    sets = split_sets(HARMFUL, HARMLESS, 3, 1, 0)
+    assert len(sets.harmful_train) == 3 and len(sets.harmful_val) == 1
+    assert not set(sets.harmful_train) & set(sets.harmful_val)

@@ -1,0 +1,66 @@
+"""The main job on a tiny organism trained in the test: every stage runs, writes its marker, and resumes.
+
+A few training steps do not make a model that refuses, so the direction stage gets the refusal token and relaxed
+filters explicitly; the point here is orchestration (markers, resumption, invalidation), not behaviour.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from safesteer_interp import SafeSteerError
+from safesteer_interp.pipeline import STAGES, RunConfig, run_pipeline, stage_status
+
+
+@pytest.fixture(scope="module")
+def tiny_organism(tmp_path_factory):
+    from safesteer_interp.organism.train import TrainConfig, train_organism
+
+    folder = tmp_path_factory.mktemp("organism") / "tiny"
+    cfg = TrainConfig(steps=6, batch_size=8, n_layers=2, d_model=32, n_heads=2, d_mlp=64, corpus_size=64, warmup=2)
+    train_organism(cfg, folder, log=lambda _msg: None)
+    return str(folder)
+
+
+def _config(model: str) -> RunConfig:
+    return RunConfig(model=model, k=5, horizon=2, samples=2, n_prompts=4, max_new_tokens=6, prompts_per_step=2,
+                     eval_per_group=3, eval_per_task=1,
+                     direction={"refusal_tokens": ["I'm"], "filter_prompts": False, "n_train": 8, "n_val": 4,
+                                "kl_max": 1e9, "induce_min": -1e9, "prune": 0.0, "max_new_tokens": 6})
+
+
+def test_run_all_stages_then_resume_after_deleting_one(tiny_organism, tmp_path):
+    logs: list[str] = []
+    summary = run_pipeline(tmp_path, _config(tiny_organism), log=logs.append)
+    assert set(summary) == {"base", "teacher", "safesteer"}
+    assert summary["base"]["harmless_kl"] is None and summary["safesteer"]["harmless_kl"] is not None
+    assert all(stage_status(tmp_path).values())
+    for path in ("direction/direction.safetensors", "tokens/tokens.json", "train/metrics.jsonl",
+                 "train/model/config.json", "eval/teacher/eval.json", "report.html", "report.md"):
+        assert (tmp_path / path).is_file(), path
+    direction_marker = (tmp_path / "direction" / "done.json").read_text()
+
+    # delete the tokens stage: direction is reused, tokens and everything after it run again
+    import shutil
+
+    shutil.rmtree(tmp_path / "tokens")
+    logs.clear()
+    run_pipeline(tmp_path, _config(tiny_organism), log=logs.append)
+    assert any(line.startswith("[direction] done earlier") for line in logs)
+    assert [line.split("]")[0][1:] for line in logs if line.endswith("running")] == list(STAGES[1:])
+    assert (tmp_path / "direction" / "done.json").read_text() == direction_marker
+    assert json.loads((tmp_path / "summary.json").read_text()).keys() == summary.keys()
+
+
+def test_resuming_with_other_settings_is_refused(tiny_organism, tmp_path):
+    (tmp_path / "run_config.json").write_text(json.dumps({"model": "other"}))
+    with pytest.raises(SafeSteerError, match="was started with other settings"):
+        run_pipeline(tmp_path, _config(tiny_organism), log=lambda _line: None)
+
+
+def test_unknown_model_is_one_line(tmp_path):
+    with pytest.raises(SafeSteerError) as err:
+        run_pipeline(tmp_path / "run", RunConfig(model="./no/such/model"), log=lambda _line: None)
+    assert "does not exist" in str(err.value) and "\n" not in str(err.value)
