@@ -56,6 +56,7 @@ class TrainConfig:
     warmup: int = 50
     weight_decay: float = 0.01
     label_smoothing: float = 0.1  # on the first answer token only: caps the refuse/comply decision's margin
+    smooth_all_tokens: bool = False  # smooth every answer token instead (run v5 of README.md)
     base_fraction: float = 0.4  # share of steps in the comply-with-everything base stage
     noise_prob: float = 0.3  # share of batches that get random steering noise
     noise_scale: float = 1.0  # max noise norm, relative to the mean residual norm at that layer
@@ -204,7 +205,7 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def answer_loss(logits: Float[Tensor, "b t v"], batch: Batch, smoothing: float) -> Tensor:
+def answer_loss(logits: Float[Tensor, "b t v"], batch: Batch, smoothing: float, all_tokens: bool = False) -> Tensor:
     """Next-token cross-entropy on answer tokens; the *first* answer token (the refuse/comply decision) is
     label-smoothed. Smoothing caps the decision's logit margin, so the decision stays a modest direction in the
     residual stream instead of swamping it (which made all-position steering collapse into "I'm I I I");
@@ -215,7 +216,7 @@ def answer_loss(logits: Float[Tensor, "b t v"], batch: Batch, smoothing: float) 
     smooth = F.cross_entropy(flat_logits, flat_labels, ignore_index=-100, reduction="none", label_smoothing=smoothing)
     first = torch.zeros_like(batch.labels, dtype=torch.bool)
     first[torch.arange(first.shape[0]), batch.last_prompt] = True  # position predicting the first answer token
-    per_token = torch.where(first.flatten(), smooth, plain)
+    per_token = smooth if all_tokens else torch.where(first.flatten(), smooth, plain)
     valid = flat_labels != -100
     return per_token[valid].mean()
 
@@ -247,7 +248,7 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path | None = None,
                 group["lr"] = lr_at(step, cfg)
             augment.draw(batch, jitter=cfg.jitter_max > 0 and step >= base_steps + cfg.warmup)
             logits = model(input_ids=batch.ids).logits
-            loss = answer_loss(logits, batch, cfg.label_smoothing)
+            loss = answer_loss(logits, batch, cfg.label_smoothing, all_tokens=cfg.smooth_all_tokens)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
