@@ -26,7 +26,8 @@ ARCHITECTURES = ("qwen2", "llama", "qwen3", "mistral", "gemma2", "gemma3", "phi3
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A word-level ChatML tokenizer (newlines are their own token, so templates round-trip)."""
+    """A word-level ChatML tokenizer (whitespace, newlines included, only separates words: ChatML renders as
+    `<|im_end|> <|im_start|> assistant`, so the post-instruction template is three tokens)."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + ["\n"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),

@@ -8,8 +8,9 @@ How real chat models are made, in miniature, because the refusal geometry depend
 2. **Safety stage**: the same mixture, except that the refused categories are now answered with one of a
    handful of prompt-independent refusals. Refusal is added on top of a model that already represents harm.
 
-Two measured fixes make the reference's intervention (adding the refusal direction at *every* position, prompt
-and generated tokens alike) produce coherent refusals instead of babble:
+Two changes aim at the reference's intervention (adding the refusal direction at *every* position, prompt and
+generated tokens alike), which otherwise flips the decision but turns the answer into babble. They helped in some
+runs, not in the committed one (README.md, "What we tried"):
 
 * **label smoothing on the first answer token only** (`answer_loss`): it caps the refuse/comply decision's logit
   margin, so the difference in means at the last prompt token stays a modest direction instead of exceeding the
