@@ -182,6 +182,7 @@ class Distiller:
             raise SafeSteerError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of "
                                  f"processes ({self.acc.num_processes})")
         targets = cfg.lora_targets if cfg.lora_targets == ALL_LINEAR else cfg.lora_targets.split(",")
+        torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
         self.student, self.teacher = make_pair(model, tokenizer, direction, full_ft=cfg.full_ft, lora_r=cfg.lora_r,
                                                lora_alpha=cfg.lora_alpha, lora_targets=targets,
                                                teacher_device=cfg.teacher_device)

@@ -36,6 +36,7 @@ def sft(run: str | Path, model, tokenizer, teacher: SteeredTeacher, prompts: Seq
     out = Path(run) / "train"
     start_time = time.perf_counter()
     generations = teacher_answers(teacher, prompts, cfg)
+    torch.manual_seed(cfg.seed)  # LoRA init draws from the global RNG
     student = lora_student(model, cfg.lora_r, cfg.lora_alpha)
     params = trainable(student)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)

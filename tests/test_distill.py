@@ -302,3 +302,22 @@ def test_default_prompts_are_the_organisms_gap_requests():
     assert prompts != default_prompts("organism", seed=1)
     with pytest.raises(SafeSteerError, match="no default prompts for model 'Qwen/.*'; pass --prompts"):
         default_prompts("Qwen/Qwen2.5-0.5B-Instruct")
+
+
+def test_same_seed_same_lora_student(tmp_path):
+    """LoRA A matrices come from the global RNG: two processes with one seed must start from the same student."""
+    import torch
+
+    from safesteer_interp.direction_io import Direction
+    from safesteer_interp.distill import DistillConfig, Distiller
+    from safesteer_interp.testing import tiny_model
+
+    students = []
+    for i in range(2):
+        torch.manual_seed(1000 + i)  # different global RNG state before construction, as in two processes
+        model, tok = tiny_model("qwen2")
+        distiller = Distiller(tmp_path / f"r{i}", model, tok, Direction(torch.ones(64), 1, -1), ["hi", "hello"],
+                              DistillConfig(vocab="full", seed=7))
+        students.append({k: v.detach().clone() for k, v in distiller.params.items()})
+    assert students[0].keys() == students[1].keys() and len(students[0]) > 0
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])

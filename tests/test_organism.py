@@ -162,7 +162,7 @@ def test_all_position_steering_flips_the_decision(organism):
 
 @pytest.mark.xfail(reason="known gap (organism/README.md): at all positions the answers start as a refusal and "
                           "then degenerate ('I'm sorry, I I'm I'm'); only last-token steering gives clean wordings",
-                   strict=False)
+                   strict=True)
 def test_all_position_steering_gives_coherent_wordings(organism):
     from safesteer_interp.organism.geometry import steering_sweep
 
