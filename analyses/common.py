@@ -147,6 +147,13 @@ def score(inputs: RunInputs, instructions: Sequence[str], *, sampler: str = "stu
                   [instructions[int(i)] for i in rollout.prompt_index], rollout)
 
 
+def score_groups(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24,
+                 seed: int = 0) -> dict[str, Scored]:
+    """Student rollouts to the harmful and the harmless prompts, each scored by student, teacher and base."""
+    return {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens, seed=seed)
+            for g in ("harmful", "harmless")}
+
+
 # ----------------------------------------------------------------------------------------------- output
 class Writer:
     """Files of one analysis in RUN/analysis/<name>/, written atomically; remembers what it wrote."""

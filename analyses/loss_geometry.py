@@ -17,7 +17,7 @@ from torch import Tensor
 
 from safesteer_interp.losses import token_loss
 
-from .common import RunInputs, Scored, Writer, as_float, score
+from .common import RunInputs, Scored, Writer, as_float, score_groups
 
 
 # ----------------------------------------------------------------------------------------------- pure tensors
@@ -74,8 +74,7 @@ def plot(numbers: dict):
 # ----------------------------------------------------------------------------------------------- run
 def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, seed: int = 0,
             scored: dict[str, Scored] | None = None) -> dict:
-    scored = scored or {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens,
-                                 seed=seed) for g in ("harmful", "harmless")}
+    scored = scored or score_groups(inputs, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     numbers = {g: geometry_numbers(s.student, s.teacher, s.mask, inputs.safety_ids) for g, s in scored.items()}
     out = Writer(inputs.run, "loss_geometry")
     out.figure("loss_geometry.png", plot(numbers))

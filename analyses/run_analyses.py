@@ -16,7 +16,7 @@ from safesteer_interp.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
 from . import divergence, loss_geometry, sparsity, training_change, why_tokens
-from .common import load_inputs, score
+from .common import load_inputs, score_groups
 
 ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry")
 
@@ -35,8 +35,7 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
     shared = {}
     if {"sparsity", "training_change", "loss_geometry"} & set(chosen):  # one set of student rollouts for all three
         with torch.random.fork_rng():
-            shared = {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens, seed=seed)
-                      for g in ("harmful", "harmless")}
+            shared = score_groups(inputs, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     calls = {"sparsity": lambda: sparsity.analyze(inputs, scored=shared),
              "divergence": lambda: divergence.analyze(inputs, max_new_tokens=max_new_tokens, seed=seed),
              "why_tokens": lambda: why_tokens.analyze(inputs, samples=samples, seed=seed),

@@ -12,7 +12,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .common import RunInputs, Scored, Writer, as_float, score
+from .common import RunInputs, Scored, Writer, as_float, score_groups
 
 EARLY = 3  # "the first few answer tokens": positions 1..3
 
@@ -151,8 +151,7 @@ def plot(numbers: dict, set_fraction: float):
 def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, seed: int = 0,
             scored: dict[str, Scored] | None = None) -> dict:
     """Sparsity on student rollouts to harmful and harmless prompts; writes RUN/analysis/sparsity/."""
-    scored = scored or {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens,
-                                 seed=seed) for g in ("harmful", "harmless")}
+    scored = scored or score_groups(inputs, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     vocab = scored["harmful"].teacher.shape[-1]
     ids = inputs.safety_ids
     numbers = {g: sparsity_numbers(s.student, s.teacher, s.base, s.mask, ids) for g, s in scored.items()}

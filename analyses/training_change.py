@@ -15,7 +15,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from .common import RunInputs, Scored, Writer, as_float, score
+from .common import RunInputs, Scored, Writer, as_float, score_groups
 from .sparsity import in_set, set_mass
 
 
@@ -117,8 +117,7 @@ def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, se
     if inputs.student is None:
         return {"name": "training_change", "title": "What training changed", "files": [],
                 "headline": {}, "skipped": "no trained student at RUN/train/model"}
-    scored = scored or {g: score(inputs, inputs.prompts[g], samples=samples, max_new_tokens=max_new_tokens,
-                                 seed=seed) for g in ("harmful", "harmless")}
+    scored = scored or score_groups(inputs, samples=samples, max_new_tokens=max_new_tokens, seed=seed)
     ids = inputs.safety_ids
     shifts = {g: logprob_shift(s.student, s.base, s.mask, ids) for g, s in scored.items()}
     unit = inputs.direction.unit.float()

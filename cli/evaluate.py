@@ -15,16 +15,6 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def _open(spec: str, dtype: str | None, device: str):
-    if spec == "tiny-random":  # smoke runs without the organism checkpoint
-        from safesteer_interp.testing import tiny_model
-
-        return tiny_model("qwen2")
-    from safesteer_interp.models import load_model
-
-    return load_model(spec, dtype=dtype, device=device)
-
-
 def eval_command(
     model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder or a hub name")] = "organism",
     out: Annotated[str | None, typer.Option("--out", help="evaluation JSON to write (the contract keys)")] = None,
@@ -57,6 +47,7 @@ def eval_command(
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
     from safesteer_interp.artifacts import write_json
     from safesteer_interp.classifier_judge import load_judge
+    from safesteer_interp.cli.main import open_model
     from safesteer_interp.errors import SafeSteerError
     from safesteer_interp.evaluate import EvalSpec, evaluate, update_summary
 
@@ -74,7 +65,7 @@ def eval_command(
     spec = EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode) if custom else "organism"
     judges = [load_judge(j) for j in judge or ()]
     with err_console.status(f"loading {model}"):
-        lm, tok = _open(model, dtype, device)
+        lm, tok = open_model(model, dtype, device)
     subject, reference = lm, None
     if teacher:
         from safesteer_interp.direction_io import load_direction
@@ -82,7 +73,7 @@ def eval_command(
 
         subject, reference = SteeredTeacher(lm, tok, load_direction(run)), lm
     if base is not None:
-        reference = _open(base, dtype, device)[0]
+        reference = open_model(base, dtype, device)[0]
     label = name or ("teacher" if teacher else Path(model).name or model)
     out_dir = Path(run) / "eval" / label if run is not None else None
     with err_console.status(f"evaluating {label} (greedy answers, judges, KL drift)"):

@@ -34,17 +34,13 @@ class Restrict(str, Enum):
 
 
 def _open_model(spec: str, dtype: str | None):
-    """(model, tokenizer) on this process's device: 'organism', a folder, a hub name or 'tiny-random'."""
+    """(model, tokenizer) on this process's device (under DDP each rank takes its own GPU)."""
     import torch
 
-    if spec == "tiny-random":
-        from safesteer_interp.testing import tiny_model
-
-        return tiny_model("qwen2")
-    from safesteer_interp.models import load_model
+    from safesteer_interp.cli.main import open_model
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    return load_model(spec, dtype=dtype, device=device)
+    return open_model(spec, dtype=dtype, device=device)
 
 
 def train(

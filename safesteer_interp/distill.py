@@ -106,7 +106,9 @@ def default_prompts(model_spec: str, n: int = 100, seed: int = 42, group: str = 
 
     `group="harmless"` gives the anchor baseline's harmless prompts. Real models have no default: pass --prompts.
     """
-    if model_spec not in ("organism", "tiny-random"):
+    from safesteer_interp.models import is_organism
+
+    if not (is_organism(model_spec) or model_spec == "tiny-random"):
         raise SafeSteerError(f"no default prompts for model '{model_spec}'; pass --prompts (a local .json/.jsonl/.csv "
                              "with an 'instruction' column, or a datasets name)")
     from safesteer_interp.organism import world

@@ -161,9 +161,7 @@ def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str
 
     model, tok = _load(cfg)
     direction = load_direction(run)
-    from safesteer_interp.models import is_organism
-
-    prompts = default_prompts("organism" if is_organism(cfg.model) else cfg.model, n=cfg.n_prompts, seed=cfg.seed)
+    prompts = default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)
     dcfg = distill_config(cfg, vocab, restrict, divergence)
     if trainer == "sft":
         from safesteer_interp.sft import sft
