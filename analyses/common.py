@@ -140,7 +140,7 @@ def score(inputs: RunInputs, instructions: Sequence[str], *, sampler: str = "stu
     rollout = sample_rollout(source, inputs.tokenizer, list(instructions), samples=samples,
                              max_new_tokens=max_new_tokens, seed=seed)
     teacher = inputs.teacher()
-    with teacher.active():
+    with teacher.active(teacher.scoring_positions(rollout.sequences, rollout.prompt_length)):
         teacher_logp = answer_logprobs(inputs.base, rollout)
     return Scored(rollout.answers, rollout.answer_mask, answer_logprobs(student, rollout), teacher_logp,
                   answer_logprobs(inputs.base, rollout),

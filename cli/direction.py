@@ -14,20 +14,31 @@ console = Console()
 
 def direction(
     out: Annotated[str, typer.Option("--out", help="run folder (RUN); writes RUN/direction/")],
-    model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder or a hub name")] = "organism",
-    harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV or datasets name "
-                                                     "with an `instruction` column (default: the organism's)")] = None,
-    harmless: Annotated[str | None, typer.Option(help="harmless instructions, same formats")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder or a hub name "
+                                                                    "(default: the preset's model, else "
+                                                                    "organism)")] = None,
+    preset: Annotated[str | None, typer.Option(help="a reference preset (qwen3-4b, qwen2.5-7b, llama3-8b, "
+                                                    "llama3.2-3b): here it only picks the model; n-train/n-val "
+                                                    "128/32 and coeff 1.0 are already the defaults")] = None,
+    harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV with an "
+                                                     "`instruction` column, a dataset name (advbench, "
+                                                     "jailbreakbench, ...; NAME=PATH for a local copy) or a hub id "
+                                                     "(default: the organism's)")] = None,
+    harmless: Annotated[str | None, typer.Option(help="harmless instructions, same formats (e.g. alpaca)")] = None,
     n_train: Annotated[int, typer.Option(min=2)] = 128,
     n_val: Annotated[int, typer.Option(min=1)] = 32,
     seed: int = 42,
     prune: Annotated[float, typer.Option(min=0.0, max=0.99, help="drop the last share of layers")] = 0.2,
     kl_max: Annotated[float, typer.Option(help="max harmless KL under ablation")] = 0.1,
     coeff: Annotated[str, typer.Option(help="steering coefficient, or 'auto' for a validation sweep")] = "1.0",
+    positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' tokens (reference), 'last' prompt "
+                                                "token, or 'auto' (the one that refuses best on harmless val)")]
+    = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
-    device: str = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
+                                                  "available")] = None,
 ) -> None:
     """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores."""
     from safesteer_interp.direction_select import NothingSurvived, SelectionConfig
@@ -35,7 +46,10 @@ def direction(
     from safesteer_interp.errors import SafeSteerError
     from safesteer_interp.judges import RefusalJudge, starts_with_wording
     from safesteer_interp.models import is_organism, load_model
+    from safesteer_interp.presets import resolve
 
+    values, preset_record = resolve("direction", preset, model=model)
+    model = values["model"]
     if coeff != "auto":
         try:
             coeff_value: float | str = float(coeff)
@@ -43,7 +57,9 @@ def direction(
             raise typer.BadParameter(f"--coeff must be a number or 'auto', not {coeff!r}") from err
     else:
         coeff_value = "auto"
-    lm, tok = load_model(model, dtype=dtype, device=device)
+    from safesteer_interp.cli.main import default_device
+
+    lm, tok = load_model(model, dtype=dtype, device=device or default_device())
     if harmful is None and harmless is None and is_organism(model):
         sets, coherent = organism_sets(n_train, n_val, seed), starts_with_wording
     elif harmful is None or harmless is None:
@@ -55,7 +71,8 @@ def direction(
         sets = split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed)
         coherent = None
     config = DirectionConfig(n_train, n_val, seed, coeff_value,
-                             tuple(t for t in refusal_tokens.split(",") if t), SelectionConfig(prune, kl_max))
+                             tuple(t for t in refusal_tokens.split(",") if t), SelectionConfig(prune, kl_max),
+                             positions=positions)
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         def progress(total: int):
@@ -70,6 +87,13 @@ def direction(
             print_report(err.report)
             console.print(f"[bold red]no candidate survived[/]; report: {out}/direction/selection_report.json")
             raise typer.Exit(3) from err
+    if preset is not None:  # record what the preset decided next to the direction's own metadata
+        from safesteer_interp.artifacts import read_json, write_json
+        from safesteer_interp.direction_io import direction_dir
+
+        path = direction_dir(out) / "metadata.json"
+        meta = {**read_json(path, "direction metadata"), "preset": preset_record}
+        write_json(path, meta)
     print_summary(meta, out)
 
 
@@ -89,6 +113,8 @@ def print_summary(meta: dict, out: str) -> None:
     table.add_column("field")
     table.add_column("value")
     rows = {"layer": meta["layer"], "pos": f"{meta['pos']} ({meta['pos_token']!r})", "coeff": meta["coeff"],
+            "teacher positions": meta["positions"] + (f" (auto: {_check(meta['positions_check'])})"
+                                                      if meta.get("positions_check") else ""),
             "norm": meta["norm"], "refusal tokens": ", ".join(meta["refusal_tokens"]["tokens"]),
             "filtered (after/before)": ", ".join(f"{k} {v['after']}/{v['before']}"
                                                  for k, v in meta["filter_counts"].items()),
@@ -99,3 +125,8 @@ def print_summary(meta: dict, out: str) -> None:
         table.add_row(key, str(value))
     console.print(table)
     console.print(f"artifacts: {out}/direction/")
+
+
+def _check(check: dict) -> str:
+    return "; ".join(f"{p} " + "/".join(f"{v:.2f}" for k, v in row.items() if k.endswith("_harmless_val"))
+                     for p, row in check.items())

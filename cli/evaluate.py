@@ -42,15 +42,17 @@ def eval_command(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
-    device: str = "cpu",
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
+                                                  "available")] = None,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
     from safesteer_interp.artifacts import write_json
     from safesteer_interp.classifier_judge import load_judge
-    from safesteer_interp.cli.main import open_model
+    from safesteer_interp.cli.main import default_device, open_model
     from safesteer_interp.errors import SafeSteerError
     from safesteer_interp.evaluate import EvalSpec, evaluate, update_summary
 
+    device = device or default_device()
     if teacher and run is None:
         raise SafeSteerError("--teacher needs --run RUN (the run whose refusal direction steers the model)")
     if out is None and (run is None or not (name or teacher)):

@@ -31,6 +31,13 @@ def open_model(spec: str, dtype: str | None = None, device: str = "cpu"):
     return load_model(spec, dtype=dtype, device=device)
 
 
+def default_device() -> str:
+    """Where a command puts the model when --device is not given: the GPU when there is one."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_model() -> str:
     from safesteer_interp.models import ORGANISM_DIR
 
@@ -69,9 +76,11 @@ def hooks(model: ModelOpt = "organism") -> None:
 def _register() -> None:
     """Stage commands live in their own modules; they are imported lazily inside each command."""
     from safesteer_interp.cli.analyze import analyze
+    from safesteer_interp.cli.datasets import datasets_command
     from safesteer_interp.cli.direction import direction
     from safesteer_interp.cli.evaluate import compare_command, eval_command, report_command
     from safesteer_interp.cli.organism import organism_app
+    from safesteer_interp.cli.presets import presets_command
     from safesteer_interp.cli.run import run
     from safesteer_interp.cli.tokens import tokens
     from safesteer_interp.cli.train import train
@@ -84,6 +93,8 @@ def _register() -> None:
     app.command("report")(report_command)
     app.command("analyze")(analyze)
     app.command("compare")(compare_command)
+    app.command("datasets")(datasets_command)
+    app.command("presets")(presets_command)
     app.add_typer(organism_app, name="organism")
 
 

@@ -15,7 +15,7 @@ console = Console()
 err_console = Console(stderr=True)
 
 
-def parse_k(k: str) -> int | str:
+def parse_k(k: str, flag: str = "--k") -> int | str:
     if k == "auto":
         return "auto"
     try:
@@ -23,62 +23,84 @@ def parse_k(k: str) -> int | str:
     except ValueError:
         value = 0
     if value < 1:
-        raise SafeSteerError(f"--k must be a positive integer or 'auto', not '{k}'")
+        raise SafeSteerError(f"{flag} must be a positive integer or 'auto', not '{k}'")
     return value
 
 
 def tokens(
     run: Annotated[str, typer.Option("--run", help="run folder (reads RUN/direction/, writes RUN/tokens/)")],
-    model: Annotated[str, typer.Option("--model", "-m", help="'organism', a local folder, a hub name or "
-                                                             "'tiny-random' (default: the organism)")] = "",
-    k: Annotated[str, typer.Option(help="size of S: an integer (the reference's fixed K) or 'auto' (smallest S "
-                                        "carrying --share of the Δ-weighted teacher mass)")] = "50",
-    horizon: Annotated[int, typer.Option(help="answer positions scored per sample (H)")] = 5,
-    samples: Annotated[int, typer.Option(help="samples per prompt (M; sampled only when M > 1)")] = 8,
-    method: Annotated[str, typer.Option(help="fixed-K ranking: 'vote' (reference), 'mean' (reference) or 'mass' "
-                                             "(Δ-weighted teacher mass)")] = "vote",
+    model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder, a hub name or "
+                                                                    "'tiny-random' (default: the preset's model, "
+                                                                    "else the organism)")] = None,
+    preset: Annotated[str | None, typer.Option(help="released hyper-parameters of the reference: qwen3-4b, "
+                                                    "qwen2.5-7b, llama3-8b, llama3.2-3b (H, min-prob, K, M, K', "
+                                                    "method); explicit flags override it")] = None,
+    k: Annotated[str | None, typer.Option(help="size of S: an integer (the reference's fixed K; default 50) or "
+                                               "'auto' (smallest S carrying --share of the Δ-weighted teacher "
+                                               "mass)")] = None,
+    horizon: Annotated[int | None, typer.Option(help="answer positions scored per sample (H; default 5, the "
+                                                     "preset's with --preset)")] = None,
+    samples: Annotated[int | None, typer.Option(help="samples per prompt (M, default 8; sampled only when "
+                                                     "M > 1)")] = None,
+    method: Annotated[str | None, typer.Option(help="fixed-K ranking: 'vote' (reference, default), 'mean' "
+                                                    "(reference) or 'mass' (Δ-weighted teacher mass)")] = None,
     on: Annotated[str | None, typer.Option(help="prompts: 'harmless' or 'harmful' filtered validation prompts "
                                                 "(default: harmless for --teacher vector, harmful for prompt)")] = None,
     teacher: Annotated[str, typer.Option(help="'vector' (steered model) or 'prompt' (safety system "
                                               "prompt)")] = "vector",
     seed: Annotated[int, typer.Option(help="sampling seed (stability also uses seed + 1)")] = 42,
     share: Annotated[float, typer.Option(help="mass share for --k auto")] = 0.95,
-    k_inner: Annotated[int, typer.Option("--k-inner", help="K': tokens each record votes for")] = 200,
-    min_prob: Annotated[float, typer.Option("--min-prob", help="ban tokens with mean teacher probability "
-                                                               "below this")] = 1e-6,
+    k_inner: Annotated[str | None, typer.Option("--k-inner", help="K': tokens each record votes for; 'auto' "
+                                                                   "(default) = the reference's 200 capped at 0.16% "
+                                                                   "of the vocabulary (200 on the paper's models)")]
+    = None,
+    min_prob: Annotated[float | None, typer.Option("--min-prob", help="ban tokens with mean teacher probability "
+                                                                      "below this (default 1e-6, the preset's "
+                                                                      "with --preset)")] = None,
     temperature: Annotated[float, typer.Option(help="sampling temperature of the teacher")] = 1.0,
     top_p: Annotated[float, typer.Option("--top-p", help="nucleus sampling (1 = off; top-k is always off)")] = 1.0,
     coeff: Annotated[float | None, typer.Option(help="steering coefficient (default: the direction's, "
                                                      "1.0 unless chosen otherwise)")] = None,
-    positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' (reference) or 'last' "
-                                                "(last prompt token)")] = "all",
+    positions: Annotated[str | None, typer.Option(help="where the teacher steers: 'all' (reference) or 'last' "
+                                                       "(last prompt token); default: the direction stage's "
+                                                       "choice")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")] = 32,
     stability: Annotated[bool, typer.Option("--stability/--no-stability", help="re-select on prompt halves and a "
                                                                                "second seed")] = True,
     top: Annotated[int, typer.Option(help="tokens to print")] = 10,
+    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
+                                                  "available")] = None,
 ) -> None:
     """Select the safety tokens S (stage 2) and explain each one."""
-    from safesteer_interp.cli.main import default_model, open_model
+    from safesteer_interp.cli.main import default_device, default_model, open_model
     from safesteer_interp.direction_io import load_direction
+    from safesteer_interp.presets import resolve
     from safesteer_interp.token_explain import reason
     from safesteer_interp.token_scores import ContrastConfig
     from safesteer_interp.token_vote import SelectionConfig, vote_warning
     from safesteer_interp.tokens import default_selection_prompts, run_tokens
 
+    values, preset_record = resolve("tokens", preset, model=model or None, k=k, horizon=horizon, samples=samples,
+                                    method=method, k_inner=k_inner, min_prob=min_prob)
+    k, horizon, samples, method, k_inner, min_prob = (values[name] for name in ("k", "horizon", "samples", "method",
+                                                                                 "k_inner", "min_prob"))
     if teacher not in ("vector", "prompt"):
         raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not '{teacher}'")
-    if positions not in ("all", "last"):
+    if positions not in (None, "all", "last"):
         raise SafeSteerError(f"--positions must be 'all' or 'last', not '{positions}'")
-    selection = SelectionConfig(k=parse_k(k), method=method, k_inner=k_inner, min_prob=min_prob, share=share)
+    k_inner = parse_k(str(k_inner), "--k-inner")
+    selection = SelectionConfig(k=parse_k(str(k)), method=method, k_inner=k_inner, min_prob=min_prob, share=share)
     contrast = ContrastConfig(horizon=horizon, samples=samples, temperature=temperature, top_p=top_p, seed=seed,
                               batch_size=batch_size)
     if teacher == "vector":
         load_direction(run)  # fail before loading the model
     on = on or ("harmless" if teacher == "vector" else "harmful")
     prompts = default_selection_prompts(run, on)
-    spec = model or default_model()
+    spec = values["model"] or default_model()
+    preset_record["values"]["model"] = spec
     with err_console.status(f"loading {spec}"):
-        lm, tokenizer = open_model(spec)
+        lm, tokenizer = open_model(spec, dtype, device or default_device())
 
     passes = 2 if stability else 1
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -86,7 +108,7 @@ def tokens(
         task = bar.add_task(f"scoring {len(prompts)} {on} prompts x {samples} samples", total=passes * len(prompts))
         result = run_tokens(run, lm, tokenizer, prompts=prompts, on=on, teacher_kind=teacher, coeff=coeff,
                             positions=positions, contrast=contrast, selection=selection, check_stability=stability,
-                            progress=lambda n: bar.advance(task, n))
+                            progress=lambda n: bar.advance(task, n), extra_config={"preset": preset_record})
 
     n_valid = result.selection.stats.n_valid
     table = Table(title=f"safety tokens S: {result.selection_label} ({len(result.ids)} tokens, {n_valid} records)")

@@ -62,7 +62,28 @@ def write_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: 
     """safetensors file; `metadata` values must be strings (use JSON for structure)."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        _sort_metadata(Path(tmp))
     return Path(path)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite the header with the metadata keys sorted, so that the same tensors give the same bytes.
+
+    safetensors keeps `__metadata__` in a hash map, so its key order (and the file's checksum) changes from one
+    process to the next. The header is JSON padded with spaces to a fixed length; a sorted re-dump of the same
+    keys and values is never longer, so it is written back in place and the tensor offsets stay valid.
+    """
+    with path.open("r+b") as handle:
+        size = int.from_bytes(handle.read(8), "little")
+        header = json.loads(handle.read(size))
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        sorted_header = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(sorted_header) > size:  # escaping differs from the writer's: keep the original, still valid
+            return
+        handle.seek(8)
+        handle.write(sorted_header.ljust(size, b" "))
 
 
 def read_tensors(path: str | Path, what: str = "tensor artifact") -> dict[str, torch.Tensor]:

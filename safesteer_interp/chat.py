@@ -50,13 +50,22 @@ def _messages(instruction: str, system: str | None) -> list[dict[str, str]]:
     return [*messages, {"role": "user", "content": instruction}]
 
 
+# Reasoning templates (Qwen3 style) open the answer with a think block unless told not to; with thinking off the
+# generation prompt itself ends in a closed, empty block (`<think>\n\n</think>\n\n`). Every stage reads "the answer"
+# as the tokens right after the prompt (refusal score = first answer token, safety tokens = first H answer positions,
+# rollouts, judges), so prompts are rendered with thinking off: the think block becomes part of the post-instruction
+# template and the first generated token is the answer. Templates without the switch ignore the extra variable.
+TEMPLATE_KWARGS = {"enable_thinking": False}
+
+
 def render_prompts(tokenizer, instructions: Sequence[str], system: str | None = None) -> list[str]:
-    """Each instruction as one user turn (after an optional system turn) plus the generation prompt."""
+    """Each instruction as one user turn (after an optional system turn) plus the generation prompt (thinking off)."""
     if isinstance(instructions, str):
         raise SafeSteerError("instructions must be a list of strings, not a single string")
     if len(instructions) == 0:
         raise SafeSteerError("no instructions to render: the prompt list is empty")
-    return [tokenizer.apply_chat_template(_messages(text, system), tokenize=False, add_generation_prompt=True)
+    return [tokenizer.apply_chat_template(_messages(text, system), tokenize=False, add_generation_prompt=True,
+                                          **TEMPLATE_KWARGS)
             for text in instructions]
 
 
@@ -78,7 +87,8 @@ def post_instruction_length(tokenizer, system: str | None = None) -> int:
     """Number of template tokens after the instruction up to the end of the generation prompt.
 
     Found from the tokenizer's own template: render a probe instruction and count the tokens that start after it
-    (e.g. ChatML `<|im_end|> \\n <|im_start|> assistant \\n`).
+    (e.g. ChatML `<|im_end|> \\n <|im_start|> assistant \\n`, plus `<think>\\n\\n</think>\\n\\n` for a reasoning
+    template, rendered with thinking off).
     """
     probe = "Describe the ocean"
     text = render_prompts(tokenizer, [probe], system)[0]

@@ -25,6 +25,7 @@ class Direction:
     layer: int  # added to blocks.{layer}.hook_resid_pre
     pos: int  # the post-instruction position it was read at (negative index from the prompt end)
     coeff: float = 1.0  # the coefficient chosen for the teacher (the reference's is 1.0)
+    positions: str = "all"  # where the teacher adds it: "all" tokens (the reference) or the "last" prompt token
 
     @property
     def unit(self) -> Float[Tensor, " d_model"]:
@@ -38,7 +39,7 @@ def direction_dir(run: str | Path) -> Path:
 def save_direction(run: str | Path, direction: Direction) -> Path:
     """Write `direction.safetensors` (vector + where it acts, in the file's metadata)."""
     meta = {"layer": str(direction.layer), "pos": str(direction.pos), "coeff": repr(direction.coeff),
-            "axes": "d_model", "hook": f"blocks.{direction.layer}.hook_resid_pre"}
+            "positions": direction.positions, "axes": "d_model", "hook": f"blocks.{direction.layer}.hook_resid_pre"}
     return write_tensors(direction_dir(run) / "direction.safetensors", {"direction": direction.vector.float()}, meta)
 
 
@@ -56,14 +57,20 @@ def load_direction(run: str | Path) -> Direction:
         layer, pos, coeff = int(meta["layer"]), int(meta["pos"]), float(meta.get("coeff", "1.0"))
     except (KeyError, ValueError) as err:
         raise SafeSteerError(f"{path} lacks layer/pos metadata ({err}); rerun the direction stage") from err
+    positions = meta.get("positions", "all")
     metadata = direction_dir(run) / "metadata.json"
-    if metadata.is_file():  # a coefficient chosen later (e.g. --coeff auto) is recorded in metadata.json
-        coeff = float(read_json(metadata, "direction metadata").get("coeff", coeff))
-    return Direction(vector, layer, pos, coeff)
+    if metadata.is_file():  # a coefficient or positions chosen later (e.g. --coeff auto) are in metadata.json
+        recorded = read_json(metadata, "direction metadata")
+        coeff, positions = float(recorded.get("coeff", coeff)), recorded.get("positions", positions)
+    if positions not in ("all", "last"):
+        raise SafeSteerError(f"{path}: steering positions {positions!r} must be 'all' or 'last'; rerun the direction "
+                             "stage")
+    return Direction(vector, layer, pos, coeff, positions)
 
 
 def describe(direction: Direction) -> str:
     return json.dumps({"layer": direction.layer, "pos": direction.pos, "coeff": direction.coeff,
+                       "positions": direction.positions,
                        "norm": round(float(direction.vector.norm()), 4)})
 
 

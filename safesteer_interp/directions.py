@@ -12,7 +12,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -59,6 +59,7 @@ class DirectionConfig:
     selection: SelectionConfig = SelectionConfig()
     max_new_tokens: int = 24
     filter_prompts: bool = True  # the reference filters by refusal score; off only for diagnostics and tests
+    positions: str = "all"  # where the teacher steers: "all" (reference), "last" prompt token, or "auto" (validation)
 
 
 # ----------------------------------------------------------------------------------------------- steering API
@@ -140,16 +141,41 @@ def refusal_rate(model, tokenizer, prompts: Sequence[str], judge, max_new_tokens
 
 def coefficient_sweep(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge,
                       max_new_tokens: int) -> list[dict]:
-    """Refusal induced on harmless val, and its KL cost, per coefficient (all positions)."""
+    """Refusal induced on harmless val, and its KL cost, per coefficient (at the direction's positions)."""
     base = last_token_logprobs(model, tokenizer, harmless_val)
     rows = []
     for coeff in COEFF_GRID:
-        with add_to_resid(model, direction.vector, direction.layer, coeff):
+        with add_to_resid(model, direction.vector, direction.layer, coeff, positions=direction.positions):
             rate = refusal_rate(model, tokenizer, harmless_val, judge, max_new_tokens)
             kl = kl_last_position(base, last_token_logprobs(model, tokenizer, harmless_val)).mean()
         rows.append({"coeff": coeff, "refusal_rate_harmless_val": round(rate, 4),
                      "kl_harmless_val": round(float(kl), 4)})
     return rows
+
+
+def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge, max_new_tokens: int,
+                    coherent: Callable[[str], bool] | None = None) -> dict:
+    """Refusal induced on harmless *validation* prompts by steering at all positions vs the last prompt token.
+
+    Adding the vector to every token (the reference) can flip the decision and then drown the answer tokens: a
+    refusal opener repeated ("I'm I'm I'm") passes a substring judge. `coherent` (the organism's wordings) tells
+    the two apart; without it the substring judge decides.
+    """
+    out = {}
+    for positions in ("all", "last"):
+        with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=positions):
+            answers = generate_answers(model, tokenizer, list(harmless_val), max_new_tokens=max_new_tokens)
+        row = {"refusal_rate_harmless_val": round(judge.refusal_rate(answers), 4), "example": answers[0]}
+        if coherent is not None:
+            row["coherent_rate_harmless_val"] = round(sum(map(coherent, answers)) / len(answers), 4)
+        out[positions] = row
+    return out
+
+
+def pick_positions(check: dict) -> str:
+    """The positions whose steered answers refuse best on validation (coherent rate first); ties keep "all"."""
+    key = "coherent_rate_harmless_val" if "coherent_rate_harmless_val" in check["all"] else "refusal_rate_harmless_val"
+    return "last" if check["last"][key] > check["all"][key] else "all"
 
 
 def pick_coeff(sweep: list[dict], target: float = 0.9) -> float:
@@ -176,7 +202,7 @@ def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[st
             out[f"{key}_coherent"] = round(sum(map(coherent, answers)) / len(answers), 4)
         out.setdefault("samples", {})[key] = [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3])]
 
-    with add_to_resid(model, direction.vector, direction.layer, direction.coeff):
+    with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=direction.positions):
         for group in ("harmless", "gap", "harmful"):
             if held_out.get(group):
                 record(f"steer_refusal_{group}", held_out[group])
@@ -223,13 +249,20 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
         write_json(folder / "selection_report.json", getattr(err, "report", {"error": str(err)}))
         raise
     write_json(folder / "selection_report.json", report)
-    direction = Direction(candidates[p, layer].float(), layer, p - k, 1.0)
+    if config.positions not in ("all", "last", "auto"):
+        raise SafeSteerError(f"--positions must be 'all', 'last' or 'auto', not {config.positions!r}")
+    start_coeff = float(config.coeff) if isinstance(config.coeff, int | float) else 1.0
+    direction = Direction(candidates[p, layer].float(), layer, p - k, start_coeff,
+                          "all" if config.positions == "auto" else config.positions)
+    check = None
+    if config.positions == "auto":  # chosen on validation prompts, before any held-out number is looked at
+        check = positions_check(model, tokenizer, direction, filtered.harmless_val, judge, config.max_new_tokens,
+                                coherent)
+        direction = replace(direction, positions=pick_positions(check))
     sweep = None
     if config.coeff == "auto":
         sweep = coefficient_sweep(model, tokenizer, direction, filtered.harmless_val, judge, config.max_new_tokens)
-        direction = Direction(direction.vector, layer, direction.pos, pick_coeff(sweep))
-    elif isinstance(config.coeff, int | float):
-        direction = Direction(direction.vector, layer, direction.pos, float(config.coeff))
+        direction = replace(direction, coeff=pick_coeff(sweep))
     save_direction(out, direction)
     for kind in ("ablation", "steering", "kl"):
         base = {"ablation": scores["baseline_harmful"], "steering": scores["baseline_harmless"]}.get(kind)
@@ -239,7 +272,8 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     write_json(folder / "prompts.json", asdict(filtered))
     metadata = {
         "model": model_name, "layer": layer, "pos": direction.pos, "pos_token": pos_labels[p],
-        "coeff": direction.coeff, "positions": "all", "hook": f"blocks.{layer}.hook_resid_pre",
+        "coeff": direction.coeff, "positions": direction.positions, "positions_requested": config.positions,
+        "positions_check": check, "hook": f"blocks.{layer}.hook_resid_pre",
         "norm": round(float(direction.vector.norm()), 4),
         "candidate_norms": [[round(float(x), 3) for x in row] for row in candidates.norm(dim=-1)],
         "refusal_tokens": asdict(refusal), "filter_counts": counts, "selection": report,

@@ -13,6 +13,7 @@ import json
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -64,6 +65,7 @@ class DistillConfig:
     lora_alpha: float | None = None  # None: 2 r
     lora_targets: str = ALL_LINEAR  # comma-separated module names or 'all-linear'
     teacher_device: str | None = None  # --full-ft only: where the frozen teacher copy lives
+    teacher_positions: str | None = None  # all (reference) | last (last prompt token) | None: the direction's
     grad_checkpointing: bool = False
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     anchor_weight: float = 0.0  # > 0: BASELINE, adds KL to the base model on harmless prompts (general data)
@@ -83,6 +85,9 @@ class DistillConfig:
                 raise SafeSteerError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise SafeSteerError(f"--temperature must be > 0, got {self.temperature}")
+        if self.teacher_positions not in (None, "all", "last"):
+            raise SafeSteerError(f"--teacher-positions must be 'all' (reference) or 'last', not "
+                                 f"{self.teacher_positions!r}")
         loss_window(torch.zeros(1, 1, dtype=torch.bool), self.loss_skip, self.loss_keep)  # validates the window
         return self
 
@@ -153,6 +158,21 @@ def step_seed(seed: int, step: int, rank: int) -> int:
     return (seed * 1_000_003 + step * 7_919 + rank * 104_729) % 2**31
 
 
+def precision_report(params, lr: float) -> dict:
+    """dtype of the trained weights, and a warning when they are bf16/fp16 *and* AdamW steps (about lr per weight)
+    are below the weights' rounding step: |w| * 2**-8 for bf16, so at lr 1e-5 any weight above ~2.6e-3 never moves.
+    Mixed precision (fp32 weights, bf16 autocast) is the cure; pure bf16 is what the reference ran."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params})
+    low = [d for d in dtypes if d in ("bfloat16", "float16")]
+    warning = None
+    if low:
+        mantissa = 8 if "bfloat16" in low else 11
+        warning = (f"training {'/'.join(low)} weights directly: an AdamW step of ~lr={lr:g} is rounded away on every "
+                   f"weight larger than {lr * 2 ** mantissa:.2g} in magnitude; load the model with --dtype float32 "
+                   "(bf16 autocast still runs the math in bf16 on GPU) unless you mean to reproduce pure-bf16 training")
+    return {"trained_dtypes": dtypes, "warning": warning}
+
+
 def fingerprint(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -187,10 +207,14 @@ class Distiller:
         torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
         self.student, self.teacher = make_pair(model, tokenizer, direction, full_ft=cfg.full_ft, lora_r=cfg.lora_r,
                                                lora_alpha=cfg.lora_alpha, lora_targets=targets,
-                                               teacher_device=cfg.teacher_device)
+                                               teacher_device=cfg.teacher_device,
+                                               teacher_positions=cfg.teacher_positions)
         if cfg.grad_checkpointing:
             base_model(self.student).gradient_checkpointing_enable({"use_reentrant": False})
         self.params = trainable(self.student)
+        self.precision = precision_report(self.params.values(), cfg.learning_rate)
+        if self.precision["warning"]:
+            warnings.warn(self.precision["warning"], stacklevel=2)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.identity = {"config": asdict(cfg), "prompts": fingerprint(self.instructions),
                          "anchor_prompts": fingerprint(self.anchor_prompts), "direction": fingerprint(
@@ -221,6 +245,10 @@ class Distiller:
             write_json(self.train_dir / "config.json", {**self.identity, "learning_rate": self.cfg.learning_rate,
                                                         "steps": len(self.plan), "n_prompts": len(self.instructions),
                                                         "baseline_anchor": self.cfg.anchor_weight > 0,
+                                                        "precision": self.precision,
+                                                        "teacher": {"positions": self.teacher.positions,
+                                                                    "coeff": self.teacher.coeff,
+                                                                    "layer": self.teacher.direction.layer},
                                                         **self.provenance})
         self.model, self.optimizer = self.acc.prepare(self.student, self.optimizer)
         if not self.cfg.full_ft or not self.cfg.teacher_device:
@@ -248,7 +276,8 @@ class Distiller:
         scorer_device = next(scorer.parameters()).device
         moved = Rollout(*(t.to(scorer_device) if torch.is_tensor(t) else t for t in (
             rollout.sequences, rollout.attention_mask, rollout.prompt_length, rollout.prompt_index)))
-        context = as_base_model(scorer) if anchor else self.teacher.active()
+        context = as_base_model(scorer) if anchor else self.teacher.active(
+            self.teacher.scoring_positions(moved.sequences, moved.prompt_length))
         with torch.no_grad(), context, self.acc.autocast():
             teacher_logp = answer_logprobs(scorer, moved, cfg.temperature).to(device)
         with nullcontext() if sync else self.acc.no_sync(self.model), self.acc.autocast():

@@ -39,7 +39,7 @@ def answer_logprobs(policy: Policy, generation: Generation) -> Float[Tensor, "ba
     new = generation.sequences.shape[1] - generation.prompt_length
     # Only the last new+1 logits are needed: the prompt's last position predicts answer token 0, and the final
     # position predicts nothing we score. This keeps [batch pos vocab] small for long prompts and large vocabularies.
-    with policy.active():
+    with policy.scoring(batch.input_ids, generation.prompt_length):
         logits = policy.model(**batch.inputs(), use_cache=False, logits_to_keep=new + 1).logits
     return torch.log_softmax(logits[:, :-1].float(), dim=-1)
 

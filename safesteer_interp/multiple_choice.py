@@ -19,7 +19,7 @@ from jaxtyping import Float
 from safesteer_interp.chat import batch_from_ids, render_prompts
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.policies import Policy
-from safesteer_interp.prompts import LOCAL_SUFFIXES, _rows_csv, _rows_json, _rows_jsonl
+from safesteer_interp.prompts import LOCAL_SUFFIXES, read_rows
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 Mode = Literal["letter", "text"]
@@ -96,13 +96,17 @@ def _hub_rows(source: str, split: str) -> list:
 
 
 def load_items(source: str | Path, split: str = "test", limit: int | None = None) -> list[MCItem]:
-    """The first `limit` items (all when None) of a local file or a `datasets` name (`name` or `name:subset`)."""
+    """The first `limit` items (all when None) of a local file, a named source (`mmlu`, `mmlu=PATH`; see `sources`)
+    or a `datasets` name (`name` or `name:subset`)."""
+    from safesteer_interp.sources import load_source, lookup
+
     path = Path(source).expanduser()
-    if path.is_file():
-        readers = {".json": _rows_json, ".jsonl": _rows_jsonl, ".csv": _rows_csv}
-        if path.suffix.lower() not in readers:
-            raise SafeSteerError(f"multiple-choice file {path} has suffix '{path.suffix}'; use .json, .jsonl or .csv")
-        items = parse_items(readers[path.suffix.lower()](path), str(path))
+    named = lookup(str(source))
+    if named is not None:
+        rows, where = load_source(*named, want="multiple_choice")
+        items = parse_items(rows, where)
+    elif path.is_file():
+        items = parse_items(read_rows(path, "multiple-choice file"), str(path))
     elif path.suffix.lower() in LOCAL_SUFFIXES or str(source).startswith((".", "/", "~")) or path.is_dir():
         raise SafeSteerError(f"multiple-choice file {source} not found; pass an existing .json/.jsonl/.csv file or a "
                              "dataset name")
@@ -141,7 +145,8 @@ def continuation_logliks(policy: Policy, prompts: Sequence[str], continuations: 
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
         batch = batch_from_ids(ids, mask).to(device)
-        with policy.active():
+        answer_start = torch.tensor([width - len(c) for c in conts])  # where each row's continuation begins
+        with policy.scoring(batch.input_ids, answer_start):
             logits = policy.model(**batch.inputs(), use_cache=False, logits_to_keep=longest + 1).logits
         logp: Float[torch.Tensor, "batch cont vocab"] = torch.log_softmax(logits[:, :-1].float(), -1)
         targets = batch.input_ids[:, -longest:]

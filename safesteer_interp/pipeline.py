@@ -27,7 +27,7 @@ BASELINES = {
 }
 
 
-ORGANISM_DIRECTION = {"kl_max": 1.5}  # see RunConfig.direction
+ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
 
 
 @dataclass
@@ -48,7 +48,10 @@ class RunConfig:
     eval_per_task: int = 48  # held-out items per capability task and template kind
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
     # kl_max 0.1: its harmless answers open with one of three equally likely phrases, so ablation that leaves them
-    # helpful still reshuffles that first-token choice (KL 0.4-3 nats), and at 0.1 no candidate survives.
+    # helpful still reshuffles that first-token choice (KL 0.4-3 nats), and at 0.1 no candidate survives. It also
+    # lets the direction stage choose the teacher's steering positions on validation ("auto"): on the organism the
+    # reference's all-position addition flips the decision but babbles ("I'm I'm I'm"), the last prompt token gives
+    # its refusal wordings. `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
     distill: dict = field(default_factory=dict)  # extra DistillConfig fields
 
@@ -127,7 +130,8 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
     meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model,
                           coherent=starts_with_wording)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
-    log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, held-out: {numbers}")
+    log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
+        f" ({meta['positions_requested']}), held-out: {numbers}")
     return {"layer": meta["layer"], "pos": meta["pos"]}
 
 

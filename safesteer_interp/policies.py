@@ -11,7 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
-from torch import nn
+from jaxtyping import Int
+from torch import Tensor, nn
 
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.teacher import SteeredTeacher, as_base_model
@@ -25,9 +26,18 @@ class Policy:
     tokenizer: object
     context: Callable[[], AbstractContextManager] = field(default=nullcontext)
     label: str = "model"  # for artifacts: how the view was built
+    # the view for one teacher-forced pass over prompt + answer, given where the prompts end (a teacher steering the
+    # last prompt token must not steer the last *answer* token instead); None: the same as `context`
+    scoring_context: Callable[[Tensor, int | Tensor], AbstractContextManager] | None = None
 
     def active(self) -> AbstractContextManager:
         return self.context()
+
+    def scoring(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"],
+                ) -> AbstractContextManager:
+        """`active()` for a forward over prompt + answer columns; `prompt_length`: the padded prompt width, or the
+        column where each row's answer starts."""
+        return self.scoring_context(input_ids, prompt_length) if self.scoring_context else self.context()
 
 
 def plain(model: nn.Module, tokenizer) -> Policy:
@@ -37,7 +47,8 @@ def plain(model: nn.Module, tokenizer) -> Policy:
 
 def steered(teacher: SteeredTeacher) -> Policy:
     """The safety teacher: the base weights plus the steering hook (adapters off for a LoRA student's model)."""
-    return Policy(teacher.model, teacher.tokenizer, teacher.active, f"{teacher.kind} teacher")
+    return Policy(teacher.model, teacher.tokenizer, teacher.active, f"{teacher.kind} teacher",
+                  lambda ids, prompt_length: teacher.active(teacher.scoring_positions(ids, prompt_length)))
 
 
 def adapters_off(model: nn.Module, tokenizer) -> Policy:

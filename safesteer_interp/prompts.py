@@ -1,8 +1,9 @@
-"""Instruction sets: a column of strings read from a local JSON / JSONL / CSV file or a `datasets` hub name.
+"""Instruction sets: a column of strings read from a local JSON / JSONL / CSV file, a named source or a hub id.
 
-Local files are parsed with the standard library (exact row numbers in errors, no Arrow cache); hub names go
-through `datasets.load_dataset`, which works here only for datasets already cached. Sampling is seeded and keeps
-file order, so the same (source, n, seed) gives the same prompts on every machine.
+Local files are parsed with the standard library (exact row numbers in errors, no Arrow cache). Named sources
+(`advbench`, `alpaca`, ... or `NAME=PATH` for a local copy; see `sources`) apply the reference's filters and column
+mappings; other hub ids go through `datasets.load_dataset`, which works offline only for datasets already cached.
+Sampling is seeded and keeps file order, so the same (source, n, seed) gives the same prompts on every machine.
 """
 
 from __future__ import annotations
@@ -49,6 +50,20 @@ def _rows_csv(path: Path) -> list:
         return list(csv.DictReader(handle))
 
 
+READERS = {".json": _rows_json, ".jsonl": _rows_jsonl, ".csv": _rows_csv}
+
+
+def read_rows(path: str | Path, what: str = "prompt file") -> list:
+    """The rows of a local .json (a list, or an object holding one list), .jsonl or .csv file."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise SafeSteerError(f"{what} {path} not found; pass an existing .json/.jsonl/.csv file")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise SafeSteerError(f"{what} {path} has suffix '{path.suffix}'; use .json, .jsonl or .csv")
+    return reader(path)
+
+
 def _column(rows: list, column: str, where: str) -> list[str]:
     """The `column` of every row (plain strings count as the column itself), checked row by row."""
     if not rows:
@@ -87,13 +102,20 @@ def _hub_column(name: str, column: str, split: str) -> list[str]:
 
 
 def read_instructions(src: str | Path, column: str = "instruction", split: str = "train") -> list[str]:
-    """Every instruction of a local file or hub dataset, in order."""
+    """Every instruction of a local file, named source (`NAME` or `NAME=PATH`) or hub dataset, in order.
+
+    A named source uses its own split and maps its native column to `instruction`; `split` applies to hub ids only.
+    """
+    from safesteer_interp.sources import load_source, lookup
+
+    named = lookup(str(src))
+    if named is not None:
+        source, local = named
+        rows, where = load_source(source, local, want="instructions")
+        return _column(rows, column, where)
     path = Path(src).expanduser()
     if path.is_file():
-        readers = {".json": _rows_json, ".jsonl": _rows_jsonl, ".csv": _rows_csv}
-        if path.suffix.lower() not in readers:
-            raise SafeSteerError(f"prompt file {path} has suffix '{path.suffix}'; use .json, .jsonl or .csv")
-        return _column(readers[path.suffix.lower()](path), column, str(path))
+        return _column(read_rows(path), column, str(path))
     text = str(src)
     if path.suffix.lower() in LOCAL_SUFFIXES or text.startswith((".", "/", "~")) or path.is_dir():
         raise SafeSteerError(f"prompt file {text} not found; pass an existing .json/.jsonl/.csv file or a "
@@ -117,4 +139,4 @@ def load_instructions(src: str | Path, n: int | None = None, seed: int = 42, col
     return sample(read_instructions(src, column, split), n, seed)
 
 
-__all__ = ["load_instructions", "read_instructions", "sample"]
+__all__ = ["LOCAL_SUFFIXES", "load_instructions", "read_instructions", "read_rows", "sample"]

@@ -63,7 +63,7 @@ def sft(run: str | Path, model, tokenizer, teacher: SteeredTeacher, prompts: Seq
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), cfg.max_grad_norm)
         optimizer.step()
-        metrics.append({"step": step + 1, "loss": round(float(loss), 6), "lr": lr_at(step, total, cfg)})
+        metrics.append({"step": step + 1, "loss": round(loss.item(), 6), "lr": lr_at(step, total, cfg)})
     student.eval()
     write_jsonl(out / "metrics.jsonl", metrics)
     _, written = save_final(student, tokenizer, out)

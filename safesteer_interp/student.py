@@ -59,19 +59,24 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
 
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
               lora_alpha: float | None = None, lora_targets: str | list[str] = ALL_LINEAR,
-              teacher_device: str | None = None) -> tuple[nn.Module, SteeredTeacher]:
-    """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones."""
+              teacher_device: str | None = None, teacher_positions: str | None = None,
+              ) -> tuple[nn.Module, SteeredTeacher]:
+    """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
+
+    `teacher_positions`: where the teacher steers, "all" (the reference) or "last" (the last prompt token only);
+    None: the direction's own choice (`Direction.positions`, set by the direction stage).
+    """
     disable_dropout(model)
     if full_ft:
         frozen = copy.deepcopy(model).requires_grad_(False).eval()
         if teacher_device:
             frozen.to(teacher_device)
         model.requires_grad_(True)
-        return model, SteeredTeacher(frozen, tokenizer, direction)
+        return model, SteeredTeacher(frozen, tokenizer, direction, positions=teacher_positions)
     if teacher_device:
         raise SafeSteerError("--teacher-device needs --full-ft: with LoRA the teacher shares the student's weights")
     student = lora_student(model, lora_r, lora_alpha, lora_targets)
-    return student, SteeredTeacher(student, tokenizer, direction)
+    return student, SteeredTeacher(student, tokenizer, direction, positions=teacher_positions)
 
 
 def trainable(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
 from safesteer_interp.chat import ChatBatch, encode_prompts, has_system_role
@@ -34,10 +34,10 @@ class SteeredTeacher:
     kind = "vector"
 
     def __init__(self, model, tokenizer, direction: Direction, *, coeff: float | None = None,
-                 positions: Positions = "all"):
+                 positions: Positions | None = None):
         self.model, self.tokenizer, self.direction = model, tokenizer, direction
         self.coeff = direction.coeff if coeff is None else coeff
-        self.positions = positions
+        self.positions = direction.positions if positions is None else positions  # the direction stage's choice
         self.system: str | None = None  # the teacher sees the same prompt as the student
         self.base_system: str | None = None
 
@@ -50,8 +50,9 @@ class SteeredTeacher:
                                              self.coeff, self.positions if positions is None else positions))
             yield
 
-    def scoring_positions(self, batch: ChatBatch, prompt_length: int | None) -> Positions:
-        """Where to steer in a teacher-forced pass over prompt + answer tokens.
+    def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
+                          ) -> Positions:
+        """Where to steer in a teacher-forced pass over prompt + answer tokens (`input_ids`: the padded block).
 
         "last" / k mean the last prompt token(s): in `generate` that is the prefill's end, but in one forward over
         prompt + answer it is the column before `prompt_length` (left padding aligns it across rows), so it needs
@@ -63,9 +64,9 @@ class SteeredTeacher:
             raise SafeSteerError(f"teacher steers positions={self.positions!r}: pass prompt_length when scoring "
                                  "prompt + answer sequences")
         k = 1 if self.positions == "last" else int(self.positions)
-        mask = torch.zeros(batch.input_ids.shape, dtype=torch.bool)
-        mask[:, max(prompt_length - k, 0):prompt_length] = True
-        return mask
+        ends = torch.as_tensor(prompt_length).expand(input_ids.shape[0])  # per row: the column after the prompt
+        columns = torch.arange(input_ids.shape[1])[None, :]
+        return (columns < ends[:, None]) & (columns >= ends[:, None] - k)
 
     @torch.no_grad()
     def logits(self, batch: ChatBatch, last: int | None = None, *,
@@ -74,7 +75,7 @@ class SteeredTeacher:
 
         `prompt_length` (the padded prompt width) is needed only for a teacher steering the last prompt token(s).
         """
-        with self.active(self.scoring_positions(batch, prompt_length)):
+        with self.active(self.scoring_positions(batch.input_ids, prompt_length)):
             return _forward_logits(self.model, batch, last)
 
     @torch.no_grad()
@@ -116,7 +117,8 @@ class PromptTeacher(SteeredTeacher):
         with as_base_model(self.model):
             yield
 
-    def scoring_positions(self, batch: ChatBatch, prompt_length: int | None) -> Positions:
+    def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
+                          ) -> Positions:
         return "all"  # nothing is steered; the system prompt does the work
 
 

@@ -17,6 +17,19 @@ CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# A Qwen3-style reasoning template: ChatML whose generation prompt, when the caller passes enable_thinking=False,
+# already holds a closed, empty think block, so the answer starts right after it. Earlier assistant turns keep only
+# the text after their think block, as reasoning templates do.
+REASONING_TEMPLATE = (
+    "{% for message in messages %}{% set content = message['content'] %}"
+    "{% if message['role'] == 'assistant' and '</think>' in content %}"
+    "{% set content = content.split('</think>')[-1].lstrip() %}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + content + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+    "{% if enable_thinking is defined and enable_thinking is false %}{{ '<think>\n\n</think>\n\n' }}{% endif %}"
+    "{% endif %}"
+)
+THINK_TOKENS = ["<think>", "</think>"]  # added, not special (as in Qwen3): decoding keeps them in the text
 SPECIALS = ["<|pad|>", "<|unk|>", "<|im_start|>", "<|im_end|>", "<|endoftext|>"]
 WORDS = ("system user assistant the a an to of and is how do i can you me tell write make help please what why "
          "sorry cannot sure here step cake bread garden water plant python code list repeat reverse one two three "
@@ -25,9 +38,12 @@ WORDS = ("system user assistant the a an to of and is how do i can you me tell w
 ARCHITECTURES = ("qwen2", "llama", "qwen3", "mistral", "gemma2", "gemma3", "phi3")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(reasoning: bool = False) -> PreTrainedTokenizerFast:
     """A word-level ChatML tokenizer (whitespace, newlines included, only separates words: ChatML renders as
-    `<|im_end|> <|im_start|> assistant`, so the post-instruction template is three tokens)."""
+    `<|im_end|> <|im_start|> assistant`, so the post-instruction template is three tokens).
+
+    `reasoning=True`: the Qwen3-style `REASONING_TEMPLATE` with `<think>` / `</think>` as added tokens (with
+    thinking off the post-instruction template is `<|im_end|> <|im_start|> assistant <think> </think>`)."""
     vocab = {tok: i for i, tok in enumerate(SPECIALS + ["\n"] + WORDS)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", "isolated"),
@@ -35,6 +51,9 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<|pad|>", unk_token="<|unk|>",
                                    eos_token="<|im_end|>", additional_special_tokens=["<|im_start|>", "<|endoftext|>"])
     fast.chat_template = CHATML_TEMPLATE
+    if reasoning:
+        fast.add_tokens(THINK_TOKENS)
+        fast.chat_template = REASONING_TEMPLATE
     fast.padding_side = "left"
     return fast
 
@@ -64,11 +83,11 @@ def tiny_config(arch: str, tokenizer, *, n_layers: int = 3, d_model: int = 64, n
                          **extra)
 
 
-def tiny_model(arch: str = "qwen2", *, seed: int = 0, **config_kwargs):
-    """(model, tokenizer): a random `arch` causal LM in eval mode with a ChatML tokenizer."""
+def tiny_model(arch: str = "qwen2", *, seed: int = 0, reasoning: bool = False, **config_kwargs):
+    """(model, tokenizer): a random `arch` causal LM in eval mode with a ChatML (or reasoning) tokenizer."""
     from transformers import AutoModelForCausalLM
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_tokenizer(reasoning)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, **config_kwargs))
     model.generation_config.pad_token_id = tokenizer.pad_token_id

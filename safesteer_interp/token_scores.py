@@ -18,6 +18,7 @@ from torch import Tensor
 from safesteer_interp.chat import ChatBatch, batch_from_ids
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.generation import eos_token_ids
+from safesteer_interp.judges import THINK_CLOSE, THINK_OPEN
 
 # End-of-turn names the reference checks besides the tokenizer's EOS (whichever exist in the vocabulary).
 END_OF_TURN_NAMES = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
@@ -95,7 +96,9 @@ def valid_positions(base_argmax: Int[Tensor, "row horizon"], eot_ids: Sequence[i
 
 
 def special_token_mask(tokenizer, vocab: int) -> Bool[Tensor, " vocab"]:
-    """Tokens S may never contain: the tokenizer's special ids and every token whose string contains '<|'.
+    """Tokens S may never contain: the tokenizer's special ids, every token whose string contains '<|', and the
+    think-block markers of reasoning templates (added but not special tokens in Qwen3: prompts close the block
+    before the answer, so a marker in S would train the student to reopen thinking inside its answer).
 
     Ids the tokenizer cannot decode (embedding rows padded past its length, e.g. Qwen's 151936 vs 151665) are
     banned too: they are never trained and could only enter S as noise.
@@ -103,7 +106,7 @@ def special_token_mask(tokenizer, vocab: int) -> Bool[Tensor, " vocab"]:
     banned = torch.zeros(vocab, dtype=torch.bool)
     banned[[i for i in tokenizer.all_special_ids if i < vocab]] = True
     for token, idx in tokenizer.get_vocab().items():
-        if "<|" in token and idx < vocab:
+        if ("<|" in token or token in (THINK_OPEN, THINK_CLOSE)) and idx < vocab:
             banned[idx] = True
     banned[len(tokenizer):] = True
     return banned

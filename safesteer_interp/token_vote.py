@@ -7,6 +7,7 @@ fixed K, or `k="auto"`, the smallest set carrying a chosen share of the positive
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -21,13 +22,26 @@ from safesteer_interp.token_scores import ContrastRecords, flatten_valid
 Method = Literal["vote", "mean", "mass"]  # vote / mean: the reference; mass: our variant
 
 
+K_INNER_REFERENCE = 200  # the released scripts' vote_top_k_inner
+K_INNER_SHARE = 0.0016  # ... which is 0.13-0.16 % of the paper models' vocabularies (Qwen 151,936; Llama 128,256)
+
+
+def resolve_k_inner(k_inner: int | Literal["auto"], vocab: int) -> int:
+    """K' as an integer. "auto" is the reference's 200 capped at 0.16 % of the vocabulary (rounded up): exactly 200
+    on all four paper models, but 1 on the organism's 468 tokens, where K'=200 would make every record vote for
+    43 % of the vocabulary and the vote count stop ranking anything (see `vote_warning`)."""
+    if k_inner == "auto":
+        return max(1, min(K_INNER_REFERENCE, math.ceil(K_INNER_SHARE * vocab)))
+    return int(k_inner)
+
+
 @dataclass(frozen=True)
 class SelectionConfig:
     """The reference's selection knobs (released scripts: vote, K=50, K'=200) plus the automatic size."""
 
     k: int | Literal["auto"] = 50  # |S| at most K (fewer if fewer tokens score > 0); "auto": by mass share
     method: Method = "vote"
-    k_inner: int = 200  # K': tokens voted for per record
+    k_inner: int | Literal["auto"] = "auto"  # K': tokens voted for per record ("auto": see resolve_k_inner)
     min_prob: float = 1e-6  # ban tokens whose mean pi_T probability over valid records is below this
     exclude_special: bool = True
     share: float = 0.95  # for k="auto": share of the positive Δ-weighted teacher mass S must carry
@@ -37,7 +51,9 @@ class SelectionConfig:
             raise SafeSteerError(f"k must be a positive integer or 'auto', not {self.k!r}")
         if self.method not in ("vote", "mean", "mass"):
             raise SafeSteerError(f"method must be 'vote', 'mean' or 'mass', not {self.method!r}")
-        if self.k_inner < 1 or not 0 < self.share <= 1 or self.min_prob < 0:
+        if self.k_inner != "auto" and (not isinstance(self.k_inner, int) or self.k_inner < 1):
+            raise SafeSteerError(f"k_inner (K') must be a positive integer or 'auto', not {self.k_inner!r}")
+        if not 0 < self.share <= 1 or self.min_prob < 0:
             raise SafeSteerError(f"need k_inner >= 1, 0 < share <= 1 and min_prob >= 0; got k_inner={self.k_inner}, "
                                  f"share={self.share}, min_prob={self.min_prob}")
 
@@ -82,8 +98,8 @@ def _valid_chunks(records: ContrastRecords, rows: int):
                flatten_valid(records.lp_base[start:start + rows], valid), h)
 
 
-def token_stats(records: ContrastRecords, special: Bool[Tensor, " vocab"] | None, k_inner: int = 200,
-                min_prob: float = 1e-6, *, chunk: int = 64) -> TokenStats:
+def token_stats(records: ContrastRecords, special: Bool[Tensor, " vocab"] | None,
+                k_inner: int | Literal["auto"] = "auto", min_prob: float = 1e-6, *, chunk: int = 64) -> TokenStats:
     """Summaries of every token over the valid records, with the reference's banning and K'-voting.
 
     Banned: `special` (pass None to keep special tokens) plus every token whose mean teacher probability over the
@@ -95,6 +111,7 @@ def token_stats(records: ContrastRecords, special: Bool[Tensor, " vocab"] | None
     a token with a huge log-ratio but negligible teacher probability (junk) gets ~0 mass.
     """
     valid, H, V = records.valid, records.horizon, records.vocab
+    k_inner = resolve_k_inner(k_inner, V)
     n_valid = int(valid.sum())
     if n_valid == 0:
         raise SafeSteerError("every answer position is masked: the base model ends its turn at the first answer "
@@ -185,11 +202,12 @@ def saturation(selection: Selection) -> float:
     return float((selection.stats.votes[selection.ids] >= selection.stats.n_valid).float().mean())
 
 
-def vote_warning(selection: Selection, k_inner: int) -> str | None:
+def vote_warning(selection: Selection, k_inner: int | Literal["auto"]) -> str | None:
     """A one-line warning when the vote cannot rank well: K' is a large share of the allowed vocabulary (every
     record then votes for most tokens with Δ > 0, junk included) or most of S got a vote from every record."""
     if selection.ranked_by != "vote":
         return None
+    k_inner = resolve_k_inner(k_inner, selection.stats.banned.numel())
     share, full = k_inner / max(int((~selection.stats.banned).sum()), 1), saturation(selection)
     if share <= 0.05 and full <= 0.5:
         return None
@@ -210,5 +228,5 @@ def select(records: ContrastRecords, config: SelectionConfig, special: Bool[Tens
     return rank_tokens(stats, config.k, config.method, config.share)
 
 
-__all__ = ["Method", "Selection", "SelectionConfig", "TokenStats", "mass_curve", "rank_tokens", "saturation", "select",
-           "token_stats", "vote_warning"]
+__all__ = ["K_INNER_REFERENCE", "Method", "Selection", "SelectionConfig", "TokenStats", "mass_curve", "rank_tokens",
+           "resolve_k_inner", "saturation", "select", "token_stats", "vote_warning"]

@@ -25,7 +25,7 @@ from safesteer_interp.token_explain import (
     typical_final_rms,
 )
 from safesteer_interp.token_scores import ContrastConfig, ContrastRecords, score_contrast, special_token_mask
-from safesteer_interp.token_vote import Selection, SelectionConfig, rank_tokens, token_stats
+from safesteer_interp.token_vote import Selection, SelectionConfig, rank_tokens, resolve_k_inner, token_stats
 
 TeacherKind = Literal["vector", "prompt"]
 PromptSet = Literal["harmless", "harmful"]
@@ -57,7 +57,7 @@ class TokenResult:
 
 
 def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction=None, *, coeff: float | None = None,
-                 positions: Positions = "all") -> SteeredTeacher:
+                 positions: Positions | None = None) -> SteeredTeacher:
     """The teacher of `kind`: the steered model (needs a direction) or the safety-system-prompt model."""
     if kind == "vector":
         if direction is None:
@@ -110,20 +110,22 @@ def select_safety_tokens(teacher: SteeredTeacher, prompts: Sequence[str], contra
     if check_stability:
         other = score_contrast(teacher, prompts, replace(contrast, seed=contrast.seed + 1), progress=progress)
         stab = stability(records, other, special, selection, stability_ks)
-    config = {**asdict(contrast), **asdict(selection), "k_fixed": k_fixed, "teacher": teacher.kind,
+    config = {**asdict(contrast), **asdict(selection), "k_fixed": k_fixed,
+              "k_inner_used": resolve_k_inner(selection.k_inner, records.vocab), "teacher": teacher.kind,
               "coeff": getattr(teacher, "coeff", None), "n_prompts": len(records.prompts),
               "on": records.meta.get("on", "given"), "end_of_turn_ids": records.meta["end_of_turn_ids"]}
     return TokenResult(main, fixed, auto, explanations, stab, records, config, dla_info)
 
 
 def run_tokens(run: str | Path, model, tokenizer, *, prompts: Sequence[str] | None = None, on: PromptSet | None = None,
-               teacher_kind: TeacherKind = "vector", coeff: float | None = None, positions: Positions = "all",
+               teacher_kind: TeacherKind = "vector", coeff: float | None = None, positions: Positions | None = None,
                contrast: ContrastConfig = ContrastConfig(), selection: SelectionConfig = SelectionConfig(),
-               check_stability: bool = True, progress: Callable[[int], None] | None = None) -> TokenResult:
+               check_stability: bool = True, progress: Callable[[int], None] | None = None,
+               extra_config: dict | None = None) -> TokenResult:
     """The CLI's stage: read the direction (vector teacher) and prompts from RUN, select, write `RUN/tokens/`.
 
     Default prompts follow the reference: filtered harmless validation prompts for the vector teacher, filtered
-    harmful ones for the prompt teacher.
+    harmful ones for the prompt teacher. `extra_config` (e.g. the CLI's preset record) is stored in the config.
     """
     from safesteer_interp.token_report import write_report
 
@@ -133,7 +135,7 @@ def run_tokens(run: str | Path, model, tokenizer, *, prompts: Sequence[str] | No
     prompts = list(prompts) if prompts is not None else default_selection_prompts(run, on)
     result = select_safety_tokens(teacher, prompts, contrast, selection, check_stability=check_stability,
                                   progress=progress)
-    result.config.update(on=on, positions=str(positions))
+    result.config.update(on=on, positions=str(teacher.positions), **(extra_config or {}))
     write_report(Path(run) / "tokens", result, tokenizer)
     return result
 

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
 from safesteer_interp.activations import difference_in_means
-from safesteer_interp.artifacts import read_json, read_tensors, write_json
+from safesteer_interp.artifacts import read_json, read_tensors, write_json, write_tensors
 from safesteer_interp.chat import render_prompts
 
 
@@ -48,6 +48,21 @@ def test_corrupt_json_artifact_is_one_line(tmp_path):
         read_json(path)
     write_json(path, {"a": 1})
     assert read_json(path) == {"a": 1} and not list(tmp_path.glob(".*tmp"))
+
+
+def test_tensor_artifacts_are_byte_identical_and_keep_their_metadata(tmp_path):
+    """safetensors stores metadata in a hash map (random order per write); ours sorts it, so reruns match bytes."""
+    from safetensors import safe_open
+
+    meta = {f"key{i}": f"value {i} ü \"quoted\"" for i in range(8)}
+    tensors = {"direction": torch.arange(6.0).reshape(2, 3), "norms": torch.ones(4, dtype=torch.float64)}
+    blobs = {(tmp_path / f"t{i}.safetensors").read_bytes() if write_tensors(tmp_path / f"t{i}.safetensors", tensors,
+                                                                             meta) else None for i in range(6)}
+    assert len(blobs) == 1
+    loaded = read_tensors(tmp_path / "t0.safetensors")
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with safe_open(str(tmp_path / "t0.safetensors"), "pt") as handle:
+        assert handle.metadata() == meta
 
 
 def test_smoke_run_writes_artifacts(tmp_path):

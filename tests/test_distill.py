@@ -82,6 +82,38 @@ def test_lora_disabled_teacher_is_the_base_model_exactly():
 
 
 # ----------------------------------------------------------------------------------------------- scoring
+def test_last_token_teacher_steers_only_the_last_prompt_token_when_scoring_answers():
+    """--teacher-positions last: in one pass over prompt + answer, only the last *prompt* token is steered."""
+    model, tok = tiny_model("qwen2")
+    pristine = copy.deepcopy(model)
+    d = direction()
+    student, teacher = make_pair(model, tok, d, lora_r=4, teacher_positions="last")
+    rollout = sample_rollout(student, tok, HARMFUL[:2], samples=2, max_new_tokens=5, seed=1)
+    with torch.no_grad(), teacher.active(teacher.scoring_positions(rollout.sequences, rollout.prompt_length)):
+        taught = answer_logprobs(student, rollout)
+    layer = pristine.model.layers[d.layer]
+    for row in range(len(rollout)):
+        keep = rollout.attention_mask[row].bool()
+        ids = rollout.sequences[row, keep][None]
+        n_prompt = int(rollout.attention_mask[row, :rollout.prompt_length].sum())
+        n = int(rollout.answer_mask[row].sum())
+
+        def add_at_last_prompt_token(module, args, kwargs, where=n_prompt - 1):  # written out by hand
+            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+            hidden[:, where] += d.vector
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        handle = layer.register_forward_pre_hook(add_at_last_prompt_token, with_kwargs=True)
+        try:
+            with torch.no_grad():
+                expected = torch.log_softmax(pristine(input_ids=ids).logits[0, -n - 1:-1], -1)
+        finally:
+            handle.remove()
+        assert float((taught[row, :n] - expected).abs().max()) < 2e-5
+    with pytest.raises(SafeSteerError, match="teacher-positions"):
+        DistillConfig(teacher_positions="first").check()
+
+
 def test_scores_of_a_padded_rollout_equal_unpadded_rows():
     model, tok = tiny_model("llama")
     rollout = sample_rollout(model, tok, HARMFUL[:3], samples=2, max_new_tokens=7, seed=3)

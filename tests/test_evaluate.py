@@ -17,7 +17,7 @@ from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate import CONTRACT_KEYS, EvalSpec, evaluate, read_summary, score_requests
 from safesteer_interp.multiple_choice import MCItem, evaluate_mc, load_items, prompt_and_continuations
 from safesteer_interp.organism.world import REFUSALS, evaluation_set
-from safesteer_interp.policies import Policy, adapters_off, plain
+from safesteer_interp.policies import Policy, adapters_off, plain, steered
 from safesteer_interp.teacher import SteeredTeacher
 from safesteer_interp.testing import save_tiny_model
 
@@ -203,6 +203,60 @@ def test_multiple_choice_is_argmax_of_log_likelihoods(qwen2, mode):
     assert len({round(x, 3) for x in expected[0]}) == 3  # no ties: the argmax is meaningful
     assert result["predictions"] == predictions
     assert result["accuracy"] == sum(p == i.answer for p, i in zip(predictions, ITEMS)) / len(ITEMS)
+
+
+class SteerAt:
+    """Hand-written steering for the checks below: add `vector` at layer 1 of `model`, at column `where` only."""
+
+    def __init__(self, model, vector):
+        self.model, self.vector, self.where = model, vector, None
+
+    def __call__(self, ids):
+        def add(_module, args, kwargs):
+            hidden = (args[0] if args else kwargs["hidden_states"]).clone()
+            hidden[:, self.where] += self.vector
+            return ((hidden, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": hidden})
+
+        handle = self.model.model.layers[1].register_forward_pre_hook(add, with_kwargs=True)
+        try:
+            return self.model(ids)
+        finally:
+            handle.remove()
+
+
+def test_last_token_teacher_is_scored_with_the_prompt_end_steered(qwen2):
+    """KL drift and multiple-choice scoring of a teacher that steers the last prompt token: in a teacher-forced
+    pass the hook must hit the prompt's last column (not the last answer token), for every row of the batch."""
+    model, tok = qwen2
+    vector = 3 * torch.ones(64)
+    teacher = SteeredTeacher(model, tok, Direction(vector, layer=1, pos=-1, positions="last"))
+    hand = SteerAt(model, vector)
+    drift = harmless_kl(steered(teacher), plain(model, tok), HARMLESS, max_new_tokens=6, batch_size=3)
+    total, count = 0.0, 0
+    for prompt in HARMLESS:
+        ids = encode_prompts(tok, [prompt]).input_ids
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)[0]
+        answer = out[ids.shape[1]:].tolist()
+        answer = answer[:answer.index(tok.eos_token_id) + 1] if tok.eos_token_id in answer else answer
+        full, hand.where = torch.tensor([ids[0].tolist() + answer]), ids.shape[1] - 1
+        with torch.no_grad():
+            ls, lb = (torch.log_softmax(m(full).logits[0].double(), -1) for m in (hand, model))
+        for j in range(len(answer)):
+            pos = ids.shape[1] - 1 + j
+            total, count = total + float((ls[pos].exp() * (ls[pos] - lb[pos])).sum()), count + 1
+    assert total / count > 1e-3 and drift.harmless_kl == pytest.approx(total / count, rel=1e-4, abs=1e-6)
+    scores = evaluate_mc(steered(teacher), ITEMS, mode="text", batch_size=4)["logliks"]
+    for item, got in zip(ITEMS, scores):
+        prompt, conts = prompt_and_continuations(item, "text")
+        prompt_ids = encode_prompts(tok, [prompt]).input_ids[0].tolist()
+        hand.where = len(prompt_ids) - 1
+        for cont, value in zip(conts, got):
+            cont_ids = tok(cont, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                logp = torch.log_softmax(hand(torch.tensor([prompt_ids + cont_ids])).logits[0].double(), -1)
+            assert value == pytest.approx(sum(float(logp[len(prompt_ids) - 1 + j, t])
+                                              for j, t in enumerate(cont_ids)), rel=1e-4, abs=1e-4)
 
 
 def test_multiple_choice_loading(tmp_path):

@@ -27,6 +27,7 @@ from safesteer_interp.token_scores import (
 from safesteer_interp.token_vote import (
     SelectionConfig,
     rank_tokens,
+    resolve_k_inner,
     saturation,
     select,
     token_stats,
@@ -151,6 +152,18 @@ def test_stability_reselects_on_disjoint_prompt_halves():
     assert result.summary()["jaccard_halves"] == 1.0 and result.seeds_informative is False  # H = 1
 
 
+def test_k_inner_auto_is_the_reference_on_paper_vocabularies_and_scales_down():
+    # Qwen2.5/Qwen3 (151,936), Llama-3 (128,256), Gemma (262,144): the released K'=200 exactly
+    assert [resolve_k_inner("auto", v) for v in (151_936, 128_256, 262_144)] == [200, 200, 200]
+    assert resolve_k_inner("auto", 32_000) == 52 and resolve_k_inner("auto", 468) == 1  # Mistral-sized; organism
+    assert resolve_k_inner(7, 468) == 7
+    with pytest.raises(SafeSteerError, match="k_inner"):
+        SelectionConfig(k_inner=0)
+    rec = _random_records(0)
+    assert torch.equal(token_stats(rec, None, "auto", 0.0).votes,
+                       token_stats(rec, None, resolve_k_inner("auto", rec.vocab), 0.0).votes)
+
+
 def test_jaccard_and_ranks():
     assert jaccard([1, 2, 3], [2, 3, 4]) == 0.5 and jaccard([], []) == 1.0
     rec = _sparse_records(rows=2)
@@ -251,7 +264,7 @@ def _tokens_app():
 def test_cli_tokens_and_one_line_errors(tmp_path, monkeypatch):
     from safesteer_interp.testing import tiny_model
 
-    monkeypatch.setattr("safesteer_interp.cli.main.open_model", lambda spec, **kw: tiny_model("qwen2"))
+    monkeypatch.setattr("safesteer_interp.cli.main.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))
     app = _tokens_app()
     missing = CliRunner().invoke(app, ["tokens", "--run", str(tmp_path), "--model", "tiny-random"])
     assert isinstance(missing.exception, SafeSteerError) and "direction.safetensors" in str(missing.exception)
