@@ -20,10 +20,12 @@ def presets_command() -> None:
         memory = p["memory_gb_estimate"]
         grid.add_row(p["name"], p["model"], f"{p['lr']:g}", str(p["horizon"]), f"{p['min_prob']:g}", str(p["k"]),
                      str(p["samples"]), str(p["k_inner"]), f"{p['max_prompt_length']}/{p['max_new_tokens']}",
-                     f"{p['prompts_per_step']} x {p['samples']}", f"{memory['full_ft']:g} / {memory['full_ft_mixed']:g} / {memory['lora']:g}")
+                     f"{p['prompts_per_step']} x {p['samples']}",
+                     f"{memory['full_ft']:g} / {memory['full_ft_mixed']:g} / {memory['lora']:g}")
     console.print(grid)
     console.print("Common to all: vote, T 1, top-p 1, full fine-tuning, 1 epoch, warmup 0.1 + cosine, grad clip 1, "
-                  "pure bf16 weights, seed 42, coeff 1.0, gradient checkpointing, 100 pku-saferlhf prompts.", highlight=False)
+                  "pure bf16 weights, seed 42, coeff 1.0, gradient checkpointing, 100 pku-saferlhf prompts.",
+                  highlight=False)
     console.print("Memory: an estimate, not a measurement: full FT as the reference (pure bf16, the preset) = "
                   "10 B/param (weights 2 + grads 2 + AdamW m, v 4 + frozen teacher copy 2); mixed precision (--dtype "
                   "float32) = 20 B/param; LoRA = 2 B/param + adapters; activations and logits come on top.",

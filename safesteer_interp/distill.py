@@ -27,6 +27,7 @@ from safesteer_interp.artifacts import read_json, write_json, write_jsonl
 from safesteer_interp.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from safesteer_interp.direction_io import Direction
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.generation import eos_token_ids
 from safesteer_interp.hooks import base_model
 from safesteer_interp.losses import DIVERGENCES, RESTRICTS, VOCABS, loss_window, reduce_loss, token_loss
 from safesteer_interp.metrics import StepStats, rollout_stats
@@ -212,6 +213,7 @@ class Distiller:
         if cfg.grad_checkpointing:
             base_model(self.student).gradient_checkpointing_enable({"use_reentrant": False})
         self.params = trainable(self.student)
+        self.eos = eos_token_ids(base_model(self.student), tokenizer)  # ends of turn, for the step statistics
         self.precision = precision_report(self.params.values(), cfg.learning_rate)
         if self.precision["warning"]:
             warnings.warn(self.precision["warning"], stacklevel=2)
@@ -338,9 +340,6 @@ class Distiller:
 
     # -------------------------------------------------------------------------------------- whole run
     def run(self, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True) -> dict:
-        from safesteer_interp.generation import eos_token_ids
-
-        self.eos = eos_token_ids(base_model(self.student), self.tokenizer)
         total, metrics_path = len(self.plan), self.train_dir / "metrics.jsonl"
         started = time.perf_counter()
         last: dict = {}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +55,9 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
         raise SafeSteerError(f"--lora-r {r} must be >= 1")
     config = LoraConfig(r=r, lora_alpha=alpha if alpha is not None else 2 * r, lora_dropout=0.0,
                         target_modules=check_lora_targets(model, targets), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with warnings.catch_warnings():  # peft reads transformers' renamed `is_gradient_checkpointing` (v6 deprecation)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, config)
 
 
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
