@@ -62,8 +62,9 @@ def eval_command(
     if mc_mode not in ("letter", "text"):
         raise SafeSteerError(f"--mc-mode {mc_mode!r} is not one of letter, text")
     custom = any(x is not None for x in (harmful, lookalike, harmless))
-    if model not in ("organism", "tiny-random") and not custom and split != "test":
-        raise SafeSteerError("--split applies to the organism only")
+    if custom and split != "test":
+        raise SafeSteerError("--split chooses the organism world's split; with --harmful/--lookalike/--harmless "
+                             "the prompt files are the split")
     spec = EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode) if custom else "organism"
     judges = [load_judge(j) for j in judge or ()]
     with err_console.status(f"loading {model}"):

@@ -26,7 +26,7 @@ def tiny_organism(tmp_path_factory):
 
 def _config(model: str) -> RunConfig:
     return RunConfig(model=model, k=5, horizon=2, samples=2, n_prompts=4, max_new_tokens=6, prompts_per_step=2,
-                     eval_per_group=3, eval_per_task=1,
+                     eval_per_group=3, eval_per_task=1, distill={"epochs": 1},
                      direction={"refusal_tokens": ["I'm"], "filter_prompts": False, "n_train": 8, "n_val": 4,
                                 "kl_max": 1e9, "induce_min": -1e9, "prune": 0.0, "max_new_tokens": 6})
 
