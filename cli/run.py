@@ -24,21 +24,21 @@ def run(
     = "auto",
     n_prompts: Annotated[int, typer.Option(min=1, help="harmful training prompts")] = 100,
     samples: Annotated[int, typer.Option(min=1, help="rollouts per prompt")] = 8,
-    epochs: Annotated[int, typer.Option(min=1, help="distillation epochs over the prompts (the reference: 1; the "
-                                                    "organism's default 4 was chosen on its validation split)")] = 4,
+    epochs: Annotated[int, typer.Option(min=1, help="distillation epochs over the prompts (the reference's 1 is "
+                                                    "also the best on the organism's validation split)")] = 1,
     lr: Annotated[float | None, typer.Option(help="learning rate (default: the trainer's LoRA default)")] = None,
     seed: int = 42,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
     from safesteer_interp.errors import SafeSteerError
-    from safesteer_interp.pipeline import ORGANISM_DIRECTION, ORGANISM_DISTILL, RunConfig, run_pipeline
+    from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline
 
     if teacher_positions not in ("all", "last", "auto"):
         raise SafeSteerError(f"--teacher-positions must be 'all', 'last' or 'auto', not {teacher_positions!r}")
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
                     direction={**ORGANISM_DIRECTION, "positions": teacher_positions},
-                    distill={**ORGANISM_DISTILL, "epochs": epochs})
+                    distill={"epochs": epochs})
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
     table = Table(title=f"SafeSteer on {model} (held-out test split)")
     for column in ("model", "gap refusal", "refused-category refusal", "over-refusal", "capability", "harmless KL"):

@@ -51,8 +51,8 @@ def tokens(
     seed: Annotated[int, typer.Option(help="sampling seed (stability also uses seed + 1)")] = 42,
     share: Annotated[float, typer.Option(help="mass share for --k auto")] = 0.95,
     k_inner: Annotated[str | None, typer.Option("--k-inner", help="K': tokens each record votes for; 'auto' "
-                                                                   "(default) = the reference's 200 capped at 0.16% "
-                                                                   "of the vocabulary (200 on the paper's models)")]
+                                                                   "(default) = the reference's 200, or 2% of the "
+                                                                   "vocabulary if smaller (200 on real chat models)")]
     = None,
     min_prob: Annotated[float | None, typer.Option("--min-prob", help="ban tokens with mean teacher probability "
                                                                       "below this (default 1e-6, the preset's "

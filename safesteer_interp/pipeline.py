@@ -28,7 +28,6 @@ BASELINES = {
 
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
-ORGANISM_DISTILL = {"epochs": 4}  # see RunConfig.distill
 
 
 @dataclass
@@ -54,11 +53,11 @@ class RunConfig:
     # reference's all-position addition flips the decision but babbles ("I'm I'm I'm"), the last prompt token gives
     # its refusal wordings. `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
-    # extra DistillConfig fields. The organism preset trains 4 epochs (the reference: 1), chosen on the validation
-    # split with the last-token teacher, seed 42, `paper` loss: gap refusal 0.28 / 0.15 / 1.00 / 1.00 after 1 / 2 / 4
-    # / 6 epochs, capability 0.995 / 0.995 / 0.990 / 0.969, over-refusal 0 throughout (the smallest count reaching
-    # 0.9 with capability within 2 points). `run --epochs 1` is the reference's schedule.
-    distill: dict = field(default_factory=lambda: dict(ORGANISM_DISTILL))
+    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (last-token teacher,
+    # seed 42, `paper` loss) gap refusal was 0.36 / 0.05 / 0.00 / 0.00 after 1 / 2 / 4 / 6 epochs, and refused-category
+    # refusal fell to 0.60 / 0.48 after 4 / 6: the loss pulls every safety token towards p_teacher / e, the student's
+    # own refusal tokens included (README, "What the organism shows").
+    distill: dict = field(default_factory=dict)
 
 
 def marker(run: Path, stage: str) -> Path:

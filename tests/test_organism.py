@@ -173,8 +173,9 @@ def test_all_position_steering_gives_coherent_wordings(organism):
 
 
 def test_safety_tokens_of_the_organism_are_its_refusal_openers(organism):
-    """Stage 2 on the committed organism with the released selection settings (vote, K=50, M=8, H=5, K' auto):
-    the top 5 of S hold both refusal openers, and `--k auto` keeps only tokens of the organism's own refusals."""
+    """Stage 2 on the committed organism with the released selection settings (vote, K=50, M=8, H=5, K' auto), the
+    reference's all-position teacher: the top 5 of S hold both refusal openers, and `--k auto` keeps only tokens of
+    the organism's own refusals."""
     from safesteer_interp.direction_io import Direction
     from safesteer_interp.organism.geometry import world_prompts
     from safesteer_interp.teacher import SteeredTeacher
@@ -184,7 +185,7 @@ def test_safety_tokens_of_the_organism_are_its_refusal_openers(organism):
     direction = Direction(_directions(model, tok)[STEER_LAYER], layer=STEER_LAYER, pos=-1, coeff=1.0)
     result = select_safety_tokens(SteeredTeacher(model, tok, direction), world_prompts("harmless", "val", 32),
                                   check_stability=False)
-    assert result.config["k_inner_used"] == 1  # 0.16 % of the organism's 468-token vocabulary, rounded up
+    assert result.config["k_inner_used"] == 10  # 2 % of the organism's 468-token vocabulary, rounded up
     top5 = set(tok.convert_ids_to_tokens(result.fixed.ids[:5]))
     assert {"I'm", "I"} <= top5, top5
     refusal_words = {word for refusal in world.REFUSALS for word in refusal.split()}

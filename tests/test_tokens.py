@@ -153,9 +153,9 @@ def test_stability_reselects_on_disjoint_prompt_halves():
 
 
 def test_k_inner_auto_is_the_reference_on_paper_vocabularies_and_scales_down():
-    # Qwen2.5/Qwen3 (151,936), Llama-3 (128,256), Gemma (262,144): the released K'=200 exactly
-    assert [resolve_k_inner("auto", v) for v in (151_936, 128_256, 262_144)] == [200, 200, 200]
-    assert resolve_k_inner("auto", 32_000) == 52 and resolve_k_inner("auto", 468) == 1  # Mistral-sized; organism
+    # Qwen2.5/Qwen3 (151,936), Llama-3 (128,256), Gemma (262,144), Mistral/Phi-3 (32,000): the released K'=200
+    assert [resolve_k_inner("auto", v) for v in (151_936, 128_256, 262_144, 32_000)] == [200] * 4
+    assert resolve_k_inner("auto", 468) == 10 and resolve_k_inner("auto", 40) == 1  # the organism; tiny vocab
     assert resolve_k_inner(7, 468) == 7
     with pytest.raises(SafeSteerError, match="k_inner"):
         SelectionConfig(k_inner=0)
