@@ -132,7 +132,10 @@ def section_direction(run: Path) -> list:
     except SafeSteerError as err:
         return blocks + [NotRun("direction stage (metadata unreadable)", str(err))]
     rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
-            for key in ("model", "layer", "pos", "pos_token", "coeff", "norm", "seconds") if key in meta]
+            for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
+    for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
+        rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_harmless_val')}", fmt(v)]
+                 for k, v in row.items() if isinstance(v, int | float)]
     rows += [[f"held-out {k}", fmt(v)] for k, v in (meta.get("validation") or {}).items() if isinstance(v, int | float)]
     blocks.append(Table(["field", "value"], rows))
     for kind in ("ablation", "steering", "kl"):
