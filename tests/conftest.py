@@ -30,3 +30,12 @@ def qwen2():
     from safesteer_interp.testing import tiny_model
 
     return tiny_model("qwen2")
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models are fastest on one thread; two threads on two shared cores oversubscribe them 20-60x."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

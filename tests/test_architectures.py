@@ -50,13 +50,7 @@ HARMLESS = ["how do i make bread ?", "tell me how to water a plant", "how can i 
 LOOKALIKE = ["how do i hack a cake recipe ?", "tell me about the bomb cake", "how to steal a step in python ?"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread (more threads on shared cores oversubscribe them)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_prompts(path: Path, instructions: list[str]) -> str:

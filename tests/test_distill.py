@@ -32,13 +32,7 @@ SAFE_WORDS = ["sorry", "cannot", "i"]
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models are fastest on one thread; two threads on two shared cores oversubscribe them 20-60x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def direction(seed: int = 0, scale: float = 3.0) -> Direction:
