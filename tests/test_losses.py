@@ -179,3 +179,37 @@ def test_bad_modes_are_one_line_errors():
         token_loss(s, t, vocab="full", kind="tv")
     with pytest.raises(SafeSteerError, match="alpha"):
         generalized_jsd(s, t, 1.5)
+
+
+def test_step_statistics_equal_the_full_tensor_formulas_whatever_the_chunking():
+    """`rollout_stats` builds its full-vocabulary terms a few rows at a time; the sums must not depend on that."""
+    from safesteer_interp.metrics import rollout_stats
+    from safesteer_interp.rollout import Rollout
+
+    g = torch.Generator().manual_seed(3)
+    b, t, v, prompt = 5, 6, 30, 4
+    s = torch.log_softmax(torch.randn(b, t, v, generator=g, dtype=torch.float64), -1)
+    q = torch.log_softmax(torch.randn(b, t, v, generator=g, dtype=torch.float64), -1)
+    sequences = torch.randint(3, v, (b, prompt + t), generator=g)
+    attention = torch.ones(b, prompt + t, dtype=torch.long)
+    attention[1, -2:] = 0  # a shorter answer
+    sequences[0, prompt + 2] = 2  # an end-of-turn token
+    rollout = Rollout(sequences, attention, prompt, torch.arange(b))
+    mask = rollout.answer_mask
+    ids = torch.tensor([4, 9, 17])
+    w = mask.double()
+    p = s.exp()
+    answers = sequences[:, prompt:, None]
+    log_ratio = (q.gather(-1, answers) - s.gather(-1, answers))[..., 0]
+    expected = {"tokens": float(w.sum()), "kl_k3": float(((log_ratio.exp() - 1 - log_ratio) * w).sum()),
+                "kl_full": float(((p * (s - q)).sum(-1) * w).sum()), "entropy": float((-(p * s).sum(-1) * w).sum()),
+                "kl_on_S": float(((p * (s - q))[..., ids].sum(-1) * w).sum()),
+                "mass_S_student": float((p[..., ids].sum(-1) * w).sum()),
+                "mass_S_teacher": float((q.exp()[..., ids].sum(-1) * w).sum()),
+                "first_mass_S_student": float(p[:, 0, ids].sum()),
+                "first_mass_S_teacher": float(q.exp()[:, 0, ids].sum()),
+                "finished": 1.0, "length": float(mask.sum())}
+    for rows in (1, 2, b):
+        got = rollout_stats(s, q, rollout, mask, ids, [2], rows_per_chunk=rows)
+        for key, value in expected.items():
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-12), (rows, key)
