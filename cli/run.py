@@ -41,8 +41,10 @@ def run(
                     distill={"epochs": epochs})
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
     table = Table(title=f"SafeSteer on {model} (held-out test split)")
-    for column in ("model", "gap refusal", "refused-category refusal", "over-refusal", "capability", "harmless KL"):
-        table.add_column(column, justify="right" if column != "model" else "left")
+    for column in ("model", "gap\nrefusal", "refused\nrefusal", "over-\nrefusal", "capa-\nbility", "harmless\nKL"):
+        # the model names are the row keys: never cut them ("safesteer-binned" vs "safesteer")
+        table.add_column(column, justify="right" if column != "model" else "left", no_wrap=column == "model",
+                         min_width=16 if column == "model" else None)
     for name, r in summary.items():
         table.add_row(name, *(_fmt(r.get(key)) for key in ("gap_refusal_rate", "refused_category_refusal_rate",
                                                             "over_refusal_rate", "capability_mean", "harmless_kl")))
