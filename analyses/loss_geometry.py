@@ -9,6 +9,7 @@ true divergences (never negative) and are shown beside it.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -48,6 +49,27 @@ def geometry_numbers(student: Float[Tensor, "batch pos vocab"], teacher: Float[T
     return out
 
 
+def first_position(student: Float[Tensor, "batch pos vocab"], teacher: Float[Tensor, "batch pos vocab"],
+                   ids: Int[Tensor, " k"], names: Sequence[str], top: int = 5) -> dict:
+    """The first answer token, where refusal is decided: mean p_student, p_teacher and the paper's fixed point
+    p_teacher/e for the S tokens the teacher uses (> 1e-3), and the student's own top tokens, in S or not.
+
+    The paper's loss drives each S token to p_teacher/e; whatever mass that frees goes to tokens outside S, which the
+    loss does not control. `student_top` shows where it went (e.g. the compliance opener kept, or scattered).
+    """
+    ids = ids.to(student.device)
+    p_s, p_t = student[:, 0].exp().mean(0), teacher[:, 0].exp().mean(0)  # vocab
+    in_s = torch.zeros_like(p_s, dtype=torch.bool)
+    in_s[ids] = True
+    used = [int(i) for i in ids[p_t[ids] > 1e-3][p_t[ids][p_t[ids] > 1e-3].argsort(descending=True)]]
+    return {"S": [{"token": names[i], "p_student": as_float(p_s[i]), "p_teacher": as_float(p_t[i]),
+                   "p_teacher_over_e": as_float(p_t[i] / math.e)} for i in used],
+            "mass_S_student": as_float(p_s[ids].sum()), "mass_S_teacher": as_float(p_t[ids].sum()),
+            "mass_S_fixed_point": as_float(p_t[ids].sum() / math.e),
+            "student_top": [{"token": names[int(i)], "p_student": as_float(p_s[i]), "in_S": bool(in_s[i])}
+                            for i in p_s.topk(min(top, p_s.numel())).indices]}
+
+
 # ----------------------------------------------------------------------------------------------- plots
 def plot(numbers: dict):
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))
@@ -79,17 +101,27 @@ def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, se
     numbers = {g: geometry_numbers(s.student, s.teacher, s.mask, inputs.safety_ids) for g, s in scored.items()}
     out = Writer(inputs.run, "loss_geometry")
     out.figure("loss_geometry.png", plot(numbers))
+    names = inputs.tokenizer.convert_ids_to_tokens(list(range(scored["harmful"].student.shape[-1])))
+    first = first_position(scored["harmful"].student, scored["harmful"].teacher, inputs.safety_ids, names)
     h = numbers["harmful"]
-    headline = {"paper_frac_negative_harmful": h["paper"]["frac_negative"],
+    headline = {"harmful_first_token_mass_S_student": first["mass_S_student"],
+                "harmful_first_token_mass_S_teacher": first["mass_S_teacher"],
+                "harmful_first_token_mass_S_teacher_over_e": first["mass_S_fixed_point"],
+                "harmful_first_token_student_top": f"{first['student_top'][0]['token']!r} "
+                                           f"({first['student_top'][0]['p_student']:.3f}, "
+                                           f"{'in' if first['student_top'][0]['in_S'] else 'not in'} S)",
+                "paper_frac_negative_harmful": h["paper"]["frac_negative"],
                 "renorm_frac_negative_harmful": h["renorm"]["frac_negative"],
                 "binned_frac_negative_harmful": h["binned"]["frac_negative"],
                 "frac_S_between_pt_over_e_and_pt_weighted": h["frac_between_teacher_weighted"],
                 "frac_S_below_pt_over_e_weighted": h["frac_below_pt_over_e_teacher_weighted"],
                 "frac_S_above_pt_weighted": h["frac_above_pt_teacher_weighted"], "e": round(math.e, 6)}
     result = {"name": "loss_geometry", "title": "Loss geometry (paper vs renorm vs binned)", "headline": headline,
-              "groups": numbers}
+              "groups": numbers, "first_token_harmful": {
+                  **first, "prompts": "the analysis sample of held-out harmful prompts (refused and gap categories), "
+                                      "one student-sampled answer each; mean over rows"}}
     out.json("loss_geometry.json", result)
     return {**result, "files": out.files}
 
 
-__all__ = ["analyze", "geometry_numbers", "zones"]
+__all__ = ["analyze", "first_position", "geometry_numbers", "zones"]

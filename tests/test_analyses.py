@@ -166,6 +166,19 @@ def test_logprob_shift_on_a_toy():
 
 
 # ----------------------------------------------------------------------------------------------- loss geometry
+def test_first_token_table_against_hand_numbers():
+    """Mean first-position probabilities over rows, the paper's fixed point p_t/e, and the student's top tokens."""
+    student = torch.log(torch.tensor([[[0.5, 0.2, 0.3, 0.0005]], [[0.2, 0.3, 0.5, 0.0005]]]).clamp(min=1e-9))
+    teacher = torch.log(torch.tensor([[[0.9, 0.05, 0.05, 0.0]], [[0.7, 0.1, 0.2, 0.0]]]).clamp(min=1e-9))
+    out = loss_geometry.first_position(student, teacher, torch.tensor([0, 1, 3]), ["I'm", "I", "Sure", "x"], top=2)
+    assert [row["token"] for row in out["S"]] == ["I'm", "I"]  # x: teacher probability below 1e-3
+    assert out["S"][0]["p_student"] == pytest.approx(0.35) and out["S"][0]["p_teacher"] == pytest.approx(0.8)
+    assert out["S"][0]["p_teacher_over_e"] == pytest.approx(0.8 / math.e, abs=1e-6)
+    assert out["mass_S_teacher"] == pytest.approx(0.875, abs=1e-6)
+    assert out["mass_S_fixed_point"] == pytest.approx(0.875 / math.e, abs=1e-6)
+    assert [(r["token"], r["in_S"]) for r in out["student_top"]] == [("Sure", False), ("I'm", True)]
+
+
 def test_loss_geometry_zones_and_signs():
     # S = {0, 1}, p_t = .4 each: token 0 at .1 (< .4/e = .147: pushed up), token 1 at .3 (between: pushed down)
     student, teacher = logp([0.1, 0.3, 0.6]), logp([0.4, 0.4, 0.2])
