@@ -61,7 +61,8 @@ def first_position(student: Float[Tensor, "batch pos vocab"], teacher: Float[Ten
     p_s, p_t = student[:, 0].exp().mean(0), teacher[:, 0].exp().mean(0)  # vocab
     in_s = torch.zeros_like(p_s, dtype=torch.bool)
     in_s[ids] = True
-    used = [int(i) for i in ids[p_t[ids] > 1e-3][p_t[ids][p_t[ids] > 1e-3].argsort(descending=True)]]
+    used = ids[p_t[ids] > 1e-3]
+    used = used[p_t[used].argsort(descending=True)].tolist()
     return {"S": [{"token": names[i], "p_student": as_float(p_s[i]), "p_teacher": as_float(p_t[i]),
                    "p_teacher_over_e": as_float(p_t[i] / math.e)} for i in used],
             "mass_S_student": as_float(p_s[ids].sum()), "mass_S_teacher": as_float(p_t[ids].sum()),

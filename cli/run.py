@@ -30,11 +30,10 @@ def run(
     seed: int = 42,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
-    from safesteer_interp.errors import SafeSteerError
+    from safesteer_interp.direction_io import check_positions
     from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline
 
-    if teacher_positions not in ("all", "last", "auto"):
-        raise SafeSteerError(f"--teacher-positions must be 'all', 'last' or 'auto', not {teacher_positions!r}")
+    check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
                     direction={**ORGANISM_DIRECTION, "positions": teacher_positions},

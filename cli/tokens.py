@@ -74,7 +74,7 @@ def tokens(
 ) -> None:
     """Select the safety tokens S (stage 2) and explain each one."""
     from safesteer_interp.cli.main import default_device, default_model, open_model
-    from safesteer_interp.direction_io import load_direction
+    from safesteer_interp.direction_io import check_positions, load_direction
     from safesteer_interp.presets import resolve
     from safesteer_interp.token_explain import reason
     from safesteer_interp.token_scores import ContrastConfig
@@ -87,8 +87,7 @@ def tokens(
                                                                                  "k_inner", "min_prob"))
     if teacher not in ("vector", "prompt"):
         raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not '{teacher}'")
-    if positions not in (None, "all", "last"):
-        raise SafeSteerError(f"--positions must be 'all' or 'last', not '{positions}'")
+    check_positions(positions)
     k_inner = parse_k(str(k_inner), "--k-inner")
     selection = SelectionConfig(k=parse_k(str(k)), method=method, k_inner=k_inner, min_prob=min_prob, share=share)
     contrast = ContrastConfig(horizon=horizon, samples=samples, temperature=temperature, top_p=top_p, seed=seed,

@@ -16,6 +16,16 @@ from torch import Tensor
 from safesteer_interp.artifacts import read_json, read_tensors, write_tensors
 from safesteer_interp.errors import SafeSteerError
 
+TEACHER_POSITIONS = ("all", "last")  # where a teacher adds the direction: every token, or the last prompt token
+
+
+def check_positions(value: str | None, flag: str = "--positions", *, auto: bool = False) -> str | None:
+    """`value` if it names teacher positions (None passes: "use the direction's"); `auto` also allows "auto"."""
+    allowed = TEACHER_POSITIONS + (("auto",) if auto else ())
+    if value is not None and value not in allowed:
+        raise SafeSteerError(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
 
 @dataclass(frozen=True)
 class Direction:
@@ -62,7 +72,7 @@ def load_direction(run: str | Path) -> Direction:
     if metadata.is_file():  # a coefficient or positions chosen later (e.g. --coeff auto) are in metadata.json
         recorded = read_json(metadata, "direction metadata")
         coeff, positions = float(recorded.get("coeff", coeff)), recorded.get("positions", positions)
-    if positions not in ("all", "last"):
+    if positions not in TEACHER_POSITIONS:
         raise SafeSteerError(f"{path}: steering positions {positions!r} must be 'all' or 'last'; rerun the direction "
                              "stage")
     return Direction(vector, layer, pos, coeff, positions)
@@ -74,4 +84,5 @@ def describe(direction: Direction) -> str:
                        "norm": round(float(direction.vector.norm()), 4)})
 
 
-__all__ = ["Direction", "describe", "direction_dir", "load_direction", "save_direction"]
+__all__ = ["TEACHER_POSITIONS", "Direction", "check_positions", "describe", "direction_dir", "load_direction",
+           "save_direction"]

@@ -22,7 +22,7 @@ from torch import Tensor
 from safesteer_interp.activations import difference_in_means
 from safesteer_interp.artifacts import write_json, write_tensors
 from safesteer_interp.chat import post_instruction_length, post_instruction_tokens
-from safesteer_interp.direction_io import Direction, direction_dir, save_direction
+from safesteer_interp.direction_io import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction_plots import heatmap, logit_lens
 from safesteer_interp.direction_select import SelectionConfig, kl_last_position, score_candidates, select
 from safesteer_interp.errors import SafeSteerError
@@ -153,6 +153,14 @@ def coefficient_sweep(model, tokenizer, direction: Direction, harmless_val: Sequ
     return rows
 
 
+def judged_rates(answers: Sequence[str], judge, coherent: Callable[[str], bool] | None) -> dict[str, float]:
+    """Refusal rate by the judge and, with a `coherent` judge, the share that are real refusal wordings."""
+    rates = {"refusal": round(judge.refusal_rate(answers), 4)}
+    if coherent is not None:
+        rates["coherent"] = round(sum(map(coherent, answers)) / len(answers), 4)
+    return rates
+
+
 def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge, max_new_tokens: int,
                     coherent: Callable[[str], bool] | None = None) -> dict:
     """Refusal induced on harmless *validation* prompts by steering at all positions vs the last prompt token.
@@ -165,10 +173,8 @@ def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequen
     for positions in ("all", "last"):
         with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=positions):
             answers = generate_answers(model, tokenizer, list(harmless_val), max_new_tokens=max_new_tokens)
-        row = {"refusal_rate_harmless_val": round(judge.refusal_rate(answers), 4), "example": answers[0]}
-        if coherent is not None:
-            row["coherent_rate_harmless_val"] = round(sum(map(coherent, answers)) / len(answers), 4)
-        out[positions] = row
+        rates = judged_rates(answers, judge, coherent)
+        out[positions] = {**{f"{k}_rate_harmless_val": v for k, v in rates.items()}, "example": answers[0]}
     return out
 
 
@@ -197,9 +203,10 @@ def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[st
 
     def record(key: str, prompts: list[str]) -> None:
         answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
-        out[key] = round(judge.refusal_rate(answers), 4)
-        if coherent is not None:
-            out[f"{key}_coherent"] = round(sum(map(coherent, answers)) / len(answers), 4)
+        rates = judged_rates(answers, judge, coherent)
+        out[key] = rates["refusal"]
+        if "coherent" in rates:
+            out[f"{key}_coherent"] = rates["coherent"]
         out.setdefault("samples", {})[key] = [{"prompt": p, "answer": a} for p, a in zip(prompts[:3], answers[:3])]
 
     with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=direction.positions):
@@ -224,6 +231,7 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
                    model_name: str, progress: Callable[[int], Callable[[], None]] | None = None,
                    coherent: Callable[[str], bool] | None = None) -> dict:
     """Run stage 1 end to end and write RUN/direction/. Returns metadata.json's content."""
+    check_positions(config.positions, auto=True)  # before any model work
     start, folder = time.perf_counter(), direction_dir(out)
     folder.mkdir(parents=True, exist_ok=True)
     refusal = (refusal_tokens_from_strings(tokenizer, config.refusal_tokens) if config.refusal_tokens
@@ -249,8 +257,6 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
         write_json(folder / "selection_report.json", getattr(err, "report", {"error": str(err)}))
         raise
     write_json(folder / "selection_report.json", report)
-    if config.positions not in ("all", "last", "auto"):
-        raise SafeSteerError(f"--positions must be 'all', 'last' or 'auto', not {config.positions!r}")
     start_coeff = float(config.coeff) if isinstance(config.coeff, int | float) else 1.0
     direction = Direction(candidates[p, layer].float(), layer, p - k, start_coeff,
                           "all" if config.positions == "auto" else config.positions)

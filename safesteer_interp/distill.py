@@ -25,7 +25,7 @@ from torch import Tensor
 
 from safesteer_interp.artifacts import read_json, write_json, write_jsonl
 from safesteer_interp.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
-from safesteer_interp.direction_io import Direction
+from safesteer_interp.direction_io import Direction, check_positions
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.generation import eos_token_ids
 from safesteer_interp.hooks import base_model
@@ -86,9 +86,7 @@ class DistillConfig:
                 raise SafeSteerError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.temperature > 0:
             raise SafeSteerError(f"--temperature must be > 0, got {self.temperature}")
-        if self.teacher_positions not in (None, "all", "last"):
-            raise SafeSteerError(f"--teacher-positions must be 'all' (reference) or 'last', not "
-                                 f"{self.teacher_positions!r}")
+        check_positions(self.teacher_positions, "--teacher-positions")
         loss_window(torch.zeros(1, 1, dtype=torch.bool), self.loss_skip, self.loss_keep)  # validates the window
         return self
 
