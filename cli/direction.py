@@ -31,8 +31,9 @@ def direction(
     prune: Annotated[float, typer.Option(min=0.0, max=0.99, help="drop the last share of layers")] = 0.2,
     kl_max: Annotated[float, typer.Option(help="max harmless KL under ablation")] = 0.1,
     coeff: Annotated[str, typer.Option(help="steering coefficient, or 'auto' for a validation sweep")] = "1.0",
-    positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' tokens (reference), 'last' prompt "
-                                                "token, or 'auto' (the one that refuses best on harmless val)")]
+    positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' tokens (reference), 'prompt' tokens "
+                                                "only, 'last' prompt token, or 'auto' (the one that refuses best "
+                                                "on harmless val)")]
     = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",

@@ -20,7 +20,8 @@ def run(
     k: Annotated[str, typer.Option(help="|S|: the reference's fixed K (50) or 'auto'")] = "50",
     coeff: Annotated[str, typer.Option(help="teacher steering coefficient, or 'auto'")] = "1.0",
     teacher_positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' tokens (the reference), "
-                                                        "'last' prompt token, or 'auto' (chosen on validation)")]
+                                                        "'prompt' tokens only, 'last' prompt token, or 'auto' "
+                                                        "(chosen on validation)")]
     = "auto",
     n_prompts: Annotated[int, typer.Option(min=1, help="harmful training prompts")] = 100,
     samples: Annotated[int, typer.Option(min=1, help="rollouts per prompt")] = 8,

@@ -61,9 +61,9 @@ def tokens(
     top_p: Annotated[float, typer.Option("--top-p", help="nucleus sampling (1 = off; top-k is always off)")] = 1.0,
     coeff: Annotated[float | None, typer.Option(help="steering coefficient (default: the direction's, "
                                                      "1.0 unless chosen otherwise)")] = None,
-    positions: Annotated[str | None, typer.Option(help="where the teacher steers: 'all' (reference) or 'last' "
-                                                       "(last prompt token); default: the direction stage's "
-                                                       "choice")] = None,
+    positions: Annotated[str | None, typer.Option(help="where the teacher steers: 'all' (reference), 'prompt' "
+                                                       "(prompt tokens only) or 'last' (last prompt token); "
+                                                       "default: the direction stage's choice")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="prompts per forward pass")] = 32,
     stability: Annotated[bool, typer.Option("--stability/--no-stability", help="re-select on prompt halves and a "
                                                                                "second seed")] = True,

@@ -101,8 +101,9 @@ def train(
                                                    "--full-ft (bf16 autocast does the math). --dtype bfloat16 with "
                                                    "--full-ft reproduces the reference's pure-bf16 training.")] = None,
     teacher_positions: Annotated[str | None, typer.Option(help="Where the teacher steers: 'all' prompt and answer "
-                                                               "tokens (reference) or 'last' prompt token only "
-                                                               "(default: the direction stage's choice).")] = None,
+                                                               "tokens (reference), 'prompt' tokens only or 'last' "
+                                                               "prompt token (default: the direction stage's "
+                                                               "choice).")] = None,
     anchor_weight: Annotated[float, typer.Option(min=0.0, help="BASELINE only: weight of a KL-to-base term on "
                                                                "harmless prompts (general data).")] = 0.0,
     anchor_prompts: Annotated[str | None, typer.Option(help="Harmless prompts of the anchor baseline.")] = None,

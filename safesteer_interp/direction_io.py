@@ -16,7 +16,9 @@ from torch import Tensor
 from safesteer_interp.artifacts import read_json, read_tensors, write_tensors
 from safesteer_interp.errors import SafeSteerError
 
-TEACHER_POSITIONS = ("all", "last")  # where a teacher adds the direction: every token, or the last prompt token
+# Where a teacher adds the direction: every token (the reference), every prompt token but no generated one, or
+# the last prompt token. Broadest first: the direction stage prefers the earlier one on a tie.
+TEACHER_POSITIONS = ("all", "prompt", "last")
 
 
 def check_positions(value: str | None, flag: str = "--positions", *, auto: bool = False) -> str | None:
@@ -35,7 +37,7 @@ class Direction:
     layer: int  # added to blocks.{layer}.hook_resid_pre
     pos: int  # the post-instruction position it was read at (negative index from the prompt end)
     coeff: float = 1.0  # the coefficient chosen for the teacher (the reference's is 1.0)
-    positions: str = "all"  # where the teacher adds it: "all" tokens (the reference) or the "last" prompt token
+    positions: str = "all"  # where the teacher adds it: "all" tokens (the reference), "prompt" tokens or "last"
 
     @property
     def unit(self) -> Float[Tensor, " d_model"]:
@@ -73,8 +75,8 @@ def load_direction(run: str | Path) -> Direction:
         recorded = read_json(metadata, "direction metadata")
         coeff, positions = float(recorded.get("coeff", coeff)), recorded.get("positions", positions)
     if positions not in TEACHER_POSITIONS:
-        raise SafeSteerError(f"{path}: steering positions {positions!r} must be 'all' or 'last'; rerun the direction "
-                             "stage")
+        raise SafeSteerError(f"{path}: steering positions {positions!r} must be one of "
+                             f"{', '.join(TEACHER_POSITIONS)}; rerun the direction stage")
     return Direction(vector, layer, pos, coeff, positions)
 
 

@@ -22,7 +22,7 @@ from torch import Tensor
 from safesteer_interp.activations import difference_in_means
 from safesteer_interp.artifacts import write_json, write_tensors
 from safesteer_interp.chat import post_instruction_length, post_instruction_tokens
-from safesteer_interp.direction_io import Direction, check_positions, direction_dir, save_direction
+from safesteer_interp.direction_io import TEACHER_POSITIONS, Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction_plots import heatmap, logit_lens
 from safesteer_interp.direction_select import SelectionConfig, kl_last_position, score_candidates, select
 from safesteer_interp.errors import SafeSteerError
@@ -59,13 +59,14 @@ class DirectionConfig:
     selection: SelectionConfig = SelectionConfig()
     max_new_tokens: int = 24
     filter_prompts: bool = True  # the reference filters by refusal score; off only for diagnostics and tests
-    positions: str = "all"  # where the teacher steers: "all" (reference), "last" prompt token, or "auto" (validation)
+    positions: str = "all"  # where the teacher steers: "all" (reference), "prompt", "last", or "auto" (validation)
 
 
 # ----------------------------------------------------------------------------------------------- steering API
 def add_direction(model, direction: Direction | Tensor, layer: int | None = None, coeff: float | None = None,
                   positions: Positions | str = "all", tokenizer=None) -> AbstractContextManager:
-    """Activation addition of a direction: "all" positions (the reference), "post-instruction", "last" or k."""
+    """Activation addition of a direction: "all" positions (the reference), "prompt", "post-instruction", "last"
+    or k (the last k prompt tokens)."""
     vector = direction.vector if isinstance(direction, Direction) else direction
     layer = direction.layer if layer is None and isinstance(direction, Direction) else layer
     coeff = (direction.coeff if isinstance(direction, Direction) else 1.0) if coeff is None else coeff
@@ -163,14 +164,15 @@ def judged_rates(answers: Sequence[str], judge, coherent: Callable[[str], bool] 
 
 def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge, max_new_tokens: int,
                     coherent: Callable[[str], bool] | None = None) -> dict:
-    """Refusal induced on harmless *validation* prompts by steering at all positions vs the last prompt token.
+    """Refusal induced on harmless *validation* prompts by steering at each of the teacher positions (every token,
+    every prompt token, the last prompt token).
 
     Adding the vector to every token (the reference) can flip the decision and then drown the answer tokens: a
     refusal opener repeated ("I'm I'm I'm") passes a substring judge. `coherent` (the organism's wordings) tells
     the two apart; without it the substring judge decides.
     """
     out = {}
-    for positions in ("all", "last"):
+    for positions in TEACHER_POSITIONS:
         with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=positions):
             answers = generate_answers(model, tokenizer, list(harmless_val), max_new_tokens=max_new_tokens)
         rates = judged_rates(answers, judge, coherent)
@@ -179,9 +181,10 @@ def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequen
 
 
 def pick_positions(check: dict) -> str:
-    """The positions whose steered answers refuse best on validation (coherent rate first); ties keep "all"."""
+    """The positions whose steered answers refuse best on validation (coherent rate if judged); a tie goes to the
+    broader positions (all > prompt > last), the closest to the reference's intervention."""
     key = "coherent_rate_harmless_val" if "coherent_rate_harmless_val" in check["all"] else "refusal_rate_harmless_val"
-    return "last" if check["last"][key] > check["all"][key] else "all"
+    return max((p for p in TEACHER_POSITIONS if p in check), key=lambda p: (check[p][key], -TEACHER_POSITIONS.index(p)))
 
 
 def pick_coeff(sweep: list[dict], target: float = 0.9) -> float:

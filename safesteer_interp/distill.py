@@ -66,7 +66,7 @@ class DistillConfig:
     lora_alpha: float | None = None  # None: 2 r
     lora_targets: str = ALL_LINEAR  # comma-separated module names or 'all-linear'
     teacher_device: str | None = None  # --full-ft only: where the frozen teacher copy lives
-    teacher_positions: str | None = None  # all (reference) | last (last prompt token) | None: the direction's
+    teacher_positions: str | None = None  # all (reference) | prompt | last | None: the direction's
     grad_checkpointing: bool = False
     bf16: bool = True  # autocast to bfloat16 on GPU (ignored on CPU)
     anchor_weight: float = 0.0  # > 0: BASELINE, adds KL to the base model on harmless prompts (general data)

@@ -26,7 +26,7 @@ _LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.m
                 "gpt_neox.layers", "model.decoder.layers")
 
 Edit = Callable[[Tensor, dict], Tensor | None]
-Positions = Literal["all", "last"] | int | Tensor
+Positions = Literal["all", "prompt", "last"] | int | Tensor
 
 
 # ----------------------------------------------------------------------------------------------- model anatomy
@@ -195,6 +195,8 @@ def _position_mask(positions: Positions, x: Tensor, kwargs: dict) -> Tensor | No
     if isinstance(positions, str) and positions == "all":
         return None
     decoding = is_decode_step(kwargs)
+    if isinstance(positions, str) and positions == "prompt":  # every prompt token, no generated one
+        return torch.full((*x.shape[:2], 1), not decoding, dtype=torch.bool, device=x.device)
     if isinstance(positions, Tensor):
         if positions.shape != x.shape[:2]:
             raise SafeSteerError(f"position mask has shape {tuple(positions.shape)} but the forward pass has "
@@ -202,7 +204,8 @@ def _position_mask(positions: Positions, x: Tensor, kwargs: dict) -> Tensor | No
         return positions.to(x.device)[..., None]
     k = 1 if positions == "last" else positions
     if not isinstance(k, int) or k < 1:
-        raise SafeSteerError(f"positions must be 'all', 'last', a positive int or a bool mask, not {positions!r}")
+        raise SafeSteerError(f"positions must be 'all', 'prompt', 'last', a positive int or a bool mask, not "
+                             f"{positions!r}")
     mask = torch.zeros(x.shape[:2], dtype=torch.bool, device=x.device)
     if not decoding:  # prompt (prefill) forward: the last k prompt tokens, aligned by left padding
         mask[:, -k:] = True
@@ -214,9 +217,10 @@ def add_to_resid(model: nn.Module, vector: Float[Tensor, " d_model"], layer: int
                  positions: Positions = "all") -> Iterator[None]:
     """Add `coeff * vector` to the residual stream entering `layer` (activation addition).
 
-    positions: "all" (every token, prompt and generated: the reference's intervention), "last" (the last prompt
-    token only, in the prefill), an int k (the last k prompt tokens, e.g. the post-instruction template), or a
-    bool mask [batch, pos] for plain forward passes.
+    positions: "all" (every token, prompt and generated: the reference's intervention), "prompt" (every prompt
+    token, in the prefill; no generated token), "last" (the last prompt token only, in the prefill), an int k (the
+    last k prompt tokens, e.g. the post-instruction template), or a bool mask [batch, pos] for plain forward
+    passes (a pass over prompt + answer tokens needs one for "prompt", "last" and k).
     """
     check_layer(model, layer)
     cast = _Cast(check_vector(model, vector))

@@ -50,13 +50,14 @@ class RunConfig:
     # kl_max 0.1: its harmless answers open with one of three equally likely phrases, so ablation that leaves them
     # helpful still reshuffles that first-token choice (KL 0.4-3 nats), and at 0.1 no candidate survives. It also
     # lets the direction stage choose the teacher's steering positions on validation ("auto"): on the organism the
-    # reference's all-position addition flips the decision but babbles ("I'm I'm I'm"), the last prompt token gives
-    # its refusal wordings. `run --teacher-positions all` restores the reference's teacher.
+    # reference's all-position addition flips the decision but babbles ("I'm I'm I'm": on answer tokens the vector
+    # pushes the first refusal word), steering every prompt token (or the last) gives its refusal wordings.
+    # `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
-    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (last-token teacher,
-    # seed 42, `paper` loss) gap refusal was 0.36 / 0.05 / 0.00 / 0.00 after 1 / 2 / 4 / 6 epochs, and refused-category
-    # refusal fell to 0.60 / 0.48 after 4 / 6: the loss pulls every safety token towards p_teacher / e, the student's
-    # own refusal tokens included (README, "What the organism shows").
+    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (seed 42, `paper` loss)
+    # gap refusal was 0.54 / 0.13 / 0.10 after 1 / 2 / 4 epochs with the prompt-token teacher, and 0.36 / 0.05 / 0.00
+    # / 0.00 after 1 / 2 / 4 / 6 with the last-token one (refused-category refusal then fell to 0.60 / 0.48 after
+    # 4 / 6): the loss pulls every safety token towards p_teacher / e (README, "What the organism shows").
     distill: dict = field(default_factory=dict)
 
 

@@ -26,8 +26,8 @@ class Policy:
     tokenizer: object
     context: Callable[[], AbstractContextManager] = field(default=nullcontext)
     label: str = "model"  # for artifacts: how the view was built
-    # the view for one teacher-forced pass over prompt + answer, given where the prompts end (a teacher steering the
-    # last prompt token must not steer the last *answer* token instead); None: the same as `context`
+    # the view for one teacher-forced pass over prompt + answer, given where the prompts end (a teacher steering
+    # prompt tokens must not steer answer tokens instead); None: the same as `context`
     scoring_context: Callable[[Tensor, int | Tensor], AbstractContextManager] | None = None
 
     def active(self) -> AbstractContextManager:

@@ -66,7 +66,8 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
               ) -> tuple[nn.Module, SteeredTeacher]:
     """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
 
-    `teacher_positions`: where the teacher steers, "all" (the reference) or "last" (the last prompt token only);
+    `teacher_positions`: where the teacher steers, "all" (the reference), "prompt" (prompt tokens only) or "last"
+    (the last prompt token only);
     None: the direction's own choice (`Direction.positions`, set by the direction stage).
     """
     disable_dropout(model)

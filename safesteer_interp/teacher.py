@@ -1,7 +1,8 @@
 """The safety teacher: the frozen model plus activation addition of the refusal direction (or a safety prompt).
 
 A teacher is not a second model. It is the same weights seen through a context manager: `with teacher.active():`
-adds `coeff * r` at `blocks.{layer}.hook_resid_pre` (all positions, as the reference), and for a peft student it
+adds `coeff * r` at `blocks.{layer}.hook_resid_pre` (all positions as the reference, or prompt tokens only, or the
+last prompt token: `Direction.positions`), and for a peft student it
 also disables the adapters, so teacher and student share one copy of the weights.
 
 Contrast pairs: `teacher.encode` / `teacher.logits` is pi_T on the teacher's view of a prompt, `teacher.base_encode` /
@@ -54,18 +55,20 @@ class SteeredTeacher:
                           ) -> Positions:
         """Where to steer in a teacher-forced pass over prompt + answer tokens (`input_ids`: the padded block).
 
-        "last" / k mean the last prompt token(s): in `generate` that is the prefill's end, but in one forward over
-        prompt + answer it is the column before `prompt_length` (left padding aligns it across rows), so it needs
-        an explicit mask; without `prompt_length` the hook would steer the last *answer* token instead.
+        "prompt", "last" and k mean prompt tokens: in `generate` that is the prefill, but in one forward over
+        prompt + answer they are the columns before `prompt_length` (left padding aligns them across rows), so they
+        need an explicit mask; without `prompt_length` the hook would steer answer tokens instead.
         """
         if isinstance(self.positions, Tensor) or self.positions == "all":
             return self.positions
         if prompt_length is None:
             raise SafeSteerError(f"teacher steers positions={self.positions!r}: pass prompt_length when scoring "
                                  "prompt + answer sequences")
-        k = 1 if self.positions == "last" else int(self.positions)
         ends = torch.as_tensor(prompt_length).expand(input_ids.shape[0])  # per row: the column after the prompt
         columns = torch.arange(input_ids.shape[1])[None, :]
+        if self.positions == "prompt":
+            return columns < ends[:, None]
+        k = 1 if self.positions == "last" else int(self.positions)
         return (columns < ends[:, None]) & (columns >= ends[:, None] - k)
 
     @torch.no_grad()
@@ -73,7 +76,7 @@ class SteeredTeacher:
                prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]:
         """pi_T's logits on `batch`; `last=k` keeps only the last k positions (no full [pos, vocab] tensor).
 
-        `prompt_length` (the padded prompt width) is needed only for a teacher steering the last prompt token(s).
+        `prompt_length` (the padded prompt width) is needed only for a teacher steering prompt tokens only.
         """
         with self.active(self.scoring_positions(batch.input_ids, prompt_length)):
             return _forward_logits(self.model, batch, last)

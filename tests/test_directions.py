@@ -12,7 +12,14 @@ from safesteer_interp import SafeSteerError
 from safesteer_interp.chat import encode_prompts
 from safesteer_interp.direction_io import load_direction
 from safesteer_interp.direction_select import NothingSurvived, SelectionConfig, kl_last_position, select
-from safesteer_interp.directions import DirectionConfig, InstructionSets, add_direction, find_direction, split_sets
+from safesteer_interp.directions import (
+    DirectionConfig,
+    InstructionSets,
+    add_direction,
+    find_direction,
+    pick_positions,
+    split_sets,
+)
 from safesteer_interp.judges import RefusalJudge
 from safesteer_interp.refusal import log_odds, refusal_scores, refusal_tokens_from_strings
 
@@ -113,6 +120,18 @@ def test_add_direction_post_instruction_positions(qwen2):
         with add_direction(model, vector, 1, positions=3):
             b = model(**batch.inputs()).logits
     assert torch.equal(a, b)
+
+
+def test_pick_positions_prefers_coherence_then_the_broadest_positions():
+    def check(all_, prompt, last, key="coherent_rate_harmless_val"):
+        return {"all": {key: all_}, "prompt": {key: prompt}, "last": {key: last}}
+
+    assert pick_positions(check(0.0, 1.0, 1.0)) == "prompt"  # a tie goes to the one closest to the reference
+    assert pick_positions(check(0.0, 0.9, 1.0)) == "last"
+    assert pick_positions(check(0.5, 0.5, 0.5)) == "all"
+    assert pick_positions(check(0.2, 0.9, 0.1, key="refusal_rate_harmless_val")) == "prompt"  # no coherence judge
+    assert pick_positions({"all": {"refusal_rate_harmless_val": 0.3}, "last": {"refusal_rate_harmless_val": 0.8}}
+                          ) == "last"  # a check written before "prompt" existed
 
 
 def test_split_sets_needs_prompts():

@@ -57,7 +57,7 @@ def test_cache_positions_and_dtype(qwen2):
     assert torch.equal(last["blocks.1.hook_resid_pre"], full["blocks.1.hook_resid_pre"][:, -3:].double())
 
 
-@pytest.mark.parametrize("positions", ["all", "last", 2])
+@pytest.mark.parametrize("positions", ["all", "prompt", "last", 2])
 def test_add_to_resid_adds_exactly_where_asked(qwen2, positions):
     model, tok = qwen2
     batch = encode_prompts(tok, PROMPTS)
@@ -69,7 +69,7 @@ def test_add_to_resid_adds_exactly_where_asked(qwen2, positions):
             cache_activations(model, [name]) as steered:  # registered after the edit, so it sees the edit
         model(**batch.inputs())
     delta = steered[name] - clean[name]
-    k = {"all": batch.input_ids.shape[1], "last": 1, 2: 2}[positions]
+    k = {"all": batch.input_ids.shape[1], "prompt": batch.input_ids.shape[1], "last": 1, 2: 2}[positions]
     torch.testing.assert_close(delta[:, -k:], (1.5 * vector).expand_as(delta[:, -k:]), atol=1e-5, rtol=0)
     assert torch.all(delta[:, :-k] == 0)
 

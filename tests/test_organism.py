@@ -13,7 +13,8 @@ from safesteer_interp.organism.tokenizer import build_tokenizer
 from safesteer_interp.organism.train import TrainConfig, train_organism
 
 # The committed organism's refusal geometry, as measured for organism/README.md (coefficients multiply the raw
-# difference in means). Last-token steering and ablation use layer 2; all-position steering works best at layer 1.
+# difference in means). Last-token and prompt-token steering and ablation use layer 2; all-position steering flips
+# the decision best at layer 1.
 STEER_LAYER, STEER_COEFF = 2, 1.0
 ALL_LAYER, ALL_COEFF = 1, 0.8
 
@@ -149,6 +150,17 @@ def test_last_token_steering_and_ablation(organism):
     assert ablated["refused_refusal"] <= 0.1 and ablated["capability_mean"] >= 0.9
 
 
+def test_prompt_token_steering_gives_coherent_wordings(organism):
+    """Every prompt token steered (template included) but no generated token: the narrowest change to the
+    reference's intervention that gives the organism's own refusals (README.md, "Refusal geometry")."""
+    from safesteer_interp.organism.geometry import steering_sweep
+
+    model, tok = organism
+    (row,) = steering_sweep(model, tok, _directions(model, tok), layers=[STEER_LAYER], coeffs=[STEER_COEFF],
+                            positions="prompt")
+    assert row["harmless_wording"] >= 0.9 and row["gap_wording"] >= 0.9
+
+
 def test_all_position_steering_flips_the_decision(organism):
     """The reference's intervention (every prompt and generated token) flips harmless and gap prompts to
     refusals as judged by the substring judge."""
@@ -161,7 +173,7 @@ def test_all_position_steering_flips_the_decision(organism):
 
 
 @pytest.mark.xfail(reason="known gap (organism/README.md): at all positions the answers start as a refusal and "
-                          "then degenerate ('I'm sorry, I I'm I'm'); only last-token steering gives clean wordings",
+                          "then degenerate ('I'm sorry, I I'm I'm'); steering prompt tokens only gives clean wordings",
                    strict=True)
 def test_all_position_steering_gives_coherent_wordings(organism):
     from safesteer_interp.organism.geometry import steering_sweep

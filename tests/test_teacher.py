@@ -39,7 +39,7 @@ def test_vector_teacher_scores_like_a_manual_hook(qwen2):
     assert all(not m._forward_pre_hooks for m in model.modules())  # hooks came off
 
 
-@pytest.mark.parametrize("positions", ["all", "last"])
+@pytest.mark.parametrize("positions", ["all", "prompt", "last"])
 def test_teacher_forced_scores_reproduce_the_teachers_own_greedy_samples(qwen2, positions):
     model, tok = qwen2
     teacher = SteeredTeacher(model, tok, _direction(model, scale=4.0), positions=positions)
@@ -48,6 +48,12 @@ def test_teacher_forced_scores_reproduce_the_teachers_own_greedy_samples(qwen2, 
     batch = batch_from_ids(ids, torch.cat([gen.attention_mask[:, :P], torch.ones_like(ids[:, P:])], 1))
     forced = teacher.logits(batch, last=5, prompt_length=P)[:, :-1].argmax(-1)
     assert torch.equal(forced, ids[:, P:])
+    if positions == "prompt":  # the answer tokens' own residuals are not steered, only what they attend to
+        with add_to_resid(model, teacher.direction.vector, teacher.direction.layer, teacher.coeff, "all"):
+            everywhere = _plain(model, batch)
+        steered = teacher.logits(batch, prompt_length=P)
+        torch.testing.assert_close(steered[:, :P], everywhere[:, :P], atol=1e-5, rtol=0)
+        assert (steered[:, P:] - everywhere[:, P:]).abs().max() > 0.1
     if positions == "last":
         with pytest.raises(SafeSteerError, match="prompt_length"):
             teacher.logits(batch)
