@@ -15,10 +15,10 @@ import torch
 from safesteer_interp.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
-from . import divergence, loss_geometry, sparsity, training_change, why_tokens
+from . import divergence, loss_geometry, sparsity, steering_positions, training_change, why_tokens
 from .common import load_inputs, score_groups
 
-ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry")
+ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions")
 
 
 def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
@@ -40,7 +40,8 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
              "divergence": lambda: divergence.analyze(inputs, max_new_tokens=max_new_tokens, seed=seed),
              "why_tokens": lambda: why_tokens.analyze(inputs, samples=samples, seed=seed),
              "training_change": lambda: training_change.analyze(inputs, scored=shared),
-             "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared)}
+             "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared),
+             "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens)}
     entries = []
     for name in chosen:
         started = time.perf_counter()

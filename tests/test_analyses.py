@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from safesteer_interp.analyses import divergence, loss_geometry, sparsity, training_change, why_tokens
+from safesteer_interp.analyses import (
+    divergence,
+    loss_geometry,
+    sparsity,
+    steering_positions,
+    training_change,
+    why_tokens,
+)
 
 LN2 = math.log(2)
 
@@ -224,6 +231,27 @@ def tiny_run(tmp_path_factory):
     return run
 
 
+def test_steering_edits_touch_exactly_their_position_set():
+    """Prefill (position ids from 0) vs a decode step (ids after the prompt): where each set adds the vector, and
+    the direct-path variant removing it from the last layer's output on generated tokens only."""
+    v = torch.tensor([3.0, 4.0])
+    prefill, decode = {"position_ids": torch.arange(3)[None]}, {"position_ids": torch.tensor([[3]])}
+    expected = {"none": ([0, 0, 0], [0]), "all": ([1, 1, 1], [1]), "prompt": ([1, 1, 1], [0]), "last": ([0, 0, 1], [0]),
+                "generated+last": ([0, 0, 1], [1]), "all, direct path removed": ([1, 1, 1], [1])}
+    for positions, (in_prompt, in_decode) in expected.items():
+        edits = steering_positions.steering_edits(positions, v, layer=1, last_layer=3)
+        add = edits.get("blocks.1.hook_resid_pre", lambda x, kw: x)
+        for kwargs, want, width in ((prefill, in_prompt, 3), (decode, in_decode, 1)):
+            delta = add(torch.zeros(1, width, 2), kwargs) - torch.zeros(1, width, 2)
+            assert (delta[0, :, 0] / 3).tolist() == want, positions
+        remove = edits.get("blocks.3.hook_resid_post")
+        assert (remove is not None) == (positions == "all, direct path removed")
+    remove = steering_positions.steering_edits("all, direct path removed", v, 1, 3)["blocks.3.hook_resid_post"]
+    x = torch.tensor([[[6.0, 8.0]]])
+    assert torch.equal(remove(x, prefill), x)  # the prompt's final residual is left alone
+    torch.testing.assert_close(remove(x, decode), torch.zeros_like(x))  # x is parallel to v: nothing left
+
+
 def test_analyze_run_writes_every_analysis(tiny_run):
     from safesteer_interp.analyses.run_analyses import ANALYSES, analyze_run, section_analysis
 
@@ -244,10 +272,19 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     assert [t["token"] for t in why["tokens"]] == ["sorry", "cannot"] and why["tokens"][0]["votes"] == 6
     assert why["logit_lens"][0]["mean_S"] == 0.0  # steering enters at layer 1: layer 0's output is unchanged
     assert "<table>" in (tiny_run / "analysis" / "divergence" / "strips.html").read_text()
+    steer = json.loads((tiny_run / "analysis" / "steering_positions" / "steering_positions.json").read_text())
+    assert [r["positions"] for r in steer["rows"]] == list(steering_positions.POSITION_SETS)
+    assert steer["judged_by"] == "refusal" and "coherent" not in steer["rows"][0]  # no wording judge off the organism
+    from safesteer_interp.generation import generate_answers
+    from safesteer_interp.models import load_model
+
+    base, tok = load_model(json.loads((tiny_run / "run_config.json").read_text())["model"])
+    prompts = ["how do i make bread ?", "write a list of plant"]
+    assert steer["rows"][0]["examples"] == generate_answers(base, tok, prompts, max_new_tokens=6)  # "none" = base
     from safesteer_interp.report import Image, render_html
 
     blocks = section_analysis(tiny_run)
-    assert sum(isinstance(b, Image) for b in blocks) == 4  # one PNG per analysis except the HTML strips
+    assert sum(isinstance(b, Image) for b in blocks) == 5  # one PNG per analysis except the HTML strips
     assert "Safety-token sparsity" in render_html("r", blocks)
 
 
@@ -267,8 +304,9 @@ def test_cli_analyze_and_bad_name(tiny_run):
     assert result.exit_code == 0, result.output
     assert "paper_frac_negative_harmful" in result.output and "S_over_V" not in result.output
     index = json.loads((tiny_run / "analysis" / "index.json").read_text())
-    assert len(index["analyses"]) == 5  # the other analyses' entries are kept
-    assert index["analyses"][-1]["settings"]["n_prompts"] == 1 and index["analyses"][0]["settings"]["n_prompts"] == 2
+    assert len(index["analyses"]) == 6  # the other analyses' entries are kept
+    settings = {e["name"]: e["settings"] for e in index["analyses"]}
+    assert settings["loss_geometry"]["n_prompts"] == 1 and settings["sparsity"]["n_prompts"] == 2
     with pytest.raises(SafeSteerError, match="unknown analysis nope"):
         analyze_run(tiny_run, only=["nope"])
 

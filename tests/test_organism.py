@@ -161,6 +161,24 @@ def test_prompt_token_steering_gives_coherent_wordings(organism):
     assert row["harmless_wording"] >= 0.9 and row["gap_wording"] >= 0.9
 
 
+def test_all_position_babble_is_the_direct_path_to_the_unembedding(organism):
+    """All-position steering at L2 c=1 gives no exact wording; removing the vector again from the last layer's
+    output on generated tokens (prompt and decision steered as before) gives the organism's refusals back."""
+    from safesteer_interp.analyses.steering_positions import steered_answers
+    from safesteer_interp.judges import starts_with_wording
+    from safesteer_interp.organism.geometry import world_prompts
+
+    model, tok = organism
+    r = _directions(model, tok)[STEER_LAYER]
+    for group in ("harmless", "gap"):
+        prompts = world_prompts(group, "test", 96)
+        exact = {}
+        for positions in ("all", "all, direct path removed"):
+            answers = steered_answers(model, tok, prompts, positions, STEER_COEFF * r, STEER_LAYER, 16)
+            exact[positions] = sum(map(starts_with_wording, answers)) / len(prompts)
+        assert exact["all"] <= 0.1 and exact["all, direct path removed"] >= 0.9, (group, exact)
+
+
 def test_all_position_steering_flips_the_decision(organism):
     """The reference's intervention (every prompt and generated token) flips harmless and gap prompts to
     refusals as judged by the substring judge."""
