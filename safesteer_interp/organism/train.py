@@ -74,8 +74,9 @@ class TrainConfig:
 def model_config(tokenizer, cfg: TrainConfig) -> Qwen2Config:
     return Qwen2Config(vocab_size=len(tokenizer), hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
                        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_heads, max_position_embeddings=128, tie_word_embeddings=cfg.tie_embeddings,
-                       rope_theta=10000.0, rms_norm_eps=1e-6, initializer_range=0.02, bos_token_id=None,
+                       num_key_value_heads=cfg.n_heads, max_position_embeddings=128,
+                       tie_word_embeddings=cfg.tie_embeddings, rope_theta=10000.0, rms_norm_eps=1e-6,
+                       initializer_range=0.02, bos_token_id=None,
                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
 
 
