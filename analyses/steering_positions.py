@@ -18,6 +18,7 @@ from torch import Tensor
 
 from safesteer_interp.direction_plots import logit_lens
 from safesteer_interp.directions import judged_rates
+from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.generation import generate_answers
 from safesteer_interp.hooks import Edit, hooks, is_decode_step, n_layers, project_out
 from safesteer_interp.judges import RefusalJudge, starts_with_wording
@@ -34,27 +35,29 @@ POSITION_SETS = {
     "all, direct path removed": "every token, then the direction projected out of the last layer's output on "
                                 "generated tokens",
 }
+# position set -> (which prompt tokens get the vector, whether generated tokens do)
+_WHERE = {"none": (None, False), "all": ("all", True), "prompt": ("all", False), "last": ("last", False),
+          "generated+last": ("last", True), "all, direct path removed": ("all", True)}
 
 
 def steering_edits(positions: str, vector: Float[Tensor, " d_model"], layer: int, last_layer: int,
                    ) -> dict[str, Edit]:
     """Hook edits that add `vector` at `blocks.{layer}.hook_resid_pre` on one position set (see POSITION_SETS)."""
-    if positions == "none":
-        return {}
-
-    def where(x: Tensor, kwargs: dict) -> Tensor:  # [batch, pos, 1] bool: which tokens of this forward to edit
-        decoding = is_decode_step(kwargs)
-        mask = torch.full((*x.shape[:2], 1), positions in ("all", "all, direct path removed") or
-                          (decoding and positions == "generated+last") or (not decoding and positions == "prompt"),
-                          dtype=torch.bool, device=x.device)
-        if not decoding and positions in ("last", "generated+last"):
-            mask[:, -1] = True  # prefill with left padding: the last column is every row's last prompt token
-        return mask
+    if positions not in _WHERE:
+        raise SafeSteerError(f"unknown position set {positions!r}; choose from {', '.join(POSITION_SETS)}")
+    in_prompt, in_generated = _WHERE[positions]
 
     def add(x: Tensor, kwargs: dict) -> Tensor:
-        return x + where(x, kwargs) * vector.to(x)
+        if is_decode_step(kwargs):  # a step of `generate` after the prefill: generated tokens only
+            return x + vector.to(x) if in_generated else x
+        if in_prompt == "all":
+            return x + vector.to(x)
+        if in_prompt == "last":  # left padding: the last column is every row's last prompt token
+            x = x.clone()
+            x[:, -1] += vector.to(x)
+        return x
 
-    edits = {f"blocks.{layer}.hook_resid_pre": add}
+    edits = {f"blocks.{layer}.hook_resid_pre": add} if positions != "none" else {}
     if positions == "all, direct path removed":
         unit = vector / vector.norm()
 

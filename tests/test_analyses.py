@@ -234,6 +234,8 @@ def tiny_run(tmp_path_factory):
 def test_steering_edits_touch_exactly_their_position_set():
     """Prefill (position ids from 0) vs a decode step (ids after the prompt): where each set adds the vector, and
     the direct-path variant removing it from the last layer's output on generated tokens only."""
+    from safesteer_interp import SafeSteerError
+
     v = torch.tensor([3.0, 4.0])
     prefill, decode = {"position_ids": torch.arange(3)[None]}, {"position_ids": torch.tensor([[3]])}
     expected = {"none": ([0, 0, 0], [0]), "all": ([1, 1, 1], [1]), "prompt": ([1, 1, 1], [0]), "last": ([0, 0, 1], [0]),
@@ -250,6 +252,8 @@ def test_steering_edits_touch_exactly_their_position_set():
     x = torch.tensor([[[6.0, 8.0]]])
     assert torch.equal(remove(x, prefill), x)  # the prompt's final residual is left alone
     torch.testing.assert_close(remove(x, decode), torch.zeros_like(x))  # x is parallel to v: nothing left
+    with pytest.raises(SafeSteerError, match="unknown position set 'first'"):
+        steering_positions.steering_edits("first", v, 1, 3)
 
 
 def test_analyze_run_writes_every_analysis(tiny_run):
