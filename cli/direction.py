@@ -9,6 +9,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from safesteer_interp.presets import PRESET_NAMES
+
 console = Console()
 
 
@@ -17,9 +19,9 @@ def direction(
     model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder or a hub name "
                                                                     "(default: the preset's model, else "
                                                                     "organism)")] = None,
-    preset: Annotated[str | None, typer.Option(help="a reference preset (qwen3-4b, qwen2.5-7b, llama3-8b, "
-                                                    "llama3.2-3b): here it only picks the model; n-train/n-val "
-                                                    "128/32 and coeff 1.0 are already the defaults")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"a reference preset ({PRESET_NAMES}): here it only picks "
+                                                    "the model; n-train/n-val 128/32 and coeff 1.0 are already "
+                                                    "the defaults")] = None,
     harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV with an "
                                                      "`instruction` column, a dataset name (advbench, "
                                                      "jailbreakbench, ...; NAME=PATH for a local copy) or a hub id "

@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.presets import PRESET_NAMES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,9 +33,9 @@ def tokens(
     model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder, a hub name or "
                                                                     "'tiny-random' (default: the preset's model, "
                                                                     "else the organism)")] = None,
-    preset: Annotated[str | None, typer.Option(help="released hyper-parameters of the reference: qwen3-4b, "
-                                                    "qwen2.5-7b, llama3-8b, llama3.2-3b (H, min-prob, K, M, K', "
-                                                    "method); explicit flags override it")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"released hyper-parameters of the reference: {PRESET_NAMES} "
+                                                    "(H, min-prob, K, M, K', method); explicit flags override "
+                                                    "it")] = None,
     k: Annotated[str | None, typer.Option(help="size of S: an integer (the reference's fixed K; default 50) or "
                                                "'auto' (smallest S carrying --share of the Δ-weighted teacher "
                                                "mass)")] = None,

@@ -14,6 +14,8 @@ from typing import Annotated
 
 import typer
 
+from safesteer_interp.presets import PRESET_NAMES
+
 
 class Vocab(str, Enum):
     safe = "safe"
@@ -48,9 +50,9 @@ def train(
     model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder or a hub name "
                                                                     "(default: the preset's model, else organism).")]
     = None,
-    preset: Annotated[str | None, typer.Option(help="Released hyper-parameters of the reference for one model: "
-                                                    "qwen3-4b, qwen2.5-7b, llama3-8b, llama3.2-3b (see `safesteer-"
-                                                    "interp presets`); explicit flags override it.")] = None,
+    preset: Annotated[str | None, typer.Option(help=f"Released hyper-parameters of the reference for one model: "
+                                                    f"{PRESET_NAMES} (see `safesteer-interp presets`); explicit "
+                                                    "flags override it.")] = None,
     prompts: Annotated[str | None, typer.Option(help="Harmful training prompts: .json/.jsonl/.csv with an "
                                                      "'instruction' column, a dataset name (pku-saferlhf, advbench, "
                                                      "...; NAME=PATH for a local copy; see `safesteer-interp "

@@ -57,6 +57,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("llama3-8b", "meta-llama/Meta-Llama-3-8B-Instruct", "run_llama3_8b.sh", 1e-6, 5, 1e-7, 8.03),
     Preset("llama3.2-3b", "meta-llama/Llama-3.2-3B-Instruct", "run_llama32_3b.sh", 1e-6, 5, 1e-7, 3.21),
 )}
+PRESET_NAMES = ", ".join(PRESETS)  # for help texts and errors
 
 # stage -> CLI option -> (Preset field, package default used when neither a flag nor a preset gives a value).
 # The package defaults must equal the commands' own defaults: without --preset nothing changes.
@@ -78,7 +79,7 @@ TIED = {"n_prompts": "prompts"}
 def get_preset(name: str) -> Preset:
     key = name.strip().lower()
     if key not in PRESETS:
-        raise SafeSteerError(f"unknown preset '{name}'; valid presets: {', '.join(PRESETS)}")
+        raise SafeSteerError(f"unknown preset '{name}'; valid presets: {PRESET_NAMES}")
     return PRESETS[key]
 
 
