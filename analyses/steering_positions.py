@@ -20,7 +20,7 @@ from safesteer_interp.direction_plots import logit_lens
 from safesteer_interp.directions import judged_rates
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.generation import generate_answers
-from safesteer_interp.hooks import Edit, hooks, is_decode_step, n_layers, project_out
+from safesteer_interp.hooks import Edit, addition, hooks, is_decode_step, n_layers, project_out
 from safesteer_interp.judges import RefusalJudge, starts_with_wording
 from safesteer_interp.models import is_organism
 
@@ -35,9 +35,9 @@ POSITION_SETS = {
     "all, direct path removed": "every token, then the direction projected out of the last layer's output on "
                                 "generated tokens",
 }
-# position set -> (which prompt tokens get the vector, whether generated tokens do)
-_WHERE = {"none": (None, False), "all": ("all", True), "prompt": ("all", False), "last": ("last", False),
-          "generated+last": ("last", True), "all, direct path removed": ("all", True)}
+# position set -> (where `hooks.addition` adds the vector, whether every generated token gets it as well)
+_WHERE = {"none": (None, False), "all": ("all", False), "prompt": ("prompt", False), "last": ("last", False),
+          "generated+last": ("last", True), "all, direct path removed": ("all", False)}
 
 
 def steering_edits(positions: str, vector: Float[Tensor, " d_model"], layer: int, last_layer: int,
@@ -45,19 +45,14 @@ def steering_edits(positions: str, vector: Float[Tensor, " d_model"], layer: int
     """Hook edits that add `vector` at `blocks.{layer}.hook_resid_pre` on one position set (see POSITION_SETS)."""
     if positions not in _WHERE:
         raise SafeSteerError(f"unknown position set {positions!r}; choose from {', '.join(POSITION_SETS)}")
-    in_prompt, in_generated = _WHERE[positions]
+    where, plus_generated = _WHERE[positions]
+    shared = addition(vector, 1.0, where) if where else None
 
     def add(x: Tensor, kwargs: dict) -> Tensor:
-        if is_decode_step(kwargs):  # a step of `generate` after the prefill: generated tokens only
-            return x + vector.to(x) if in_generated else x
-        if in_prompt == "all":
-            return x + vector.to(x)
-        if in_prompt == "last":  # left padding: the last column is every row's last prompt token
-            x = x.clone()
-            x[:, -1] += vector.to(x)
-        return x
+        x = shared(x, kwargs)
+        return x + vector.to(x) if plus_generated and is_decode_step(kwargs) else x
 
-    edits = {f"blocks.{layer}.hook_resid_pre": add} if positions != "none" else {}
+    edits = {f"blocks.{layer}.hook_resid_pre": add} if shared is not None else {}
     if positions == "all, direct path removed":
         unit = vector / vector.norm()
 
@@ -110,7 +105,10 @@ def analyze(inputs: RunInputs, *, max_new_tokens: int = 24, **_) -> dict:
               "headline": headline, "direction": {"layer": d.layer, "pos": d.pos, "coeff": d.coeff,
                                                   "teacher_positions": d.positions},
               "prompts": f"{len(prompts)} held-out harmless prompts, greedy, {max_new_tokens} new tokens",
-              "judged_by": key, "rows": rows, "logit_lens": lens}
+              "judged_by": key, "rates": "per row, shares of the prompts (0-1): 'refusal' judged a refusal by the "
+                                         "substring judge, 'coherent' (organism only) starting with one of its "
+                                         "refusal wordings", "rows": rows,
+              "logit_lens": {**lens, "of": "W_U applied to the final-norm-scaled unit direction (logits)"}}
     out.json("steering_positions.json", result)
     return {**result, "files": out.files}
 

@@ -223,15 +223,20 @@ def add_to_resid(model: nn.Module, vector: Float[Tensor, " d_model"], layer: int
     passes (a pass over prompt + answer tokens needs one for "prompt", "last" and k).
     """
     check_layer(model, layer)
-    cast = _Cast(check_vector(model, vector))
+    with hooks(model, {f"blocks.{layer}.hook_resid_pre": addition(check_vector(model, vector), coeff, positions)}):
+        yield
+
+
+def addition(vector: Float[Tensor, " d_model"], coeff: float = 1.0, positions: Positions = "all") -> Edit:
+    """The edit behind `add_to_resid`: x + coeff * vector at `positions`, for composing with other edits."""
+    cast = _Cast(vector)
 
     def add(x: Tensor, kwargs: dict) -> Tensor:
         mask = _position_mask(positions, x, kwargs)
         delta = coeff * cast.like(x)
         return x + delta if mask is None else x + mask * delta
 
-    with hooks(model, {f"blocks.{layer}.hook_resid_pre": add}):
-        yield
+    return add
 
 
 def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, " d_model"]) -> Float[Tensor, "... d_model"]:
