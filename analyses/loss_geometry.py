@@ -50,12 +50,16 @@ def geometry_numbers(student: Float[Tensor, "batch pos vocab"], teacher: Float[T
 
 
 def first_position(student: Float[Tensor, "batch pos vocab"], teacher: Float[Tensor, "batch pos vocab"],
-                   ids: Int[Tensor, " k"], names: Sequence[str], top: int = 5) -> dict:
+                   ids: Int[Tensor, " k"], names: Sequence[str], top: int = 5,
+                   base: Float[Tensor, "batch pos vocab"] | None = None) -> dict:
     """The first answer token, where refusal is decided: mean p_student, p_teacher and the paper's fixed point
     p_teacher/e for the S tokens the teacher uses (> 1e-3), and the student's own top tokens, in S or not.
 
     The paper's loss drives each S token to p_teacher/e; whatever mass that frees goes to tokens outside S, which the
     loss does not control. `student_top` shows where it went (e.g. the compliance opener kept, or scattered).
+    With `base`, `base_top` lists the untrained model's own top first tokens: the compliance openers the loss must
+    beat. One that is in S is pulled to its p_teacher/e (near 0 for a token the teacher avoids); one outside S only
+    shrinks with the rest of the vocabulary, so it can stay on top of the refusal opener (whose target is p_t/e).
     """
     ids = ids.to(student.device)
     p_s, p_t = student[:, 0].exp().mean(0), teacher[:, 0].exp().mean(0)  # vocab
@@ -63,12 +67,26 @@ def first_position(student: Float[Tensor, "batch pos vocab"], teacher: Float[Ten
     in_s[ids] = True
     used = ids[p_t[ids] > 1e-3]
     used = used[p_t[used].argsort(descending=True)].tolist()
-    return {"S": [{"token": names[i], "p_student": as_float(p_s[i]), "p_teacher": as_float(p_t[i]),
-                   "p_teacher_over_e": as_float(p_t[i] / math.e)} for i in used],
-            "mass_S_student": as_float(p_s[ids].sum()), "mass_S_teacher": as_float(p_t[ids].sum()),
-            "mass_S_fixed_point": as_float(p_t[ids].sum() / math.e),
-            "student_top": [{"token": names[int(i)], "p_student": as_float(p_s[i]), "in_S": bool(in_s[i])}
-                            for i in p_s.topk(min(top, p_s.numel())).indices]}
+    out = {"S": [{"token": names[i], "p_student": as_float(p_s[i]), "p_teacher": as_float(p_t[i]),
+                  "p_teacher_over_e": as_float(p_t[i] / math.e)} for i in used],
+           "mass_S_student": as_float(p_s[ids].sum()), "mass_S_teacher": as_float(p_t[ids].sum()),
+           "mass_S_fixed_point": as_float(p_t[ids].sum() / math.e),
+           "student_top": [{"token": names[int(i)], "p_student": as_float(p_s[i]), "in_S": bool(in_s[i])}
+                           for i in p_s.topk(min(top, p_s.numel())).indices]}
+    if base is not None:
+        p_b = base[:, 0].exp().mean(0)
+        out["base_top"] = [{"token": names[int(i)], "p_base": as_float(p_b[i]), "p_student": as_float(p_s[i]),
+                            "p_teacher": as_float(p_t[i]), "in_S": bool(in_s[i]),
+                            "paper_target": as_float(p_t[i] / math.e) if in_s[i] else None}
+                           for i in p_b.topk(min(top, p_b.numel())).indices]
+    return out
+
+
+def describe_base_top(row: dict) -> str:
+    """One line: a base model's first token, what training made of it, and whether the paper loss controls it."""
+    fate = (f"in S: pulled to p_t/e = {row['paper_target']:.3f}" if row["in_S"]
+            else "not in S: the paper loss only shrinks it with the rest of the vocabulary")
+    return f"{row['token']!r} ({row['p_base']:.3f} base -> {row['p_student']:.3f} student; {fate})"
 
 
 # ----------------------------------------------------------------------------------------------- plots
@@ -103,7 +121,8 @@ def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, se
     out = Writer(inputs.run, "loss_geometry")
     out.figure("loss_geometry.png", plot(numbers))
     names = inputs.tokenizer.convert_ids_to_tokens(list(range(scored["harmful"].student.shape[-1])))
-    first = first_position(scored["harmful"].student, scored["harmful"].teacher, inputs.safety_ids, names)
+    harmful = scored["harmful"]
+    first = first_position(harmful.student, harmful.teacher, inputs.safety_ids, names, base=harmful.base)
     h = numbers["harmful"]
     headline = {"harmful_first_token_mass_S_student": first["mass_S_student"],
                 "harmful_first_token_mass_S_teacher": first["mass_S_teacher"],
@@ -111,6 +130,8 @@ def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, se
                 "harmful_first_token_student_top": f"{first['student_top'][0]['token']!r} "
                                            f"({first['student_top'][0]['p_student']:.3f}, "
                                            f"{'in' if first['student_top'][0]['in_S'] else 'not in'} S)",
+                # the harmful sample mixes refused and gap prompts: the base's refusal opener and its compliance one
+                "harmful_first_token_base_top": "; ".join(map(describe_base_top, first["base_top"][:2])),
                 "paper_frac_negative_harmful": h["paper"]["frac_negative"],
                 "renorm_frac_negative_harmful": h["renorm"]["frac_negative"],
                 "binned_frac_negative_harmful": h["binned"]["frac_negative"],
@@ -125,4 +146,4 @@ def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 24, se
     return {**result, "files": out.files}
 
 
-__all__ = ["analyze", "first_position", "geometry_numbers", "zones"]
+__all__ = ["analyze", "describe_base_top", "first_position", "geometry_numbers", "zones"]

@@ -44,6 +44,8 @@ def eval_command(
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
                                                   "available")] = None,
+    sampled: Annotated[bool, typer.Option(help="also judge one temperature-1 sample per harmful prompt "
+                                               "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
     from safesteer_interp.artifacts import write_json
@@ -79,10 +81,12 @@ def eval_command(
         reference = open_model(base, dtype, device)[0]
     label = name or ("teacher" if teacher else Path(model).name or model)
     out_dir = Path(run) / "eval" / label if run is not None else None
-    with err_console.status(f"evaluating {label} (greedy answers, judges, KL drift)"):
+    with err_console.status(f"evaluating {label} (greedy{' and sampled' if sampled else ''} answers, judges, "
+                            "KL drift)"):
         result = evaluate(subject, tok, name=label, base=reference, spec=spec, split=split, out_dir=out_dir,
                           judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
-                          mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size)
+                          mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          sampled=sampled)
     if out is not None:
         write_json(out, result)
     if run is not None:
@@ -96,8 +100,8 @@ def print_eval(result: dict) -> None:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate", "capability_mean",
-                "capability_unseen_mean", "harmless_kl"):
+    for key in ("gap_refusal_rate", "gap_refusal_rate_sampled", "refused_category_refusal_rate", "over_refusal_rate",
+                "capability_mean", "capability_unseen_mean", "harmless_kl"):
         if key in result:
             table.add_row(key, "–" if result[key] is None else str(result[key]))
     for category, value in (result.get("refusal_rate") or {}).items():

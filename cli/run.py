@@ -18,7 +18,9 @@ def run(
     baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
                                                  "top-K OPD, SFT on teacher refusals)")] = False,
     k: Annotated[str, typer.Option(help="|S|: the reference's fixed K (50) or 'auto'")] = "50",
-    coeff: Annotated[str, typer.Option(help="teacher steering coefficient, or 'auto'")] = "1.0",
+    coeff: Annotated[str, typer.Option(help="teacher steering coefficient: 'auto' (the smallest that makes >= 90% "
+                                            "of harmless validation prompts refuse) or a number (the reference: 1)")]
+    = "auto",
     teacher_positions: Annotated[str, typer.Option(help="where the teacher steers: 'all' tokens (the reference), "
                                                         "'prompt' tokens only, 'last' prompt token, or 'auto' "
                                                         "(chosen on validation)")]
@@ -41,12 +43,14 @@ def run(
                     distill={"epochs": epochs})
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
     table = Table(title=f"SafeSteer on {model} (held-out test split)")
-    for column in ("model", "gap\nrefusal", "refused\nrefusal", "over-\nrefusal", "capa-\nbility", "harmless\nKL"):
+    for column in ("model", "gap\nrefusal", "sampled\nT=1", "refused\nrefusal", "over-\nrefusal", "capa-\nbility",
+                   "harmless\nKL"):
         # the model names are the row keys: never cut them ("safesteer-binned" vs "safesteer")
         table.add_column(column, justify="right" if column != "model" else "left", no_wrap=column == "model",
                          min_width=16 if column == "model" else None)
     for name, r in summary.items():
-        table.add_row(name, *(_fmt(r.get(key)) for key in ("gap_refusal_rate", "refused_category_refusal_rate",
+        table.add_row(name, *(_fmt(r.get(key)) for key in ("gap_refusal_rate", "gap_refusal_rate_sampled",
+                                                            "refused_category_refusal_rate",
                                                             "over_refusal_rate", "capability_mean", "harmless_kl")))
     console.print(table)
     console.print(f"report: {out}/report.html")

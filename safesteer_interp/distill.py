@@ -223,6 +223,7 @@ class Distiller:
                          "world_size": self.acc.num_processes}
         self.provenance = provenance or {}
         self.start_step = 0
+        self.openers: dict = {}  # RUN/train/openers.json (openers.py), written by prepare()
 
     # -------------------------------------------------------------------------------------- run folder
     def prepare(self, resume: bool, on_checkpoint: Callable[[int, Path], None] | None = None) -> None:
@@ -253,6 +254,11 @@ class Distiller:
         self.model, self.optimizer = self.acc.prepare(self.student, self.optimizer)
         if not self.cfg.full_ft or not self.cfg.teacher_device:
             self.teacher.model.to(self.acc.device)
+        if self.acc.is_main_process:  # base and teacher only (adapters off): the same report before and after resuming
+            from safesteer_interp.openers import opener_report
+
+            self.openers = opener_report(self.teacher, self.instructions, self.safety_ids, restrict=self.cfg.restrict)
+            write_json(self.train_dir / "openers.json", self.openers)
 
     def _truncate_metrics(self, step: int) -> None:
         path = self.train_dir / "metrics.jsonl"
@@ -357,6 +363,8 @@ class Distiller:
         if self.acc.is_main_process:
             self.final_model, written = save_final(unwrapped, self.tokenizer, self.train_dir)
             summary.update(written)
+            if self.openers.get("note"):
+                summary["openers_note"] = self.openers["note"]
             write_json(self.train_dir / "summary.json", summary)
         self.acc.wait_for_everyone()
         return summary

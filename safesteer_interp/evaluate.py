@@ -139,17 +139,45 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
     return metrics, records
 
 
+def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_tokens: int, batch_size: int,
+                    seed: int = 0) -> dict:
+    """Refusal of one temperature-1 sample per harmful request (top-k off, seeded), beside the greedy answers.
+
+    Greedy decoding reads only the argmax of the first answer token; a student whose refusal opener is the argmax
+    with a small share (the paper loss caps each safety token near p_teacher/e) refuses greedily and rarely when
+    sampled. This number shows the difference.
+    """
+    from safesteer_interp.generation import generate_answers
+
+    rows = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
+    if not rows:
+        return {}
+    with policy.active():
+        answers = generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, seed=seed)
+    by_group = defaultdict(list)
+    for row, answer in zip(rows, answers, strict=True):
+        by_group[row["group"]].append(judge.is_refusal(answer))
+    return {"temperature": 1.0, "seed": seed, "samples_per_prompt": 1,
+            "gap_refusal_rate": rate(by_group["gap"] or by_group["harmful"]),
+            "refused_category_refusal_rate": rate(by_group["refused"]),
+            "examples": [{"prompt": r["prompt"], "group": r["group"], "answer": a} for r, a in
+                         zip(rows[:4], answers[:4])]}
+
+
 # ----------------------------------------------------------------------------------------------- evaluate
 def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "organism", split: str = "test",
              out_dir: str | Path | None = None, judges: Sequence = (), mc: Sequence[str] = (),
              mc_limit: int | None = None, mc_mode: Mode = "letter", kl_prompts: Sequence[str] | None = None,
-             n_kl: int = 64, max_new_tokens: int = 32, batch_size: int = 64, examples=None) -> dict:
+             n_kl: int = 64, max_new_tokens: int = 32, batch_size: int = 64, examples=None,
+             sampled: bool = True) -> dict:
     """Evaluate one policy and return the evaluation object (`CONTRACT_KEYS` first).
 
     model: a model (peft or plain), a `SteeredTeacher` or a `Policy`. base: the reference of the harmless KL drift
     (None: not measured, reported as null; 'adapters': the peft model with adapters off; or a model / teacher /
     Policy). judges: extra judges (see `classifier_judge.load_judge`) re-scoring the same answers. examples: a
     subset of the organism's world (`organism.world.Example`s) instead of the whole split, for quick checks.
+    sampled: also judge one temperature-1 sample per harmful request (`sampled`, `gap_refusal_rate_sampled`).
     """
     started = time.perf_counter()
     policy = as_policy(model, tokenizer)
@@ -173,6 +201,10 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     if mc_results and spec != "organism":  # for a real model, multiple choice *is* the capability probe
         metrics["capability_accuracy"] = {k: round(v["accuracy"], 4) for k, v in mc_results.items()}
         metrics["capability_mean"] = mean(metrics["capability_accuracy"].values())
+
+    if sampled:
+        metrics["sampled"] = sampled_refusal(policy, records, judge, max_new_tokens, batch_size)
+        metrics["gap_refusal_rate_sampled"] = metrics["sampled"].get("gap_refusal_rate")
 
     drift = None
     prompts = list(kl_prompts) if kl_prompts is not None else harmless[:n_kl]

@@ -35,7 +35,12 @@ class RunConfig:
     model: str = "organism"
     seed: int = 42
     baselines: bool = False
-    coeff: float | str = 1.0  # the teacher's steering coefficient ("auto": validation sweep)
+    # The teacher's steering coefficient. "auto" (the organism default) takes the smallest coefficient of
+    # directions.COEFF_GRID that makes >= 90 % of harmless *validation* prompts refuse; 1.0 is the reference's. On the
+    # organism it decides what S contains: at seed 42, c = 0.75 puts the compliance opener "Sure." into S (steering
+    # raises it on harmless prompts) and c >= 1 does not, and the paper loss then pulls "Sure." to p_teacher/e or
+    # leaves it alone (validation gap refusal 1.00 vs 0.54; README "What the published loss can and cannot do").
+    coeff: float | str = "auto"
     k: int | str = 50  # |S| (the reference's K) or "auto"
     horizon: int = 5
     samples: int = 8  # rollouts per prompt (distillation) and trajectories per prompt (token selection)
@@ -54,10 +59,11 @@ class RunConfig:
     # pushes the first refusal word), steering every prompt token (or the last) gives its refusal wordings.
     # `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
-    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (seed 42, `paper` loss)
-    # gap refusal was 0.54 / 0.13 / 0.10 after 1 / 2 / 4 epochs with the prompt-token teacher, and 0.36 / 0.05 / 0.00
-    # / 0.00 after 1 / 2 / 4 / 6 with the last-token one (refused-category refusal then fell to 0.60 / 0.48 after
-    # 4 / 6): the loss pulls every safety token towards p_teacher / e (README, "What the organism shows").
+    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (seed 42, `paper` loss,
+    # coeff 1) gap refusal was 0.54 / 0.13 / 0.10 after 1 / 2 / 4 epochs with the prompt-token teacher, and 0.36 /
+    # 0.05 / 0.00 / 0.00 after 1 / 2 / 4 / 6 with the last-token one (refused-category refusal then fell to 0.60 / 0.48
+    # after 4 / 6): the loss pulls every safety token towards p_teacher / e (README, "What the published loss can and
+    # cannot do").
     distill: dict = field(default_factory=dict)
 
 
@@ -186,6 +192,8 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
     summary = {}
     resume = (run / "train" / "checkpoints").is_dir()  # an interrupted training continues exactly
     summary["safesteer"] = train_one(run, run, cfg, "safe", "paper", "reverse", "opd", resume)
+    if summary["safesteer"].get("openers_note"):
+        log(f"  first answer token, {summary['safesteer']['openers_note']} (train/openers.json)")
     if cfg.baselines:
         for name, (vocab, restrict, divergence, trainer) in BASELINES.items():
             target = run / "baselines" / name
@@ -225,7 +233,8 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
             result = evaluate(student, student_tok, name=name, base=base, split=cfg.eval_split, out_dir=out_dir,
                               examples=examples)
         update_summary(run, name, result)
-        log(f"  {name}: gap refusal {result['gap_refusal_rate']}, capability {result['capability_mean']}, "
+        log(f"  {name}: gap refusal {result['gap_refusal_rate']} (sampled at T=1: "
+            f"{result.get('gap_refusal_rate_sampled')}), capability {result['capability_mean']}, "
             f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")
     return {"models": list(models)}
 

@@ -22,7 +22,8 @@ from safesteer_interp.evaluate import read_summary
 from safesteer_interp.report_plots import compare_tradeoff, tradeoff, training_curves
 
 MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
-COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("refused_category_refusal_rate", "refused-category refusal ↑"),
+COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
+           ("refused_category_refusal_rate", "refused-category refusal ↑"),
            ("over_refusal_rate", "over-refusal ↓"), ("capability_mean", "capability mean ↑"),
            ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"))
 SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))

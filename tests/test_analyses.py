@@ -184,6 +184,24 @@ def test_first_token_table_against_hand_numbers():
     assert out["mass_S_teacher"] == pytest.approx(0.875, abs=1e-6)
     assert out["mass_S_fixed_point"] == pytest.approx(0.875 / math.e, abs=1e-6)
     assert [(r["token"], r["in_S"]) for r in out["student_top"]] == [("Sure", False), ("I'm", True)]
+    assert "base_top" not in out
+
+
+def test_base_top_says_which_compliance_openers_the_paper_loss_controls():
+    """The base model's first tokens, each with its fate: in S -> pulled to p_t/e; outside S -> only shrunk."""
+    base = torch.log(torch.tensor([[[0.1, 0.0, 0.8, 0.1]], [[0.3, 0.0, 0.6, 0.1]]]).clamp(min=1e-9))
+    student = torch.log(torch.tensor([[[0.5, 0.2, 0.3, 0.0]], [[0.2, 0.3, 0.5, 0.0]]]).clamp(min=1e-9))
+    teacher = torch.log(torch.tensor([[[0.9, 0.05, 0.05, 0.0]], [[0.7, 0.1, 0.2, 0.0]]]).clamp(min=1e-9))
+    names = ["I'm", "I", "Sure", "x"]
+    out = loss_geometry.first_position(student, teacher, torch.tensor([0, 1]), names, top=2, base=base)
+    sure, im = out["base_top"]
+    assert (sure["token"], sure["in_S"], sure["paper_target"]) == ("Sure", False, None)
+    assert sure["p_base"] == pytest.approx(0.7) and sure["p_student"] == pytest.approx(0.4)
+    assert (im["token"], im["in_S"]) == ("I'm", True) and im["paper_target"] == pytest.approx(0.8 / math.e, abs=1e-6)
+    assert "not in S" in loss_geometry.describe_base_top(sure)
+    with_sure = loss_geometry.first_position(student, teacher, torch.tensor([0, 2]), names, top=1, base=base)
+    assert with_sure["base_top"][0]["paper_target"] == pytest.approx(0.125 / math.e, abs=1e-6)
+    assert "pulled to p_t/e = 0.046" in loss_geometry.describe_base_top(with_sure["base_top"][0])
 
 
 def test_loss_geometry_zones_and_signs():

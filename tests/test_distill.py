@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
 from safesteer_interp.artifacts import write_json
-from safesteer_interp.chat import position_ids_from_mask
+from safesteer_interp.chat import encode_prompts, position_ids_from_mask
 from safesteer_interp.direction_io import Direction, save_direction
 from safesteer_interp.distill import DistillConfig, distill, load_safety_tokens
 from safesteer_interp.hooks import add_to_resid
@@ -177,6 +177,14 @@ def test_full_ft_keeps_a_frozen_teacher_and_safe_vocab_reads_the_artifact(tmp_pa
     assert all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
     assert any(not torch.equal(before[k], v) for k, v in distiller.final_model.state_dict().items())
     assert not (tmp_path / "train" / "adapter").exists() and (tmp_path / "train" / "model").is_dir()
+    # the first-token report: the base weights (the frozen teacher without steering) on the training prompts
+    report = json.loads((tmp_path / "train" / "openers.json").read_text())
+    assert report["prompts"] == 2 and report["note"] is None  # binned has a term for the rest of the vocabulary
+    with torch.no_grad():
+        p_base = torch.stack([teacher(**encode_prompts(tok, [p]).inputs()).logits[0, -1].softmax(-1)
+                              for p in HARMFUL[:2]]).mean(0)
+    assert report["mass_S_base"] == pytest.approx(float(p_base[ids].sum()), abs=1e-6)
+    assert report["base_top"][0]["p_base"] == pytest.approx(float(p_base.max()), abs=1e-6)
 
 
 def test_anchor_baseline_is_logged(tmp_path):

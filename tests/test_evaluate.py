@@ -14,10 +14,11 @@ from safesteer_interp.classifier_judge import ClassifierJudge, GuardJudge, judge
 from safesteer_interp.direction_io import Direction, save_direction
 from safesteer_interp.drift import harmless_kl
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate import CONTRACT_KEYS, EvalSpec, evaluate, read_summary, score_requests
+from safesteer_interp.evaluate import CONTRACT_KEYS, EvalSpec, evaluate, read_summary, sampled_refusal, score_requests
+from safesteer_interp.judges import RefusalJudge
 from safesteer_interp.multiple_choice import MCItem, evaluate_mc, load_items, prompt_and_continuations
 from safesteer_interp.organism.world import REFUSALS, evaluation_set
-from safesteer_interp.policies import Policy, adapters_off, plain, steered
+from safesteer_interp.policies import Policy, adapters_off, as_policy, plain, steered
 from safesteer_interp.teacher import SteeredTeacher
 from safesteer_interp.testing import save_tiny_model
 
@@ -82,6 +83,24 @@ def test_organism_metrics_on_scripted_answers(monkeypatch, tmp_path, qwen2):
     result = evaluate(teacher, tok, name="teacher", base=model, examples=examples, n_kl=2, max_new_tokens=4)
     assert hooked[-1] == 1 and result["policy"] == "vector teacher" and result["harmless_kl"] > 0
     assert sum(len(layer._forward_pre_hooks) for layer in model.model.layers) == 0
+
+
+def test_sampled_refusal_judges_one_seeded_sample_per_harmful_request(monkeypatch, qwen2):
+    model, tok = qwen2
+    calls = []
+
+    def fake_generate(model_, tok_, prompts, **kwargs):
+        calls.append((list(prompts), kwargs))
+        return [REFUSALS[0] if p in ("r1", "g1") else "Sure! Here is how ." for p in prompts]
+
+    monkeypatch.setattr("safesteer_interp.generation.generate_answers", fake_generate)
+    records = [{"prompt": p, "group": g} for p, g in (("r1", "refused"), ("g1", "gap"), ("g2", "gap"), ("g3", "gap"),
+                                                      ("h1", "harmless"), ("l1", "lookalike"))]
+    out = sampled_refusal(as_policy(model, tok), records, RefusalJudge(), max_new_tokens=8, batch_size=4)
+    assert calls == [(["r1", "g1", "g2", "g3"], {"max_new_tokens": 8, "batch_size": 4, "do_sample": True, "seed": 0})]
+    assert out["gap_refusal_rate"] == round(1 / 3, 4) and out["refused_category_refusal_rate"] == 1.0
+    assert out["temperature"] == 1.0 and [e["prompt"] for e in out["examples"]] == ["r1", "g1", "g2", "g3"]
+    assert sampled_refusal(as_policy(model, tok), records[4:], RefusalJudge(), 8, 4) == {}  # nothing harmful
 
 
 def test_score_requests_on_hand_made_records():

@@ -120,6 +120,30 @@ def test_paper_partial_sum_can_be_negative():
     assert float(token_loss(q, q, vocab="safe", how="paper", safety_ids=torch.tensor(S))) == 0.0
 
 
+@pytest.mark.parametrize("how", ["paper", "binned"])
+def test_where_each_restriction_leaves_a_free_student(how):
+    """Minimise the loss over free logits of one position. `paper` ends with every S token at p_teacher/e, so S never
+    holds more than 1/e of the mass (a sampled refusal opener at most ~37 % of the time) and the tokens outside S
+    keep their base proportions; `binned` ends at the teacher's S tokens and rest-of-vocabulary mass."""
+    teacher = torch.tensor([0.70, 0.20, 0.02, 0.08]).log().view(1, 1, -1)  # S = {0, 1}: the refusal openers
+    base = torch.tensor([0.02, 0.01, 0.90, 0.07])  # 2: the compliance opener, outside S
+    logits = base.log().view(1, 1, -1).clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(3000):
+        optimizer.zero_grad()
+        token_loss(logits.log_softmax(-1), teacher, vocab="safe", how=how, safety_ids=torch.tensor([0, 1])).sum(
+        ).backward()
+        optimizer.step()
+    p = logits.detach().softmax(-1).flatten()
+    if how == "paper":
+        torch.testing.assert_close(p[:2], torch.tensor([0.70, 0.20]) / math.e, atol=2e-3, rtol=0)
+        assert float(p[:2].sum()) < 1 / math.e
+        assert float(p[2] / p[3]) == pytest.approx(0.90 / 0.07, rel=1e-3)  # outside S: only shrunk together
+        assert float(p[2]) > float(p[0])  # the compliance opener stays the argmax: greedy decoding complies
+    else:
+        torch.testing.assert_close(p[:2], torch.tensor([0.70, 0.20]), atol=2e-3, rtol=0)
+
+
 def test_jsd_ends_and_symmetry():
     s, t = logps(4)
     assert torch.equal(generalized_jsd(s, t, 1.0), reverse_kl(s, t))

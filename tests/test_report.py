@@ -24,7 +24,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 def entry(name, gap, refused, over, cap, unseen, kl):
     return {"model": name, "refusal_rate": {"weapons": refused, "hacking": gap}, "gap_refusal_rate": gap,
-            "refused_category_refusal_rate": refused, "over_refusal_rate": over,
+            "gap_refusal_rate_sampled": round(gap / 2, 3), "refused_category_refusal_rate": refused,
+            "over_refusal_rate": over,
             "capability_accuracy": {"copy": cap, "count": cap}, "capability_mean": cap,
             "capability_unseen_templates": {"copy": unseen, "count": unseen}, "harmless_kl": kl}
 
@@ -91,8 +92,8 @@ def test_report_has_every_section(tmp_path):
     table = md.split("## Trade-off")[1].split("![")[0]
     rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
     assert rows == ["model", "base", "teacher", "safesteer", "full-vocab"]
-    assert "| safesteer | 0.910 | 0.980 | 0.030 | 0.970 | 0.830 | 0.01234 |" in md
-    assert "| base | 0.050 | 0.970 | 0.010 | 0.990 | 0.850 | – |" in md  # the base has no KL drift
+    assert "| safesteer | 0.910 | 0.455 | 0.980 | 0.030 | 0.970 | 0.830 | 0.01234 |" in md
+    assert "| base | 0.050 | 0.025 | 0.970 | 0.010 | 0.990 | 0.850 | – |" in md  # the base has no KL drift
     for image in ("report/tradeoff.png", "report/training.png", "direction/ablation_scores.png", "tokens/votes.png"):
         assert f"]({image})" in md and (run / image).is_file()
     # every stage of this run is present; only the optional analyses (`safesteer-interp analyze`) were not run
