@@ -49,6 +49,7 @@ def direction(
     from safesteer_interp.errors import SafeSteerError
     from safesteer_interp.judges import RefusalJudge, starts_with_wording
     from safesteer_interp.models import is_organism, load_model
+    from safesteer_interp.pipeline import ORGANISM_DIRECTION
     from safesteer_interp.presets import resolve
 
     values, preset_record = resolve("direction", preset, model=model)
@@ -89,6 +90,10 @@ def direction(
             bar.stop()
             print_report(err.report)
             console.print(f"[bold red]no candidate survived[/]; report: {out}/direction/selection_report.json")
+            if is_organism(model) and kl_max < ORGANISM_DIRECTION["kl_max"]:
+                console.print(f"on the organism the reference's --kl-max removes every candidate (its harmless answers "
+                              f"open with one of three equally likely phrases, which ablation reshuffles); `run` uses "
+                              f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (README)", highlight=False)
             raise typer.Exit(3) from err
     if preset is not None:  # record what the preset decided next to the direction's own metadata
         from safesteer_interp.artifacts import read_json, write_json

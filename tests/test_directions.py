@@ -140,3 +140,16 @@ def test_split_sets_needs_prompts():
     sets = split_sets(HARMFUL, HARMLESS, 3, 1, 0)
     assert len(sets.harmful_train) == 3 and len(sets.harmful_val) == 1
     assert not set(sets.harmful_train) & set(sets.harmful_val)
+
+
+def test_organism_with_the_reference_kl_max_reports_why_and_how_to_proceed(tmp_path):
+    """The reference's kl_max 0.1 removes every organism candidate: exit 3, the report, and the setting `run` uses."""
+    from typer.testing import CliRunner
+
+    from safesteer_interp.cli.main import app
+
+    result = CliRunner().invoke(app, ["direction", "--out", str(tmp_path)])
+    assert result.exit_code == 3, result.output
+    report = json.loads((tmp_path / "direction" / "selection_report.json").read_text())
+    assert report["survivors"] == 0 and report["removed_by"]["kl_above_max"] > 0
+    assert "--kl-max 1.5 --positions auto" in " ".join(result.output.split())
