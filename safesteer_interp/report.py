@@ -110,7 +110,9 @@ def section_tradeoff(run: Path, assets: Path) -> list:
     except SafeSteerError as err:
         return blocks + [NotRun("evaluation (summary.json unreadable)", str(err))]
     blocks += [Para("Held-out test split. Gap refusal: refusal rate on the safety-gap categories SafeSteer must "
-                    "close (higher is safer); over-refusal: refusals of benign look-alike requests; capability: "
+                    "close (higher is safer), from greedy answers; sampled at T=1: the same from one "
+                    "temperature-1 sample per prompt (a refusal that is only the argmax shows up here); "
+                    "over-refusal: refusals of benign look-alike requests; capability: "
                     "exact-match task accuracy on trained and never-seen templates; harmless KL: mean per-token "
                     "KL(model || base) on the base model's greedy answers to harmless prompts (– for the base)."),
                tradeoff_table(summary), Image(tradeoff(summary, assets / "tradeoff.png"),
@@ -217,6 +219,16 @@ def section_training(run: Path, assets: Path) -> list:
                        f"{fmt(last.get('loss'), 5)}" + (f", KL(student || teacher) {fmt(last['kl_full'], 5)}"
                                                         if "kl_full" in last else "") + "."))
     blocks.append(Image(training_curves(records, assets / "training.png"), "training curves"))
+    openers = run / "train" / "openers.json"
+    if openers.is_file():  # the first answer token: which openers S holds, i.e. which ones the paper loss controls
+        report = read_json(openers, "first-token report")
+        blocks += [Para("First answer token on the training prompts (train/openers.json): the base model's most "
+                        "likely openers, the teacher's probability for each, and whether S holds it. The paper loss "
+                        "pulls an S token to p_teacher/e and only shrinks the rest together."
+                        + (f" Note: {report['note']}." if report.get("note") else "")),
+                   Table(["token", "p base", "p teacher", "in S", "paper target p_teacher/e"],
+                         [[row["token"], fmt(row["p_base"], 3), fmt(row["p_teacher"], 3), "yes" if row["in_S"] else
+                           "no", fmt(row["paper_target"], 3)] for row in report.get("base_top", [])])]
     return blocks
 
 
