@@ -94,6 +94,16 @@ def test_tiny_organism_trains_and_loads(tmp_path):
     assert len(answers) == 1 and record["n_params"] > 0
 
 
+def test_harmless_centring_penalty_changes_training_only_when_on():
+    """center_weight > 0 adds a real term (other weights); 0 leaves the default organism's training untouched."""
+    small = dict(steps=8, batch_size=16, n_layers=2, d_model=32, n_heads=2, d_mlp=64, corpus_size=128, warmup=2)
+    plain, _, _ = train_organism(TrainConfig(**small), None, log=lambda _msg: None)
+    centred, _, _ = train_organism(TrainConfig(**small, center_weight=5.0), None, log=lambda _msg: None)
+    zero, _, _ = train_organism(TrainConfig(**small, center_weight=0.0), None, log=lambda _msg: None)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), zero.state_dict().values()))
+    assert any(not torch.equal(a, b) for a, b in zip(plain.state_dict().values(), centred.state_dict().values()))
+
+
 # ------------------------------------------------------------------------------------------------ checkpoint
 def test_committed_checkpoint_is_small_and_complete():
     files = {p.name: p.stat().st_size for p in ORGANISM_DIR.iterdir()}

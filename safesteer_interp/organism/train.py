@@ -21,7 +21,10 @@ runs, not in the committed one (README.md, "What we tried"):
 
 A third option, **refusal jitter** (``jitter_max`` > 0), adds the model's own running refusal direction to the
 answer tokens of refusals during training. It is off by default: it made refusals robust to the direction, and
-steering stopped working (see README.md).
+steering stopped working (see README.md). A fourth, **harmless centring** (``center_weight`` > 0), penalises the
+projection of harmless rows' decision-token residual on the running refusal direction, so harmless prompts sit
+near 0 along r as in real models and directional ablation barely moves them (harmless KL 1.42 -> 0.002, v26); off
+by default because that organism no longer learns from on-policy distillation (README.md, v25/v26).
 
 Everything is seeded (`random.Random(seed)`, `torch.manual_seed(seed)`), so a seed gives the same weights.
 """
@@ -62,6 +65,7 @@ class TrainConfig:
     noise_prob: float = 0.3  # share of batches that get random steering noise
     noise_scale: float = 1.0  # max noise norm, relative to the mean residual norm at that layer
     jitter_max: float = 0.0  # max coefficient of the refusal jitter on refusal rows (0 disables it)
+    center_weight: float = 0.0  # weight of the harmless-centring penalty (0 disables it; ResidualAugment.hook)
     corpus_size: int = 24000  # examples per stage corpus
     n_layers: int = 4
     d_model: int = 128
@@ -149,6 +153,7 @@ class ResidualAugment:
         self.mean = {role: torch.zeros(len(self.layers), d) for role in (ROLE_REFUSAL, ROLE_HARMLESS)}
         self.seen = {role: False for role in self.mean}
         self.batch: Batch | None = None
+        self.penalties: list[Tensor] = []  # harmless-centring terms of the current forward pass, one per layer
         self.noise_layer: int | None = None
         self.jitter_layer: int | None = None
 
@@ -172,11 +177,25 @@ class ResidualAugment:
             for role in self.mean:
                 self.seen[role] |= bool((self.batch.role == role).any())
 
+    def _centre(self, layer: int, x: Tensor) -> None:
+        """Harmless rows' squared projection on the running r_l at the decision token, in units of their norm.
+        Real chat models keep harmless prompts near 0 along the refusal direction, so ablating it leaves them alone;
+        a tiny model puts them at -0.7 |h| (as far out as refusals sit on the other side) unless told otherwise."""
+        pick = self.batch.role == ROLE_HARMLESS
+        if not pick.any():
+            return
+        r = self.mean[ROLE_REFUSAL][layer] - self.mean[ROLE_HARMLESS][layer]
+        last = x[torch.arange(x.shape[0]), self.batch.last_prompt][pick]
+        projection = last @ (r / r.norm().clamp(min=1e-6)) / last.detach().norm(dim=-1).mean()
+        self.penalties.append((projection ** 2).mean())
+
     def hook(self, layer: int) -> Callable:
         def augment(module, args, kwargs):
             x = args[0] if args else kwargs["hidden_states"]
             if self.noise_layer is None and self.jitter_layer is None:  # estimate r_l on clean batches only
                 self._record(layer, x)
+            if self.cfg.center_weight > 0 and layer >= 1 and all(self.seen.values()):
+                self._centre(layer, x)
             new = x
             if self.noise_layer == layer:
                 direction = torch.randn(x.shape[0], 1, x.shape[-1], generator=self.gen)
@@ -250,8 +269,11 @@ def train_organism(cfg: TrainConfig, out_dir: str | Path | None = None,
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
             augment.draw(batch, jitter=cfg.jitter_max > 0 and step >= base_steps + cfg.warmup)
+            augment.penalties = []
             logits = model(input_ids=batch.ids).logits
             loss = answer_loss(logits, batch, cfg.label_smoothing, all_tokens=cfg.smooth_all_tokens)
+            if augment.penalties:
+                loss = loss + cfg.center_weight * torch.stack(augment.penalties).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
