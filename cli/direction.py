@@ -91,8 +91,8 @@ def direction(
             print_report(err.report)
             console.print(f"[bold red]no candidate survived[/]; report: {out}/direction/selection_report.json")
             if is_organism(model) and kl_max < ORGANISM_DIRECTION["kl_max"]:
-                console.print(f"on the organism the reference's --kl-max removes every candidate (its harmless answers "
-                              f"open with one of three equally likely phrases, which ablation reshuffles); `run` uses "
+                console.print(f"on the organism the reference's --kl-max removes every candidate (harmless prompts "
+                              f"sit far out along r, so ablation changes their first token); `run` uses "
                               f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (README)", highlight=False)
             raise typer.Exit(3) from err
     if preset is not None:  # record what the preset decided next to the direction's own metadata

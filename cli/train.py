@@ -175,4 +175,4 @@ def train(
     console.print(table)
     console.print(f"model: {summary['model']}" + (f"  adapter: {summary['adapter']}" if "adapter" in summary else ""))
     if summary.get("openers_note"):
-        console.print(f"first answer token, {summary['openers_note']} (train/openers.json)", highlight=False)
+        console.print(summary["openers_note"], highlight=False)

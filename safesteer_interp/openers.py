@@ -44,7 +44,10 @@ def opener_rows(p_base: Float[Tensor, " vocab"], p_teacher: Float[Tensor, " voca
             for i in ranked.topk(min(top, ranked.numel())).indices.tolist()]
 
 
-def uncontrolled(rows: Sequence[dict], min_share: float = 0.1) -> list[dict]:
+MIN_SHARE = 0.1  # a base opener below this first-token share is not worth a warning
+
+
+def uncontrolled(rows: Sequence[dict], min_share: float = MIN_SHARE) -> list[dict]:
     """Openers the paper loss cannot demote: outside S, used by the base (>= min_share), avoided by the teacher."""
     return [r for r in rows if not r["in_S"] and r["p_base"] >= min_share and r["p_teacher"] < r["p_base"]]
 
@@ -63,12 +66,19 @@ def opener_report(teacher: SteeredTeacher, instructions: Sequence[str], ids: Int
     missing = uncontrolled(rows) if ids is not None and restrict in ("paper", "renorm") else []
     note = None
     if missing:
-        note = ("not in S: " + ", ".join(f"{r['token']!r} (base {r['p_base']:.2f}, teacher {r['p_teacher']:.2f})"
-                                          for r in missing)
-                + f". The {restrict} loss has no term for tokens outside S"
+        listed = ", ".join(f"{r['token']!r} (base {r['p_base']:.2f}, teacher {r['p_teacher']:.2f})" for r in missing)
+        note = (f"first answer token on the training prompts, not in S: {listed}. The {restrict} loss has no term for "
+                "tokens outside S"
                 + (" (each S token goes to p_teacher/e, the rest only shrinks together)" if restrict == "paper" else "")
-                + ", so these openers can stay above the refusal opener (analyze --only loss_geometry)")
+                + ", so these openers can stay above the refusal opener (train/openers.json; analyze --only "
+                  "loss_geometry)")
     return {"prompts": len(instructions), "what": "mean first-answer-token probabilities over the training prompts",
+            "fields": {"p_base": "probability under the base model (no steering, adapters off)",
+                       "p_teacher": "probability under the steered teacher", "in_S": "the token is in the safety set S",
+                       "paper_target": "p_teacher / e: where the paper loss settles an S token (null outside S)",
+                       "uncontrolled_openers": f"base openers (p_base >= {MIN_SHARE}) outside S that the teacher "
+                                               f"avoids; listed for the paper and renorm losses only (this run: "
+                                               f"{restrict})"},
             "base_top": rows, "teacher_top": teacher_rows, "uncontrolled_openers": missing, "note": note,
             "mass_S_base": None if ids is None else round(float(p_base[ids.cpu()].sum()), 6),
             "mass_S_teacher": None if ids is None else round(float(p_teacher[ids.cpu()].sum()), 6)}

@@ -52,8 +52,9 @@ class RunConfig:
     eval_per_group: int = 160  # held-out requests per group (the organism's evaluation set)
     eval_per_task: int = 48  # held-out items per capability task and template kind
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
-    # kl_max 0.1: its harmless answers open with one of three equally likely phrases, so ablation that leaves them
-    # helpful still reshuffles that first-token choice (KL 0.4-3 nats), and at 0.1 no candidate survives. It also
+    # kl_max 0.1: harmless prompts sit far out along r (-181 against refused +220, |h| ~ 270, seed 42's cell), so
+    # ablation moves them to a place training never visited and changes their first token even though the answers
+    # stay helpful (KL 0.4-3 nats; organism/README.md, v25/v26), and at 0.1 no candidate survives. It also
     # lets the direction stage choose the teacher's steering positions on validation ("auto"): on the organism the
     # reference's all-position addition flips the decision but babbles ("I'm I'm I'm": on answer tokens the vector
     # pushes the first refusal word), steering every prompt token (or the last) gives its refusal wordings.
@@ -193,7 +194,7 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
     resume = (run / "train" / "checkpoints").is_dir()  # an interrupted training continues exactly
     summary["safesteer"] = train_one(run, run, cfg, "safe", "paper", "reverse", "opd", resume)
     if summary["safesteer"].get("openers_note"):
-        log(f"  first answer token, {summary['safesteer']['openers_note']} (train/openers.json)")
+        log(f"  {summary['safesteer']['openers_note']}")
     if cfg.baselines:
         for name, (vocab, restrict, divergence, trainer) in BASELINES.items():
             target = run / "baselines" / name

@@ -60,7 +60,8 @@ def test_report_notes_uncontrolled_openers_for_paper_and_renorm_only(qwen2, monk
     name = tok.convert_ids_to_tokens(5)
     report = openers.opener_report(teacher, PROMPTS, torch.tensor([6, 7]))
     assert [r["token"] for r in report["uncontrolled_openers"]] == [name]
-    assert report["note"].startswith(f"not in S: {name!r} (base 0.60, teacher 0.05)")
+    assert report["note"].startswith(f"first answer token on the training prompts, not in S: {name!r} "
+                                     "(base 0.60, teacher 0.05). The paper loss")
     assert report["mass_S_base"] == pytest.approx(0.3 + 0.1 / (vocab - 2), abs=1e-6)
     assert openers.opener_report(teacher, PROMPTS, torch.tensor([6, 7]), restrict="binned")["note"] is None
     assert openers.opener_report(teacher, PROMPTS, torch.tensor([5, 6]))["note"] is None  # S holds it

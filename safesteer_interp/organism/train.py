@@ -23,7 +23,8 @@ A third option, **refusal jitter** (``jitter_max`` > 0), adds the model's own ru
 answer tokens of refusals during training. It is off by default: it made refusals robust to the direction, and
 steering stopped working (see README.md). A fourth, **harmless centring** (``center_weight`` > 0), penalises the
 projection of harmless rows' decision-token residual on the running refusal direction, so harmless prompts sit
-near 0 along r as in real models and directional ablation barely moves them (harmless KL 1.42 -> 0.002, v26); off
+near 0 along r (what we take real models to do; not measured here) and directional ablation barely moves them
+(harmless KL 1.42 -> 0.002, v26); off
 by default because that organism no longer learns from on-policy distillation (README.md, v25/v26).
 
 Everything is seeded (`random.Random(seed)`, `torch.manual_seed(seed)`), so a seed gives the same weights.
@@ -179,8 +180,9 @@ class ResidualAugment:
 
     def _centre(self, layer: int, x: Tensor) -> None:
         """Harmless rows' squared projection on the running r_l at the decision token, in units of their norm.
-        Real chat models keep harmless prompts near 0 along the refusal direction, so ablating it leaves them alone;
-        a tiny model puts them at -0.7 |h| (as far out as refusals sit on the other side) unless told otherwise."""
+        Near 0, ablating the direction leaves harmless prompts alone (our reading of why the reference's KL bound
+        holds on real chat models); the committed organism puts them at -0.7 |h|, as far out as refusals sit on the
+        other side."""
         pick = self.batch.role == ROLE_HARMLESS
         if not pick.any():
             return
