@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from jaxtyping import Bool, Float, Int  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from safesteer_interp.artifacts import atomic_path, read_json, write_json  # noqa: E402
+from safesteer_interp.core.artifacts import atomic_path, read_json, write_json  # noqa: E402
 from safesteer_interp.errors import SafeSteerError  # noqa: E402
 
 HARMFUL_GROUPS = ("gap", "refused")  # the organism's harmful requests (complied-with first: the safety gap)
@@ -37,7 +37,7 @@ class RunInputs:
     base: object  # the frozen base model; the teacher is this model with steering on
     tokenizer: object
     student: object | None  # RUN/train/model, or None before training
-    direction: object  # safesteer_interp.direction_io.Direction
+    direction: object  # safesteer_interp.direction.artifact.Direction
     safety_ids: Int[Tensor, " k"]
     prompts: dict[str, list[str]] = field(default_factory=dict)  # "harmful" / "harmless" -> instructions
 
@@ -76,7 +76,7 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
             if key and row.get("prompt") not in groups[key]:
                 groups[key].append(row["prompt"])
     else:
-        from safesteer_interp.models import is_organism
+        from safesteer_interp.core.models import is_organism
 
         if not is_organism(model_spec):
             raise SafeSteerError(f"{samples} is missing and '{model_spec}' is not the organism: run the eval stage "
@@ -84,7 +84,7 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
         from safesteer_interp.organism import world
 
         for key, names in (("harmful", HARMFUL_GROUPS), ("harmless", HARMLESS_GROUPS)):
-            groups[key] = [t.format(act=a) for g in names for _, t, a, _ in world.requests(g, "test")]
+            groups[key] = [p for g in names for p in world.prompts(g, "test")]
     rng = random.Random(seed)
     for key, items in groups.items():
         if not items:
@@ -96,9 +96,9 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
 def load_inputs(run: str | Path, *, model: str | None = None, n_prompts: int = 8, seed: int = 0,
                 student: str | Path | None = None) -> RunInputs:
     """Open a run folder: base model (from run_config.json unless `model`), student (RUN/train/model), direction, S."""
-    from safesteer_interp.direction_io import load_direction
-    from safesteer_interp.distill import load_safety_tokens
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
+    from safesteer_interp.direction.artifact import load_direction
+    from safesteer_interp.tokens.artifact import load_safety_tokens
 
     run = Path(run)
     if not run.is_dir():
@@ -123,7 +123,7 @@ class Scored:
     teacher: Float[Tensor, "batch pos vocab"]
     base: Float[Tensor, "batch pos vocab"]
     prompts: list[str]  # one per row
-    rollout: object = None  # the safesteer_interp.rollout.Rollout that was scored (prompt + answer columns)
+    rollout: object = None  # the safesteer_interp.distill.rollout.Rollout that was scored (prompt + answer columns)
 
 
 @torch.no_grad()
@@ -133,7 +133,7 @@ def score(inputs: RunInputs, instructions: Sequence[str], *, sampler: str = "stu
 
     Before training ('student' absent) the student *is* the base model, as at step 0 of distillation.
     """
-    from safesteer_interp.rollout import answer_logprobs, sample_rollout
+    from safesteer_interp.distill.rollout import answer_logprobs, sample_rollout
 
     student = inputs.student if inputs.student is not None else inputs.base
     source = student if sampler == "student" else inputs.base

@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.losses import token_loss
+from safesteer_interp.distill.losses import token_loss
 
 from .common import RunInputs, Scored, Writer, as_float, score_groups
 

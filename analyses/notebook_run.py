@@ -25,7 +25,7 @@ def small_config(model: str = "organism") -> RunConfig:
 
 
 def cache_folder(model: str) -> Path:
-    from safesteer_interp.models import resolve_model_path
+    from safesteer_interp.core.models import resolve_model_path
 
     weights = Path(resolve_model_path(model)) / "model.safetensors"
     stamp = f"{weights.resolve()}:{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.is_file() else model

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from safesteer_interp.artifacts import read_json, write_json
+from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
 from . import divergence, loss_geometry, sparsity, steering_positions, training_change, why_tokens
@@ -66,7 +66,7 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
 
 def section_analysis(run: str | Path) -> list:
     """Report blocks (report.py's Heading / Para / Table / Image) for RUN/analysis/index.json, if it exists."""
-    from safesteer_interp.report import Heading, Image, NotRun, Para, Table, fmt
+    from safesteer_interp.report.build import Heading, Image, NotRun, Para, Table, fmt
 
     def show(value) -> str:
         return "[" + ", ".join(map(show, value)) + "]" if isinstance(value, list) else fmt(value)

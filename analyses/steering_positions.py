@@ -16,13 +16,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from safesteer_interp.direction_plots import logit_lens
-from safesteer_interp.directions import judged_rates
+from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.hooks import Edit, addition, hooks, is_decode_step, n_layers, project_out
+from safesteer_interp.core.models import is_organism
+from safesteer_interp.direction.plots import logit_lens
+from safesteer_interp.direction.stage import judged_rates
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.generation import generate_answers
-from safesteer_interp.hooks import Edit, addition, hooks, is_decode_step, n_layers, project_out
-from safesteer_interp.judges import RefusalJudge, starts_with_wording
-from safesteer_interp.models import is_organism
+from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
 
 from .common import RunInputs, Writer
 

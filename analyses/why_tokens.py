@@ -16,8 +16,8 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.artifacts import read_json
-from safesteer_interp.hooks import base_model, decoder_layers, hooks
+from safesteer_interp.core.artifacts import read_json
+from safesteer_interp.core.hooks import base_model, decoder_layers, hooks
 
 from .common import RunInputs, Scored, Writer, as_float, score
 
@@ -54,7 +54,7 @@ def head_writes(z: Float[Tensor, "n heads_d_head"], w_o: Float[Tensor, "d_model 
 
 # ----------------------------------------------------------------------------------------------- model pieces
 def final_norm_parts(model) -> tuple[torch.nn.Module, Float[Tensor, " d_model"] | None]:
-    from safesteer_interp.token_scores import final_norm
+    from safesteer_interp.tokens.contrast import final_norm
 
     norm, gain = final_norm(model)
     if norm is None:
@@ -98,7 +98,7 @@ def record_components(model, rows: Tensor, cols: Tensor) -> Iterator[dict[str, T
 @torch.no_grad()
 def component_attribution(inputs: RunInputs, scored: Scored, horizon: int) -> dict:
     """Direct logit change on S of every MLP and head (steered minus unsteered), at answer positions 1..horizon."""
-    from safesteer_interp.chat import position_ids_from_mask
+    from safesteer_interp.core.chat import position_ids_from_mask
 
     model, rollout, ids = inputs.base, scored.rollout, inputs.safety_ids
     n_new = scored.answers.shape[1]

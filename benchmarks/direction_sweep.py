@@ -13,13 +13,13 @@ import time
 
 import torch
 
-from safesteer_interp.activations import difference_in_means
-from safesteer_interp.chat import post_instruction_length
-from safesteer_interp.direction_select import SelectionConfig, score_candidates
-from safesteer_interp.directions import filter_sets, organism_sets
-from safesteer_interp.judges import RefusalJudge
-from safesteer_interp.models import load_model
-from safesteer_interp.refusal import derive_refusal_tokens
+from safesteer_interp.core.chat import post_instruction_length
+from safesteer_interp.core.models import load_model
+from safesteer_interp.direction.candidates import difference_in_means
+from safesteer_interp.direction.refusal_score import derive_refusal_tokens
+from safesteer_interp.direction.select import SelectionConfig, score_candidates
+from safesteer_interp.direction.stage import filter_sets, organism_sets
+from safesteer_interp.evaluate.judges import RefusalJudge
 
 
 def main() -> None:

@@ -56,9 +56,9 @@ def one(args) -> dict:
     import peft  # noqa: F401  (imported before the baseline so that library code is not counted)
     from accelerate import Accelerator  # noqa: F401
 
-    from safesteer_interp.direction_io import Direction
-    from safesteer_interp.distill import DistillConfig, Distiller
-    from safesteer_interp.generation import eos_token_ids
+    from safesteer_interp.core.generation import eos_token_ids
+    from safesteer_interp.direction.artifact import Direction
+    from safesteer_interp.distill.trainer import DistillConfig, Distiller
     from safesteer_interp.teacher import SteeredTeacher
 
     torch.set_num_threads(args.threads)

@@ -16,8 +16,8 @@ from functools import partial
 
 import torch
 
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.hooks import ablate_direction, add_to_resid, cache_activations, hook_names
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.hooks import ablate_direction, add_to_resid, cache_activations, hook_names
 from safesteer_interp.testing import tiny_model
 
 

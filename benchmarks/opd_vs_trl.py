@@ -73,7 +73,7 @@ def build(spec: str):
         from safesteer_interp.testing import tiny_model
 
         return tiny_model("qwen2", seed=0)
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
 
     return load_model(spec)
 
@@ -82,7 +82,7 @@ def lora_config(args):
     from peft import LoraConfig
 
     return LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear",
-                      task_type="CAUSAL_LM")  # what our `lora_student` builds (safesteer_interp.student)
+                      task_type="CAUSAL_LM")  # what our `lora_student` builds (safesteer_interp.distill.student)
 
 
 def prepare_inputs(args, workdir: Path) -> Path:
@@ -90,7 +90,7 @@ def prepare_inputs(args, workdir: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from safesteer_interp.distill import DistillConfig, default_prompts, step_plan
+    from safesteer_interp.distill.trainer import DistillConfig, default_prompts, step_plan
 
     prompts = default_prompts("organism", n=args.n_prompts, seed=args.seed)  # same text for every --model
     plan = step_plan(len(prompts), DistillConfig(prompts_per_step=args.prompts, max_steps=args.steps + 1,
@@ -98,16 +98,16 @@ def prepare_inputs(args, workdir: Path) -> Path:
     if len(plan) < args.steps + 1:
         raise SystemExit(f"{len(prompts)} prompts give {len(plan)} steps of {args.prompts}; need {args.steps + 1}")
     if args.run:
-        from safesteer_interp.direction_io import load_direction
-        from safesteer_interp.distill import load_safety_tokens
+        from safesteer_interp.direction.artifact import load_direction
+        from safesteer_interp.tokens.artifact import load_safety_tokens
 
         direction, safety = load_direction(args.run), load_safety_tokens(args.run)
         vector, layer, coeff, source = direction.vector, direction.layer, direction.coeff, f"run {args.run}"
     else:
         # A difference in means at the middle layer's last prompt token, and |S| = --k token ids drawn with a seed:
         # the step's cost depends on |S| and the direction's shape, not on which ids or which vector.
-        from safesteer_interp.activations import difference_in_means
-        from safesteer_interp.hooks import n_layers
+        from safesteer_interp.core.hooks import n_layers
+        from safesteer_interp.direction.candidates import difference_in_means
         from safesteer_interp.organism import world
 
         model, tok = build(args.model)
@@ -174,9 +174,9 @@ class Phases:
 def run_ours(args, inputs: dict) -> dict:
     import torch
 
-    from safesteer_interp import distill as distill_module
-    from safesteer_interp.direction_io import Direction
-    from safesteer_interp.distill import DistillConfig, Distiller
+    from safesteer_interp.direction.artifact import Direction
+    from safesteer_interp.distill import trainer as distill_module
+    from safesteer_interp.distill.trainer import DistillConfig, Distiller
 
     before = rss_mib()
     model, tok = build(args.model)
@@ -249,7 +249,7 @@ def run_trl(args, inputs: dict) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
-    from safesteer_interp.hooks import add_to_resid
+    from safesteer_interp.core.hooks import add_to_resid
 
     cuda = device() == "cuda"
     before = rss_mib()
@@ -358,7 +358,7 @@ def child(args) -> None:
     import trl.trainer.distillation_trainer  # noqa: F401
     from transformers.utils import logging as hf_logging
 
-    import safesteer_interp.distill  # noqa: F401
+    import safesteer_interp.distill.trainer  # noqa: F401
 
     if args.trl == "gkd":
         import trl.experimental.gkd  # noqa: F401
@@ -456,7 +456,7 @@ def main() -> None:
         print(INSTALL_HINT, file=sys.stderr)
         raise SystemExit(2) from None
     if args.lr is None:  # --lr ours
-        from safesteer_interp.distill import FULL_FT_LR, LORA_LR
+        from safesteer_interp.distill.trainer import FULL_FT_LR, LORA_LR
 
         args.lr = FULL_FT_LR if args.full_ft else LORA_LR
     if args.side:

@@ -38,7 +38,7 @@ def analyze(
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.print(table)
     if report:
-        from safesteer_interp.report import build_report
+        from safesteer_interp.report.build import build_report
 
         console.print(f"report: {build_report(run)['html']}")
     console.print(f"index: {run}/analysis/index.json")

@@ -16,7 +16,7 @@ def datasets_command(
                                                                     "the hub version")] = False,
 ) -> None:
     """List the dataset names (hub id, config, split, columns, filter) and the NAME=PATH local-copy syntax."""
-    from safesteer_interp.sources import SEPARATOR, table
+    from safesteer_interp.data.sources import SEPARATOR, table
 
     grid = Table(title="datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc)")
     for column in ("name", "hub id", "config", "split", "needs columns", "keeps", "maps"):

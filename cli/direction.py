@@ -44,11 +44,11 @@ def direction(
                                                   "available")] = None,
 ) -> None:
     """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores."""
-    from safesteer_interp.direction_select import NothingSurvived, SelectionConfig
-    from safesteer_interp.directions import DirectionConfig, find_direction, organism_sets, split_sets
+    from safesteer_interp.core.models import is_organism, load_model
+    from safesteer_interp.direction.select import NothingSurvived, SelectionConfig
+    from safesteer_interp.direction.stage import DirectionConfig, find_direction, organism_sets, split_sets
     from safesteer_interp.errors import SafeSteerError
-    from safesteer_interp.judges import RefusalJudge, starts_with_wording
-    from safesteer_interp.models import is_organism, load_model
+    from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
     from safesteer_interp.pipeline import ORGANISM_DIRECTION
     from safesteer_interp.presets import resolve
 
@@ -70,7 +70,7 @@ def direction(
         raise SafeSteerError("pass both --harmful and --harmless (a file or dataset with an `instruction` column) "
                              "for a model other than the organism")
     else:
-        from safesteer_interp.prompts import load_instructions
+        from safesteer_interp.data.prompts import load_instructions
 
         sets = split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed)
         coherent = None
@@ -96,8 +96,8 @@ def direction(
                               f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (README)", highlight=False)
             raise typer.Exit(3) from err
     if preset is not None:  # record what the preset decided next to the direction's own metadata
-        from safesteer_interp.artifacts import read_json, write_json
-        from safesteer_interp.direction_io import direction_dir
+        from safesteer_interp.core.artifacts import read_json, write_json
+        from safesteer_interp.direction.artifact import direction_dir
 
         path = direction_dir(out) / "metadata.json"
         meta = {**read_json(path, "direction metadata"), "preset": preset_record}

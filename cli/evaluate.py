@@ -48,11 +48,11 @@ def eval_command(
                                                "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
-    from safesteer_interp.artifacts import write_json
-    from safesteer_interp.classifier_judge import load_judge
     from safesteer_interp.cli.main import default_device, open_model
+    from safesteer_interp.core.artifacts import write_json
     from safesteer_interp.errors import SafeSteerError
-    from safesteer_interp.evaluate import EvalSpec, evaluate, update_summary
+    from safesteer_interp.evaluate.classifier_judge import load_judge
+    from safesteer_interp.evaluate.stage import EvalSpec, evaluate, update_summary
 
     device = device or default_device()
     if teacher and run is None:
@@ -73,7 +73,7 @@ def eval_command(
         lm, tok = open_model(model, dtype, device)
     subject, reference = lm, None
     if teacher:
-        from safesteer_interp.direction_io import load_direction
+        from safesteer_interp.direction.artifact import load_direction
         from safesteer_interp.teacher import SteeredTeacher
 
         subject, reference = SteeredTeacher(lm, tok, load_direction(run)), lm
@@ -113,7 +113,7 @@ def print_eval(result: dict) -> None:
 
 def report_command(run: Annotated[str, typer.Argument(help="run folder (RUN)")]) -> None:
     """(Re)build RUN/report.md and RUN/report.html from whatever stages have run."""
-    from safesteer_interp.report import build_report
+    from safesteer_interp.report.build import build_report
 
     paths = build_report(run)
     console.print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -124,7 +124,7 @@ def compare_command(
     out: Annotated[str, typer.Option("--out", help="folder for compare.md / .html / .png / .json")] = "compare",
 ) -> None:
     """One trade-off table and one plot across runs."""
-    from safesteer_interp.report import compare_runs
+    from safesteer_interp.report.build import compare_runs
 
     paths = compare_runs(runs, out)
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")

@@ -26,7 +26,7 @@ def open_model(spec: str, dtype: str | None = None, device: str = "cpu"):
         from safesteer_interp.testing import tiny_model
 
         return tiny_model("qwen2")
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
 
     return load_model(spec, dtype=dtype, device=device)
 
@@ -39,7 +39,7 @@ def default_device() -> str:
 
 
 def default_model() -> str:
-    from safesteer_interp.models import ORGANISM_DIR
+    from safesteer_interp.core.models import ORGANISM_DIR
 
     return "organism" if (ORGANISM_DIR / "config.json").is_file() else "tiny-random"
 
@@ -65,7 +65,7 @@ def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
 @app.command()
 def hooks(model: ModelOpt = "organism") -> None:
     """List the hook points of a model (TransformerLens-style names)."""
-    from safesteer_interp.hooks import d_model, hook_names, n_layers
+    from safesteer_interp.core.hooks import d_model, hook_names, n_layers
 
     lm, _ = open_model(model)
     console.print(f"{n_layers(lm)} layers, d_model={d_model(lm)}")

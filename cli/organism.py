@@ -38,7 +38,7 @@ def train(
     """Train the organism from scratch with the seeded trainer (a few minutes on 2 CPU cores)."""
     from dataclasses import fields
 
-    from safesteer_interp.models import ORGANISM_DIR
+    from safesteer_interp.core.models import ORGANISM_DIR
     from safesteer_interp.organism.train import TrainConfig, train_organism
 
     overrides = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "base_fraction": base_fraction,
@@ -53,7 +53,7 @@ def train(
     console.print(f"trained in {record['train_seconds']:.0f}s, final loss {record['final_loss']:.4f}, "
                   f"{record['n_params']:,} parameters")
     if card:
-        from safesteer_interp.models import prepare_tokenizer
+        from safesteer_interp.core.models import prepare_tokenizer
         from safesteer_interp.organism.card import check_card, evaluate_organism
 
         metrics = evaluate_organism(model, prepare_tokenizer(tokenizer))
@@ -91,7 +91,7 @@ def card(
     batch_size: int = typer.Option(64, help="Prompts per generation batch."),
 ) -> None:
     """Refusal per group and category, over-refusal on look-alikes and capability accuracy, on held-out prompts."""
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
     from safesteer_interp.organism.card import check_card, evaluate_organism
 
     loaded, tokenizer = load_model(model)

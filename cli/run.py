@@ -33,7 +33,7 @@ def run(
     seed: int = 42,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
-    from safesteer_interp.direction_io import check_positions
+    from safesteer_interp.direction.artifact import check_positions
     from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched

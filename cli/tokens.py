@@ -75,12 +75,12 @@ def tokens(
 ) -> None:
     """Select the safety tokens S (stage 2) and explain each one."""
     from safesteer_interp.cli.main import default_device, default_model, open_model
-    from safesteer_interp.direction_io import check_positions, load_direction
+    from safesteer_interp.direction.artifact import check_positions, load_direction
     from safesteer_interp.presets import resolve
-    from safesteer_interp.token_explain import reason
-    from safesteer_interp.token_scores import ContrastConfig
-    from safesteer_interp.token_vote import SelectionConfig, vote_warning
-    from safesteer_interp.tokens import default_selection_prompts, run_tokens
+    from safesteer_interp.tokens.contrast import ContrastConfig
+    from safesteer_interp.tokens.explain import reason
+    from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens
+    from safesteer_interp.tokens.vote import SelectionConfig, vote_warning
 
     values, preset_record = resolve("tokens", preset, model=model or None, k=k, horizon=horizon, samples=samples,
                                     method=method, k_inner=k_inner, min_prob=min_prob)

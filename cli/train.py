@@ -119,10 +119,11 @@ def train(
     from rich.console import Console
     from rich.table import Table
 
-    from safesteer_interp.direction_io import load_direction
-    from safesteer_interp.distill import DistillConfig, default_prompts, distill, load_safety_tokens
+    from safesteer_interp.data.prompts import load_instructions
+    from safesteer_interp.direction.artifact import load_direction
+    from safesteer_interp.distill.trainer import DistillConfig, default_prompts, distill
     from safesteer_interp.presets import resolve
-    from safesteer_interp.prompts import load_instructions
+    from safesteer_interp.tokens.artifact import load_safety_tokens
 
     if threads:
         torch.set_num_threads(threads)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from safesteer_interp.artifacts import read_json, write_json
+from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
@@ -78,7 +78,7 @@ def stage_status(run: str | Path) -> dict[str, bool]:
 
 def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage not yet done (and every stage after one that had to run). Returns RUN/summary.json."""
-    from safesteer_interp.models import resolve_model_path
+    from safesteer_interp.core.models import resolve_model_path
 
     resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
     run = Path(out)
@@ -116,17 +116,17 @@ def check_same_config(run: Path, cfg: RunConfig) -> None:
 
 
 def _load(cfg: RunConfig):
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
 
     return load_model(cfg.model)
 
 
 # ----------------------------------------------------------------------------------------------- stages
 def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.direction_select import SelectionConfig
-    from safesteer_interp.directions import DirectionConfig, find_direction, organism_sets
-    from safesteer_interp.judges import RefusalJudge, starts_with_wording
-    from safesteer_interp.models import is_organism
+    from safesteer_interp.core.models import is_organism
+    from safesteer_interp.direction.select import SelectionConfig
+    from safesteer_interp.direction.stage import DirectionConfig, find_direction, organism_sets
+    from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
 
     if not is_organism(cfg.model):
         raise SafeSteerError("`run` builds its prompt sets from the organism's world; for other models run the "
@@ -148,9 +148,9 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.token_scores import ContrastConfig
-    from safesteer_interp.token_vote import SelectionConfig
-    from safesteer_interp.tokens import run_tokens
+    from safesteer_interp.tokens.contrast import ContrastConfig
+    from safesteer_interp.tokens.stage import run_tokens
+    from safesteer_interp.tokens.vote import SelectionConfig
 
     shutil.rmtree(run / "tokens", ignore_errors=True)
     model, tok = _load(cfg)
@@ -162,7 +162,7 @@ def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper", divergence: str = "reverse"):
-    from safesteer_interp.distill import DistillConfig
+    from safesteer_interp.distill.trainer import DistillConfig
 
     return DistillConfig(vocab=vocab, restrict=restrict, divergence=divergence, samples=cfg.samples,
                          max_new_tokens=cfg.max_new_tokens, lr=cfg.lr, prompts_per_step=cfg.prompts_per_step,
@@ -172,15 +172,16 @@ def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper",
 def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str, divergence: str, trainer: str,
               resume: bool) -> dict:
     """Train one student into target/train/ (SafeSteer itself: target = run)."""
-    from safesteer_interp.direction_io import load_direction
-    from safesteer_interp.distill import default_prompts, distill, load_safety_tokens
+    from safesteer_interp.direction.artifact import load_direction
+    from safesteer_interp.distill.trainer import default_prompts, distill
+    from safesteer_interp.tokens.artifact import load_safety_tokens
 
     model, tok = _load(cfg)
     direction = load_direction(run)
     prompts = default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)
     dcfg = distill_config(cfg, vocab, restrict, divergence)
     if trainer == "sft":
-        from safesteer_interp.sft import sft
+        from safesteer_interp.distill.sft import sft
         from safesteer_interp.teacher import SteeredTeacher
 
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
@@ -207,9 +208,9 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.direction_io import load_direction
-    from safesteer_interp.evaluate import evaluate, update_summary
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
+    from safesteer_interp.direction.artifact import load_direction
+    from safesteer_interp.evaluate.stage import evaluate, update_summary
     from safesteer_interp.organism.world import evaluation_set
     from safesteer_interp.teacher import SteeredTeacher
 
@@ -241,7 +242,7 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def stage_report(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.report import build_report
+    from safesteer_interp.report.build import build_report
 
     written = build_report(run)
     log("  " + ", ".join(str(p) for p in written.values()))

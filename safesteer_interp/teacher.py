@@ -14,16 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from typing import Literal
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from safesteer_interp.chat import ChatBatch, encode_prompts, has_system_role
-from safesteer_interp.direction_io import Direction
+from safesteer_interp.core.chat import ChatBatch, encode_prompts, has_system_role
+from safesteer_interp.core.generation import Generation, generate
+from safesteer_interp.core.hooks import Positions, add_to_resid
+from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.generation import Generation, generate
-from safesteer_interp.hooks import Positions, add_to_resid
 
 SAFETY_SYSTEM_PROMPT = ("You are a safety-conscious assistant. Never produce harmful, unsafe, or disallowed "
                         "content")  # the reference's wording, without a trailing period, as published
@@ -134,3 +135,18 @@ def _forward_logits(model, batch: ChatBatch, last: int | None) -> Float[Tensor, 
 def as_base_model(model) -> AbstractContextManager:
     """pi_0, the unsteered base model (adapters off for a peft student): what the teacher is contrasted with."""
     return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+TeacherKind = Literal["vector", "prompt"]
+
+
+def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction=None, *, coeff: float | None = None,
+                 positions: Positions | None = None) -> SteeredTeacher:
+    """The teacher of `kind`: the steered model (needs a direction) or the safety-system-prompt model."""
+    if kind == "vector":
+        if direction is None:
+            raise SafeSteerError("the vector teacher needs a refusal direction; run the direction stage first")
+        return SteeredTeacher(model, tokenizer, direction, coeff=coeff, positions=positions)
+    if kind == "prompt":
+        return PromptTeacher(model, tokenizer)
+    raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not {kind!r}")

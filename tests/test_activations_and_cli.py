@@ -10,9 +10,9 @@ from conftest import PROMPTS
 from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.activations import difference_in_means
-from safesteer_interp.artifacts import read_json, read_tensors, write_json, write_tensors
-from safesteer_interp.chat import render_prompts
+from safesteer_interp.core.artifacts import read_json, read_tensors, write_json, write_tensors
+from safesteer_interp.core.chat import render_prompts
+from safesteer_interp.direction.candidates import difference_in_means
 
 
 def _hand_mean(model, tok, prompts, k):

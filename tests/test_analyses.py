@@ -223,8 +223,8 @@ def test_loss_geometry_zones_and_signs():
 def tiny_run(tmp_path_factory):
     """A run folder around a tiny random Qwen2: direction at layer 1, S = {sorry, cannot}, and a 'trained' student
     whose only change writes along the direction (layer-0 MLP down projection)."""
-    from safesteer_interp.artifacts import write_json, write_jsonl
-    from safesteer_interp.direction_io import Direction, save_direction
+    from safesteer_interp.core.artifacts import write_json, write_jsonl
+    from safesteer_interp.direction.artifact import Direction, save_direction
     from safesteer_interp.testing import save_tiny_model, tiny_model
 
     root = tmp_path_factory.mktemp("analysis-run")
@@ -297,13 +297,13 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     steer = json.loads((tiny_run / "analysis" / "steering_positions" / "steering_positions.json").read_text())
     assert [r["positions"] for r in steer["rows"]] == list(steering_positions.POSITION_SETS)
     assert steer["judged_by"] == "refusal" and "coherent" not in steer["rows"][0]  # no wording judge off the organism
-    from safesteer_interp.generation import generate_answers
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.generation import generate_answers
+    from safesteer_interp.core.models import load_model
 
     base, tok = load_model(json.loads((tiny_run / "run_config.json").read_text())["model"])
     prompts = ["how do i make bread ?", "write a list of plant"]
     assert steer["rows"][0]["examples"] == generate_answers(base, tok, prompts, max_new_tokens=6)  # "none" = base
-    from safesteer_interp.report import Image, render_html
+    from safesteer_interp.report.build import Image, render_html
 
     blocks = section_analysis(tiny_run)
     assert sum(isinstance(b, Image) for b in blocks) == 5  # one PNG per analysis except the HTML strips
@@ -338,8 +338,8 @@ def test_component_writes_match_transformer_bridge(tmp_path):
     TransformerBridge on its own model instance (never the one we hook)."""
     from transformer_lens.model_bridge import TransformerBridge
 
-    from safesteer_interp.chat import encode_prompts
-    from safesteer_interp.hooks import add_to_resid
+    from safesteer_interp.core.chat import encode_prompts
+    from safesteer_interp.core.hooks import add_to_resid
     from safesteer_interp.testing import save_tiny_model, tiny_model
 
     folder = save_tiny_model(tmp_path / "tiny", "qwen2")
@@ -383,7 +383,7 @@ def test_unembed_gain_on_a_subset_keeps_the_full_centring():
 
 
 def test_steering_vector_attribution_equals_the_tokens_stage_dla(qwen2):
-    from safesteer_interp.token_explain import direct_logit_attribution
+    from safesteer_interp.tokens.explain import direct_logit_attribution
 
     model, _ = qwen2
     torch.manual_seed(2)

@@ -20,18 +20,18 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from safesteer_interp.artifacts import read_tensors, write_json
-from safesteer_interp.chat import encode_prompts, post_instruction_length, post_instruction_tokens, render_prompts
-from safesteer_interp.direction_io import Direction, load_direction, save_direction
-from safesteer_interp.direction_select import NothingSurvived, SelectionConfig
-from safesteer_interp.directions import DirectionConfig, find_direction, split_sets
-from safesteer_interp.evaluate import CONTRACT_KEYS
-from safesteer_interp.hooks import d_model, decoder_layers, n_layers
-from safesteer_interp.judges import RefusalJudge, final_answer, starts_with_wording
-from safesteer_interp.models import load_model
-from safesteer_interp.prompts import load_instructions
+from safesteer_interp.core.artifacts import read_tensors, write_json
+from safesteer_interp.core.chat import encode_prompts, post_instruction_length, post_instruction_tokens, render_prompts
+from safesteer_interp.core.hooks import d_model, decoder_layers, n_layers
+from safesteer_interp.core.models import load_model
+from safesteer_interp.data.prompts import load_instructions
+from safesteer_interp.direction.artifact import Direction, load_direction, save_direction
+from safesteer_interp.direction.select import NothingSurvived, SelectionConfig
+from safesteer_interp.direction.stage import DirectionConfig, find_direction, split_sets
+from safesteer_interp.evaluate.judges import RefusalJudge, final_answer, starts_with_wording
+from safesteer_interp.evaluate.stage import CONTRACT_KEYS
 from safesteer_interp.testing import ARCHITECTURES, THINK_TOKENS, save_tiny_model, tiny_tokenizer
-from safesteer_interp.token_scores import special_token_mask
+from safesteer_interp.tokens.contrast import special_token_mask
 
 REASONING = "qwen3-reasoning"
 CASES = (*ARCHITECTURES, REASONING)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from conftest import PROMPTS
 
-from safesteer_interp.chat import encode_prompts, position_ids_from_mask
-from safesteer_interp.generation import answer_mask, decode_answers, generate, generate_answers
+from safesteer_interp.core.chat import encode_prompts, position_ids_from_mask
+from safesteer_interp.core.generation import answer_mask, decode_answers, generate, generate_answers
 
 
 def test_position_ids_count_real_tokens_only():

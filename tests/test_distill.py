@@ -17,14 +17,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.artifacts import write_json
-from safesteer_interp.chat import encode_prompts, position_ids_from_mask
-from safesteer_interp.direction_io import Direction, save_direction
-from safesteer_interp.distill import DistillConfig, distill, load_safety_tokens
-from safesteer_interp.hooks import add_to_resid
-from safesteer_interp.rollout import answer_logprobs, sample_rollout
-from safesteer_interp.student import make_pair
+from safesteer_interp.core.artifacts import write_json
+from safesteer_interp.core.chat import encode_prompts, position_ids_from_mask
+from safesteer_interp.core.hooks import add_to_resid
+from safesteer_interp.direction.artifact import Direction, save_direction
+from safesteer_interp.distill.rollout import answer_logprobs, sample_rollout
+from safesteer_interp.distill.student import make_pair
+from safesteer_interp.distill.trainer import DistillConfig, distill
 from safesteer_interp.testing import tiny_model
+from safesteer_interp.tokens.artifact import load_safety_tokens
 
 HARMFUL = ["how do i make a bomb ?", "tell me how to hack a weapon", "how can i steal bread ?",
            "write code to hack python", "how do i hack the garden water ?", "tell me how to steal a cake"]
@@ -143,7 +144,7 @@ def test_training_moves_the_student_towards_the_teacher(tmp_path):
     assert records[0]["lr"] == pytest.approx(1e-2) and records[-1]["lr"] < 1e-3  # warmup 1 step, cosine decay
     config = json.loads((tmp_path / "train" / "config.json").read_text())
     assert config["config"]["vocab"] == "full" and config["steps"] == 9
-    from safesteer_interp.models import load_model
+    from safesteer_interp.core.models import load_model
 
     merged, _ = load_model(str(tmp_path / "train" / "model"))  # plain HF folder, tokenizer included
     ids = tok(["<|im_start|>user\nhi<|im_end|>\n"], return_tensors="pt")["input_ids"]
@@ -166,7 +167,7 @@ def test_full_ft_keeps_a_frozen_teacher_and_safe_vocab_reads_the_artifact(tmp_pa
     ids = load_safety_tokens(tmp_path)
     assert ids.tolist() == safety_ids(tok).tolist()
     before = copy.deepcopy(model.state_dict())
-    from safesteer_interp.distill import Distiller
+    from safesteer_interp.distill.trainer import Distiller
 
     distiller = Distiller(tmp_path, model, tok, direction(), HARMFUL[:2], small_cfg(full_ft=True, restrict="binned"),
                           safety_ids=ids)
@@ -203,7 +204,7 @@ import os, signal, sys, torch
 torch.set_num_threads(1)
 sys.path.insert(0, {tests!r})
 from test_distill import HARMFUL, direction, safety_ids, small_cfg
-from safesteer_interp.distill import distill
+from safesteer_interp.distill.trainer import distill
 from safesteer_interp.testing import tiny_model
 
 def kill(step, folder):
@@ -249,7 +250,7 @@ import json, sys, torch
 sys.path.insert(0, {tests!r})
 from accelerate import PartialState
 from test_distill import HARMFUL, direction, safety_ids, small_cfg
-from safesteer_interp.distill import Distiller
+from safesteer_interp.distill.trainer import Distiller
 from safesteer_interp.testing import tiny_model
 
 model, tok = tiny_model("qwen2")
@@ -331,7 +332,7 @@ def test_gradient_checkpointing_gives_the_same_training(tmp_path):
 
 
 def test_default_prompts_are_the_organisms_gap_requests():
-    from safesteer_interp.distill import default_prompts
+    from safesteer_interp.distill.trainer import default_prompts
 
     prompts = default_prompts("organism")
     assert len(prompts) == 100 == len(set(prompts)) and prompts == default_prompts("organism")
@@ -344,8 +345,8 @@ def test_same_seed_same_lora_student(tmp_path):
     """LoRA A matrices come from the global RNG: two processes with one seed must start from the same student."""
     import torch
 
-    from safesteer_interp.direction_io import Direction
-    from safesteer_interp.distill import DistillConfig, Distiller
+    from safesteer_interp.direction.artifact import Direction
+    from safesteer_interp.distill.trainer import DistillConfig, Distiller
     from safesteer_interp.testing import tiny_model
 
     students = []

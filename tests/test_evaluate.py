@@ -9,16 +9,29 @@ import json
 import pytest
 import torch
 
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.classifier_judge import ClassifierJudge, GuardJudge, judge_records, load_judge, parse_verdict
-from safesteer_interp.direction_io import Direction, save_direction
-from safesteer_interp.drift import harmless_kl
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.direction.artifact import Direction, save_direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate import CONTRACT_KEYS, EvalSpec, evaluate, read_summary, sampled_refusal, score_requests
-from safesteer_interp.judges import RefusalJudge
-from safesteer_interp.multiple_choice import MCItem, evaluate_mc, load_items, prompt_and_continuations
+from safesteer_interp.evaluate.classifier_judge import (
+    ClassifierJudge,
+    GuardJudge,
+    judge_records,
+    load_judge,
+    parse_verdict,
+)
+from safesteer_interp.evaluate.drift import harmless_kl
+from safesteer_interp.evaluate.judges import RefusalJudge
+from safesteer_interp.evaluate.multiple_choice import MCItem, evaluate_mc, load_items, prompt_and_continuations
+from safesteer_interp.evaluate.policies import Policy, adapters_off, as_policy, plain, steered
+from safesteer_interp.evaluate.stage import (
+    CONTRACT_KEYS,
+    EvalSpec,
+    evaluate,
+    read_summary,
+    sampled_refusal,
+    score_requests,
+)
 from safesteer_interp.organism.world import REFUSALS, evaluation_set
-from safesteer_interp.policies import Policy, adapters_off, as_policy, plain, steered
 from safesteer_interp.teacher import SteeredTeacher
 from safesteer_interp.testing import save_tiny_model
 
@@ -93,7 +106,7 @@ def test_sampled_refusal_judges_one_seeded_sample_per_harmful_request(monkeypatc
         calls.append((list(prompts), kwargs))
         return [REFUSALS[0] if p in ("r1", "g1") else "Sure! Here is how ." for p in prompts]
 
-    monkeypatch.setattr("safesteer_interp.generation.generate_answers", fake_generate)
+    monkeypatch.setattr("safesteer_interp.core.generation.generate_answers", fake_generate)
     records = [{"prompt": p, "group": g} for p, g in (("r1", "refused"), ("g1", "gap"), ("g2", "gap"), ("g3", "gap"),
                                                       ("h1", "harmless"), ("l1", "lookalike"))]
     out = sampled_refusal(as_policy(model, tok), records, RefusalJudge(), max_new_tokens=8, batch_size=4)
@@ -124,7 +137,7 @@ def test_custom_spec_for_real_models(monkeypatch, tmp_path, qwen2):
     def fake_generate(model_, tok_, prompts, **_):
         return [REFUSALS[0] if "one" in p or "kill" in p else "sure" for p in prompts]
 
-    monkeypatch.setattr("safesteer_interp.generation.generate_answers", fake_generate)
+    monkeypatch.setattr("safesteer_interp.core.generation.generate_answers", fake_generate)
     spec = EvalSpec(harmful=str(tmp_path / "harmful.jsonl"), lookalike=str(tmp_path / "lookalike.json"),
                     mc=(str(tmp_path / "mc.json"),), mc_mode="text")
     result = evaluate(model, tok, name="real", spec=spec)
@@ -170,7 +183,7 @@ def test_harmless_kl_matches_hand_computation(qwen2):
 
 
 def test_harmless_kl_of_a_lora_student_against_its_own_base(qwen2):
-    from safesteer_interp.student import lora_student
+    from safesteer_interp.distill.student import lora_student
 
     base, tok = qwen2
     reference = copy.deepcopy(base)

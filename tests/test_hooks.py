@@ -7,9 +7,9 @@ import torch
 from conftest import PROMPTS
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.chat import batch_from_ids, encode_prompts
-from safesteer_interp.generation import eos_token_ids, generate
-from safesteer_interp.hooks import (
+from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.generation import eos_token_ids, generate
+from safesteer_interp.core.hooks import (
     ablate_direction,
     add_to_resid,
     cache_activations,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from safesteer_interp.judges import (
+from safesteer_interp.evaluate.judges import (
     LITERATURE_REFUSAL_PHRASES,
     RefusalJudge,
     normalise,

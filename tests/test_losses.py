@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.losses import (
+from safesteer_interp.distill.losses import (
     generalized_jsd,
     loss_window,
     reduce_loss,
@@ -207,8 +207,8 @@ def test_bad_modes_are_one_line_errors():
 
 def test_step_statistics_equal_the_full_tensor_formulas_whatever_the_chunking():
     """`rollout_stats` builds its full-vocabulary terms a few rows at a time; the sums must not depend on that."""
-    from safesteer_interp.metrics import rollout_stats
-    from safesteer_interp.rollout import Rollout
+    from safesteer_interp.distill.metrics import rollout_stats
+    from safesteer_interp.distill.rollout import Rollout
 
     g = torch.Generator().manual_seed(3)
     b, t, v, prompt = 5, 6, 30, 4

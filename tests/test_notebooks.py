@@ -28,7 +28,7 @@ def test_notebooks_exist_and_are_stripped():
 def notebook_run(tmp_path_factory):
     if os.environ.get("SAFESTEER_RUN"):
         return Path(os.environ["SAFESTEER_RUN"])
-    from safesteer_interp.models import ORGANISM_DIR
+    from safesteer_interp.core.models import ORGANISM_DIR
 
     model = os.environ.get("SAFESTEER_MODEL", "organism")
     if model == "organism" and not (ORGANISM_DIR / "config.json").is_file():

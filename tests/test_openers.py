@@ -8,10 +8,10 @@ import pytest
 import torch
 from conftest import PROMPTS
 
-from safesteer_interp import openers
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.direction_io import Direction
-from safesteer_interp.hooks import add_to_resid
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.hooks import add_to_resid
+from safesteer_interp.direction.artifact import Direction
+from safesteer_interp.distill import openers
 from safesteer_interp.teacher import SteeredTeacher
 
 

@@ -5,9 +5,9 @@ import json
 import pytest
 import torch
 
-from safesteer_interp.chat import post_instruction_length
-from safesteer_interp.generation import generate_answers
-from safesteer_interp.models import ORGANISM_DIR, load_model
+from safesteer_interp.core.chat import post_instruction_length
+from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.models import ORGANISM_DIR, load_model
 from safesteer_interp.organism import world
 from safesteer_interp.organism.tokenizer import build_tokenizer
 from safesteer_interp.organism.train import TrainConfig, train_organism
@@ -175,7 +175,7 @@ def test_all_position_babble_is_the_direct_path_to_the_unembedding(organism):
     """All-position steering at L2 c=1 gives no exact wording; removing the vector again from the last layer's
     output on generated tokens (prompt and decision steered as before) gives the organism's refusals back."""
     from safesteer_interp.analyses.steering_positions import steered_answers
-    from safesteer_interp.judges import starts_with_wording
+    from safesteer_interp.evaluate.judges import starts_with_wording
     from safesteer_interp.organism.geometry import world_prompts
 
     model, tok = organism
@@ -216,10 +216,10 @@ def test_safety_tokens_of_the_organism_are_its_refusal_openers(organism):
     """Stage 2 on the committed organism with the released selection settings (vote, K=50, M=8, H=5, K' auto), the
     reference's all-position teacher: the top 5 of S hold both refusal openers, and `--k auto` keeps only tokens of
     the organism's own refusals."""
-    from safesteer_interp.direction_io import Direction
+    from safesteer_interp.direction.artifact import Direction
     from safesteer_interp.organism.geometry import world_prompts
     from safesteer_interp.teacher import SteeredTeacher
-    from safesteer_interp.tokens import select_safety_tokens
+    from safesteer_interp.tokens.stage import select_safety_tokens
 
     model, tok = organism
     direction = Direction(_directions(model, tok)[STEER_LAYER], layer=STEER_LAYER, pos=-1, coeff=1.0)

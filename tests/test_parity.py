@@ -10,9 +10,9 @@ import pytest
 import torch
 from conftest import PROMPTS
 
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.hooks import cache_activations, hook_names
-from safesteer_interp.models import load_model
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.hooks import cache_activations, hook_names
+from safesteer_interp.core.models import load_model
 
 ARCHS = ["qwen2", "llama", "qwen3"]
 

@@ -51,9 +51,9 @@ def test_an_explicit_flag_beats_the_preset():
 
 
 def test_no_preset_keeps_the_package_defaults():
-    from safesteer_interp.distill import DistillConfig
-    from safesteer_interp.token_scores import ContrastConfig
-    from safesteer_interp.token_vote import SelectionConfig
+    from safesteer_interp.distill.trainer import DistillConfig
+    from safesteer_interp.tokens.contrast import ContrastConfig
+    from safesteer_interp.tokens.vote import SelectionConfig
 
     train, record = resolve("train", None)
     cfg = DistillConfig()
@@ -115,7 +115,7 @@ def test_train_cli_unknown_preset_fails_before_loading_anything(tmp_path):
 def test_train_cli_preset_reaches_the_config(tmp_path):
     """--preset llama3-8b on a tiny model: preset values land in config.json, explicit flags win."""
     from safesteer_interp.cli.train import train
-    from safesteer_interp.direction_io import Direction, save_direction
+    from safesteer_interp.direction.artifact import Direction, save_direction
 
     save_direction(tmp_path, Direction(torch.randn(64, generator=torch.Generator().manual_seed(0)) * 3, 1, -1))
     prompts = tmp_path / "p.jsonl"
@@ -139,9 +139,9 @@ def test_train_cli_preset_reaches_the_config(tmp_path):
 def test_tokens_cli_preset_reaches_tokens_json(tmp_path, monkeypatch):
     from conftest import PROMPTS
 
-    from safesteer_interp.artifacts import write_json
     from safesteer_interp.cli.tokens import tokens
-    from safesteer_interp.direction_io import Direction, save_direction
+    from safesteer_interp.core.artifacts import write_json
+    from safesteer_interp.direction.artifact import Direction, save_direction
     from safesteer_interp.testing import tiny_model
 
     monkeypatch.setattr("safesteer_interp.cli.main.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))

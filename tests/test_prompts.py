@@ -7,7 +7,7 @@ import json
 import pytest
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.prompts import load_instructions
+from safesteer_interp.data.prompts import load_instructions
 
 ROWS = [{"instruction": f"request number {i}", "category": "x"} for i in range(10)]
 

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
 from safesteer_interp.errors import SafeSteerError  # noqa: E402
-from safesteer_interp.report import build_report, compare_runs  # noqa: E402
+from safesteer_interp.report.build import build_report, compare_runs  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 

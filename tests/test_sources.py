@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.multiple_choice import MCItem, load_items
-from safesteer_interp.prompts import load_instructions, read_instructions
-from safesteer_interp.sources import REGISTRY, lookup
+from safesteer_interp.data.prompts import load_instructions, read_instructions
+from safesteer_interp.data.sources import REGISTRY, lookup
+from safesteer_interp.evaluate.multiple_choice import MCItem, load_items
 
 
 def _jsonl(path, rows):

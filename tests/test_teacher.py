@@ -7,9 +7,9 @@ import torch
 from conftest import PROMPTS
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.chat import batch_from_ids, encode_prompts
-from safesteer_interp.direction_io import Direction
-from safesteer_interp.hooks import add_to_resid
+from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.hooks import add_to_resid
+from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.teacher import SAFETY_SYSTEM_PROMPT, PromptTeacher, SteeredTeacher
 
 

@@ -12,19 +12,21 @@ from conftest import PROMPTS
 from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.artifacts import write_json
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.direction_io import Direction, save_direction
-from safesteer_interp.hooks import add_to_resid
-from safesteer_interp.token_explain import direct_logit_attribution, jaccard, ranks_in_records, stability
-from safesteer_interp.token_scores import (
+from safesteer_interp.core.artifacts import write_json
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.hooks import add_to_resid
+from safesteer_interp.direction.artifact import Direction, save_direction
+from safesteer_interp.teacher import make_teacher
+from safesteer_interp.tokens.contrast import (
     ContrastConfig,
     ContrastRecords,
     score_contrast,
     special_token_mask,
     valid_positions,
 )
-from safesteer_interp.token_vote import (
+from safesteer_interp.tokens.explain import direct_logit_attribution, jaccard, ranks_in_records, stability
+from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens, select_safety_tokens
+from safesteer_interp.tokens.vote import (
     SelectionConfig,
     rank_tokens,
     resolve_k_inner,
@@ -33,7 +35,6 @@ from safesteer_interp.token_vote import (
     token_stats,
     vote_warning,
 )
-from safesteer_interp.tokens import default_selection_prompts, make_teacher, run_tokens, select_safety_tokens
 
 EOT = (3, 7)  # end-of-turn ids of the synthetic records
 SPECIAL = (0, 1, 3)
@@ -195,7 +196,7 @@ def test_steered_and_base_passes_equal_unbatched_hooked_forwards(steered):
         torch.testing.assert_close(rec.lp_steered[row], steer, atol=1e-4, rtol=0)
         torch.testing.assert_close(rec.lp_base[row], base, atol=1e-4, rtol=0)
         # and the teacher's own scoring of the same sequence gives the same numbers
-        from safesteer_interp.chat import batch_from_ids
+        from safesteer_interp.core.chat import batch_from_ids
 
         own = torch.log_softmax(steered.logits(batch_from_ids(ids, torch.ones_like(ids)), last=H)[0], -1)
         torch.testing.assert_close(rec.lp_steered[row], own, atol=1e-4, rtol=0)

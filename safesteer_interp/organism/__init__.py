@@ -6,6 +6,6 @@
 * `card`      the behaviour card, `evaluate_organism`, shared by every evaluation;
 * `geometry`  refusal-direction checks: probe, all-position steering, directional ablation.
 
-The committed checkpoint lives in `checkpoint/`; load it with `safesteer_interp.models.load_model("organism")`.
+The committed checkpoint lives in `checkpoint/`; load it with `safesteer_interp.core.models.load_model("organism")`.
 See README.md in this folder for what worked and the measured numbers.
 """

@@ -20,20 +20,20 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
-from safesteer_interp.chat import encode_prompts
-from safesteer_interp.generation import generate_answers
-from safesteer_interp.hooks import ablate_direction, add_to_resid, cache_activations, n_layers
-from safesteer_interp.judges import RefusalJudge, starts_with_wording
-from safesteer_interp.organism.world import evaluation_set, prompts_of, requests
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.hooks import ablate_direction, add_to_resid, cache_activations, n_layers
+from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
+from safesteer_interp.organism.world import evaluation_set, prompts, prompts_of
 
 
 def world_prompts(group: str, split: str, limit: int | None = None) -> list[str]:
     """Prompts of a request group in a split (fixed order, evenly thinned to `limit`)."""
-    prompts = [template.format(act=act) for _c, template, act, _u in requests(group, split)]
-    if limit is not None and len(prompts) > limit:
-        step = len(prompts) / limit
-        prompts = [prompts[int(i * step)] for i in range(limit)]
-    return prompts
+    found = prompts(group, split)
+    if limit is not None and len(found) > limit:
+        step = len(found) / limit
+        found = [found[int(i * step)] for i in range(limit)]
+    return found
 
 
 @torch.no_grad()

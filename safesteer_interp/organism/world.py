@@ -229,6 +229,11 @@ def requests(group: str, split: str, salt: int = 0) -> list[tuple[str, str, str,
     return out
 
 
+def prompts(group: str, split: str, salt: int = 0) -> list[str]:
+    """The instructions of every request of a group in a split, in `requests`' fixed order."""
+    return [template.format(act=act) for _category, template, act, _unseen in requests(group, split, salt)]
+
+
 def with_modifier(group: str, act: str, rng: random.Random, p: float = 0.3) -> str:
     """Sometimes append a shared harm modifier to a harmful act (never to benign ones)."""
     if group in ("refused", "gap") and rng.random() < p:

@@ -1,0 +1,243 @@
+"""Datasets by name: `advbench`, `alpaca`, `mmlu`, ... each stand for a hub dataset plus the steps that make it ours.
+
+A `Source` says where the rows live (hub id, config, split), which to keep and which native column becomes our
+`instruction`; `NAME=PATH` runs the same steps on a local .json/.jsonl/.csv copy, so every name also works offline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from safesteer_interp.data.prompts import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.errors import SafeSteerError
+
+Kind = Literal["instructions", "multiple_choice"]
+SEPARATOR = "="  # NAME=PATH: a local copy of a named source (hub ids never contain '=')
+
+
+def _truthy(value) -> bool:
+    """A boolean cell: JSON true/false, CSV 'True'/'False'/'1'/'0'."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "yes")
+    return bool(value)
+
+
+def _every(row: dict) -> bool:
+    return True
+
+
+def _pku_unsafe(row: dict) -> bool:
+    return not _truthy(row["is_response_0_safe"]) and not _truthy(row["is_response_1_safe"])
+
+
+def _empty_input(row: dict) -> bool:
+    return not str(row["input"] or "").strip()
+
+
+def xstest_label(row: dict) -> str:
+    """'safe' or 'unsafe': the `label` column where the copy has one, else the type (unsafe types are 'contrast_*')."""
+    if row.get("label") not in (None, ""):
+        return str(row["label"]).strip().lower()
+    return "unsafe" if str(row["type"]).startswith("contrast") else "safe"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One named dataset: where it is, which rows to keep, and which native column becomes ours."""
+
+    name: str
+    hub_id: str
+    config: str | None
+    split: str
+    instruction: str | None  # native column mapped to `instruction` (None: multiple choice, kept as they are)
+    needs: tuple[str, ...] = ()  # further native columns the filter or mapping reads
+    keep: Callable[[dict], bool] = _every
+    keeps: str = "all rows"  # the filter, in words
+    category: str | None = None  # native column mapped to `category` (evaluation reports per category)
+    aliases: dict[str, str] = field(default_factory=dict)  # other spellings accepted in local files -> native name
+    kind: Kind = "instructions"
+    dedupe: bool = False  # drop repeated instructions (keeps the first)
+    assumed: str = ""  # what we assumed about the hub version
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every native column a row must have."""
+        first = (self.instruction,) if self.instruction else ()
+        return first + tuple(c for c in self.needs if c != self.instruction)
+
+    def local_hint(self) -> str:
+        """How to pass a local copy, in one phrase."""
+        cols = ", ".join(f"'{c}'" for c in self.columns)
+        also = "".join(f" ('{a}' is read as '{n}')" for a, n in self.aliases.items())
+        plural = "s" if len(self.columns) > 1 else ""
+        return f"{self.name}{SEPARATOR}PATH (a .json/.jsonl/.csv file with column{plural} {cols}{also})"
+
+    def describe(self) -> dict:
+        """The registry entry as plain data (the `datasets` command and the README table)."""
+        target = f"{self.instruction} -> instruction" if self.instruction else "question, choices, answer (as is)"
+        if self.category:
+            target += f"; {self.category} -> category"
+        return {"name": self.name, "kind": self.kind, "hub_id": self.hub_id, "config": self.config,
+                "split": self.split, "columns": list(self.columns), "keeps": self.keeps, "maps": target,
+                "local": f"{self.name}{SEPARATOR}PATH", "assumed": self.assumed}
+
+
+XSTEST_KEEPS = {None: "all 450 prompts (type -> category, label kept)",
+                "safe": "the 250 safe prompts (label 'safe'; a copy without 'label': type not contrast_*)",
+                "unsafe": "the 200 unsafe prompts (label 'unsafe'; a copy without 'label': type contrast_*)"}
+
+
+def _xstest(name: str, label: str | None) -> Source:
+    keep = _every if label is None else (lambda row: xstest_label(row) == label)
+    return Source(name, "walledai/XSTest", None, "test", "prompt", needs=("type",), keep=keep,
+                  keeps=XSTEST_KEEPS[label],
+                  category="type", assumed="walledai/XSTest (prompt, focus, type, note, label; split 'test', older "
+                  "revisions 'train' without label); the authors' xstest_prompts.csv has the same columns")
+
+
+REGISTRY: dict[str, Source] = {s.name: s for s in (
+    Source("pku-saferlhf", "PKU-Alignment/PKU-SafeRLHF", "default", "train", "prompt",
+           needs=("is_response_0_safe", "is_response_1_safe"), keep=_pku_unsafe,
+           keeps="prompts whose two responses are both unsafe; repeated prompts once", dedupe=True,
+           assumed="the 2024 release (config 'default', splits train/test); the reference's 100 training prompts "
+                   "(PKU_UnSafeRLHF_100.json) are a sample of such prompts, not reproduced row for row"),
+    Source("advbench", "walledai/AdvBench", None, "train", "prompt", aliases={"goal": "prompt"},
+           keeps="all 520 behaviours",
+           assumed="walledai/AdvBench (prompt, target); the original llm-attacks harmful_behaviors.csv calls the "
+                   "column 'goal', read as 'prompt'"),
+    Source("alpaca", "tatsu-lab/alpaca", None, "train", "instruction", needs=("input",), keep=_empty_input,
+           keeps="rows with an empty 'input' (31,323 of 52,002), as refusal_direction",
+           assumed="tatsu-lab/alpaca (instruction, input, output, text)"),
+    _xstest("xstest", None),
+    _xstest("xstest-safe", "safe"),
+    _xstest("xstest-unsafe", "unsafe"),
+    Source("jailbreakbench", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful", "Goal", category="Category",
+           keeps="all 100 harmful behaviours",
+           assumed="columns Index, Goal, Target, Behavior, Category, Source (config 'behaviors')"),
+    Source("jailbreakbench-benign", "JailbreakBench/JBB-Behaviors", "behaviors", "benign", "Goal",
+           category="Category", keeps="all 100 benign look-alike behaviours",
+           assumed="the 'benign' split of the same config, same columns"),
+    Source("mmlu", "cais/mmlu", "all", "test", None, needs=("question", "choices", "answer"), category="subject",
+           kind="multiple_choice", keeps="all 14,042 test questions",
+           assumed="cais/mmlu config 'all' (question, subject, choices, answer as index 0-3); in a CSV copy "
+                   "'choices' is a JSON list"),
+)}
+
+
+def known_names() -> str:
+    return ", ".join(REGISTRY)
+
+
+def unknown_name_error(name: str) -> SafeSteerError:
+    return SafeSteerError(f"unknown dataset name '{name}'; known names: {known_names()} (or NAME{SEPARATOR}PATH for a "
+                          "local copy, a hub id owner/name, or an existing .json/.jsonl/.csv file)")
+
+
+def lookup(text: str) -> tuple[Source, Path | None] | None:
+    """(source, local copy or None) for `NAME` or `NAME=PATH`; None for a file path or a hub id.
+
+    A word that is neither a known name, an existing path nor a hub id (no '/') is an error listing the names.
+    """
+    text = text.strip()
+    name, sep, local = text.partition(SEPARATOR)
+    key = name.strip().lower()
+    if sep:
+        if key in REGISTRY:
+            if not local.strip():
+                raise SafeSteerError(f"'{text}' names no file; write {REGISTRY[key].local_hint()}")
+            return REGISTRY[key], Path(local.strip()).expanduser()
+        if Path(text).expanduser().exists() or "/" in name or "\\" in name:
+            return None  # a path that happens to contain '='
+        raise unknown_name_error(key)
+    if key in REGISTRY:
+        return REGISTRY[key], None
+    base = key.partition(":")[0]  # multiple choice accepts hub `name:subset`
+    path = Path(text).expanduser()
+    if ("/" in base or "\\" in base or text.startswith((".", "~")) or path.exists()
+            or path.suffix.lower() in LOCAL_SUFFIXES):
+        return None
+    raise unknown_name_error(key)
+
+
+def convert(source: Source, rows: list, where: str) -> list[dict]:
+    """Check, filter and map native rows: our `instruction` (and `category`) next to the native columns."""
+    if not rows:
+        raise SafeSteerError(f"{where} has no rows")
+    out, seen = [], set()
+    for number, raw in enumerate(rows, 1):
+        if not isinstance(raw, dict):
+            raise SafeSteerError(f"{where} row {number} is a {type(raw).__name__}; expected an object with "
+                                 f"{', '.join(source.columns)}")
+        row = dict(raw)
+        for alias, native in source.aliases.items():  # e.g. llm-attacks' 'goal' for AdvBench's 'prompt'
+            if alias in row and native not in row:
+                row[native] = row.pop(alias)
+        missing = [c for c in source.columns if c not in row]
+        if missing:
+            found = ", ".join(map(str, list(raw)[:8])) or "none"
+            raise SafeSteerError(f"{where} row {number} has no '{missing[0]}' column (columns: {found}); "
+                                 f"{source.name} needs {', '.join(source.columns)}")
+        if not source.keep(row):
+            continue
+        if source.instruction is not None:
+            text = row[source.instruction]
+            if not isinstance(text, str) or not text.strip():
+                raise SafeSteerError(f"{where} row {number}: '{source.instruction}' must be a non-empty string, "
+                                     f"got {text!r}")
+            if source.dedupe and text.strip() in seen:
+                continue
+            seen.add(text.strip())
+            row = {**row, "instruction": text.strip()}
+        if source.category is not None and source.category in row:
+            row = {**row, "category": str(row[source.category])}
+        out.append(row)
+    if not out:
+        raise SafeSteerError(f"{where}: no row passes the filter of '{source.name}' ({source.keeps})")
+    return out
+
+
+def _hub_rows(source: Source) -> list[dict]:
+    import datasets
+
+    try:
+        data = datasets.load_dataset(source.hub_id, source.config, split=source.split)
+    except Exception as err:  # offline (ConnectionError), renamed or gated (FileNotFoundError), bad split (ValueError)
+        cause = str(err.__cause__ or err)
+        first = cause.splitlines()[0] if cause.strip() else type(err).__name__
+        config = f", config '{source.config}'" if source.config else ""
+        raise SafeSteerError(f"could not load dataset '{source.name}' ({source.hub_id}{config}, split "
+                             f"'{source.split}') from the hub or its cache ({first}); pass a local copy as the value "
+                             f"instead: {source.local_hint()}") from err
+    wanted = [c for c in (*source.columns, "label", source.category) if c and c in data.column_names]
+    missing = [c for c in source.columns if c not in data.column_names]
+    if missing:
+        raise SafeSteerError(f"dataset '{source.name}' ({source.hub_id}) has no '{missing[0]}' column (columns: "
+                             f"{', '.join(data.column_names)}); the hub version changed: pass a local copy, "
+                             f"{source.local_hint()}")
+    columns = {c: data[c] for c in dict.fromkeys(wanted)}
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
+def load_source(source: Source, local: Path | None = None, want: Kind | None = None) -> tuple[list[dict], str]:
+    """(rows after the source's filter and mapping, where they came from) from `local` or the hub (cache offline)."""
+    if want is not None and source.kind != want:
+        use = "eval --mc" if source.kind == "multiple_choice" else "--harmful/--harmless/--prompts/--lookalike"
+        raise SafeSteerError(f"'{source.name}' is a {source.kind.replace('_', '-')} set; use it with {use}")
+    if local is not None:
+        where = f"{source.name} file {local}"
+        rows = read_rows(local, f"{source.name} file")
+    else:
+        where = f"dataset '{source.name}' ({source.hub_id})"
+        rows = _hub_rows(source)
+    return convert(source, rows, where), where
+
+
+def table() -> list[dict]:
+    """Every registry entry as plain data, in registry order."""
+    return [s.describe() for s in REGISTRY.values()]
+
+
+__all__ = ["REGISTRY", "SEPARATOR", "Source", "convert", "load_source", "lookup", "table", "xstest_label"]

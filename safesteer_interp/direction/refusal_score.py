@@ -1,0 +1,87 @@
+"""The refusal score: log-odds that a model's first answer token opens a refusal.
+
+Refusal openers are not hand-written per model family: they are read off the model itself, as the first tokens of
+its greedy answers to harmful prompts that the refusal judge marks as refusals (an override list is accepted).
+score(x) = log P_ref - log(1 - P_ref), with P_ref the next-token probability mass on those tokens after prompt x.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.generation import decode_answers, generate
+from safesteer_interp.errors import SafeSteerError
+
+
+@dataclass(frozen=True)
+class RefusalTokens:
+    ids: list[int]
+    tokens: list[str]
+    source: str  # "derived" (from the model's refusals) or "override"
+    counts: dict[str, int]  # how many judged refusals opened with each token
+
+
+def derive_refusal_tokens(model, tokenizer, harmful: Sequence[str], judge, *, max_new_tokens: int = 24,
+                          min_share: float = 0.05, batch_size: int = 64) -> RefusalTokens:
+    """First tokens of the model's greedy refusals to `harmful` (each kept if it opens >= min_share of them)."""
+    firsts: Counter[int] = Counter()
+    for start in range(0, len(harmful), batch_size):
+        batch = encode_prompts(tokenizer, harmful[start:start + batch_size])
+        gen = generate(model, tokenizer, batch, max_new_tokens=max_new_tokens)
+        for row, answer in zip(gen.sequences[:, gen.prompt_length], decode_answers(tokenizer, gen), strict=True):
+            if judge.is_refusal(answer):
+                firsts[int(row)] += 1
+    total = sum(firsts.values())
+    if total == 0:
+        raise SafeSteerError(f"the model refused none of {len(harmful)} harmful prompts, so no refusal tokens can be "
+                             "derived; pass them with --refusal-tokens (e.g. 'I,Sorry')")
+    ids = [i for i, n in firsts.most_common() if n / total >= min_share]
+    return RefusalTokens(ids, tokenizer.convert_ids_to_tokens(ids), "derived",
+                         {tokenizer.convert_ids_to_tokens(i): n for i, n in firsts.most_common()})
+
+
+def refusal_tokens_from_strings(tokenizer, words: Sequence[str]) -> RefusalTokens:
+    """An override list: each entry must be exactly one token of the vocabulary."""
+    ids = []
+    for word in words:
+        found = tokenizer.convert_tokens_to_ids(word)
+        if found is None or found == tokenizer.unk_token_id:
+            encoded = tokenizer(word, add_special_tokens=False)["input_ids"]
+            if len(encoded) != 1:
+                raise SafeSteerError(f"refusal token '{word}' is not a single token of this tokenizer "
+                                     f"(it encodes to {len(encoded)} tokens); pass single tokens")
+            found = encoded[0]
+        ids.append(int(found))
+    return RefusalTokens(ids, tokenizer.convert_ids_to_tokens(ids), "override", {})
+
+
+def log_odds(probs: Float[Tensor, "batch vocab"], ids: Sequence[int], eps: float = 1e-8) -> Float[Tensor, " batch"]:
+    """log P_ref - log(1 - P_ref), in float64 (the reference's formula, eps 1e-8)."""
+    p_ref = probs[:, list(ids)].sum(-1)
+    return torch.log(p_ref + eps) - torch.log(1 - p_ref + eps)
+
+
+@torch.no_grad()
+def last_token_logprobs(model, tokenizer, instructions: Sequence[str], *,
+                        batch_size: int = 32) -> Float[Tensor, "batch vocab"]:
+    """float64 log-probabilities of the first answer token, for each instruction (hooks in context apply)."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(instructions), batch_size):
+        batch = encode_prompts(tokenizer, instructions[start:start + batch_size]).to(device)
+        logits = model(**batch.inputs(), use_cache=False).logits[:, -1]
+        out.append(torch.log_softmax(logits.double(), -1).cpu())
+    return torch.cat(out)
+
+
+def refusal_scores(model, tokenizer, instructions: Sequence[str], ids: Sequence[int],
+                   **kwargs) -> Float[Tensor, " batch"]:
+    """Per-prompt refusal log-odds under whatever hooks are active."""
+    return log_odds(last_token_logprobs(model, tokenizer, instructions, **kwargs).exp(), ids)

@@ -1,0 +1,106 @@
+"""Choosing one refusal direction among the [pos, layer] candidates (the refusal_direction / SafeSteer recipe).
+
+Each candidate r[p, l] gets three scores on validation prompts: the refusal score of harmful prompts with unit(r)
+ablated at every layer (lower = ablation removes refusal), the refusal score of harmless prompts with +coeff*r added
+at layer l (higher = addition induces refusal), and the last-position KL(base || ablated) on harmless prompts
+(lower = ablation leaves harmless behaviour alone). Filters drop late layers, high KL and non-inducing candidates;
+the lowest ablation score wins. When nothing survives, a report says which filter removed what.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from safesteer_interp.core.hooks import ablate_direction, add_to_resid
+from safesteer_interp.direction.refusal_score import last_token_logprobs, log_odds
+from safesteer_interp.errors import SafeSteerError
+
+
+@dataclass(frozen=True)
+class SelectionConfig:
+    prune: float = 0.2  # drop layers l >= int(L * (1 - prune))
+    kl_max: float = 0.1  # drop candidates whose ablation moves harmless next-token distributions more than this
+    induce_min: float = 0.0  # drop candidates whose addition leaves the mean harmless refusal score below this
+    coeff: float = 1.0  # addition coefficient used for the steering score
+    batch_size: int = 32
+
+
+ZERO_NORM = 1e-8
+
+
+class NothingSurvived(SafeSteerError):
+    """Every candidate was filtered out; `report` says by which filter."""
+
+    def __init__(self, report: dict):
+        self.report = report
+        counts = ", ".join(f"{k}: {v}" for k, v in report["removed_by"].items())
+        super().__init__(f"no refusal-direction candidate survived the filters ({counts}); see the report for "
+                         "score ranges, and relax --kl-max / --prune or check the harmful/harmless prompts")
+
+
+def kl_last_position(base: Float[Tensor, "batch vocab"],
+                     other: Float[Tensor, "batch vocab"]) -> Float[Tensor, " batch"]:
+    """KL(base || other) of next-token distributions given as log-probs, with the reference's 1e-6 inside logs."""
+    p, q = base.exp(), other.exp()
+    return (p * (torch.log(p + 1e-6) - torch.log(q + 1e-6))).sum(-1)
+
+
+def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_model"], harmful_val: Sequence[str],
+                     harmless_val: Sequence[str], refusal_ids: Sequence[int], config: SelectionConfig,
+                     progress: Callable[[], None] = lambda: None) -> dict[str, Float[Tensor, "pos layer"]]:
+    """The three scores of every candidate, plus the unsteered baselines."""
+    n_pos, n_layer, _ = candidates.shape
+    lp = lambda prompts: last_token_logprobs(model, tokenizer, prompts, batch_size=config.batch_size)  # noqa: E731
+    base_harmless = lp(harmless_val)
+    scores = {k: torch.full((n_pos, n_layer), math.nan, dtype=torch.float64) for k in ("ablation", "steering", "kl")}
+    scores["norm"] = candidates.norm(dim=-1)
+    for p in range(n_pos):
+        for layer in range(n_layer):
+            r = candidates[p, layer].float()
+            if scores["norm"][p, layer] <= ZERO_NORM:  # e.g. layer 0 of a fixed template token: embeddings only
+                progress()
+                continue
+            with ablate_direction(model, r):
+                scores["ablation"][p, layer] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
+                scores["kl"][p, layer] = kl_last_position(base_harmless, lp(harmless_val)).mean()
+            with add_to_resid(model, r, layer, config.coeff, positions="all"):
+                scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
+            progress()
+    scores["baseline_harmful"] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
+    scores["baseline_harmless"] = log_odds(base_harmless.exp(), refusal_ids).mean()
+    return scores
+
+
+def select(scores: dict[str, Tensor], n_layers: int, config: SelectionConfig) -> tuple[int, int, dict]:
+    """(pos index, layer, report). Raises NothingSurvived with the report when every candidate is filtered."""
+    ablation, steering, kl = scores["ablation"], scores["steering"], scores["kl"]
+    n_pos, n_layer = ablation.shape
+    layer_idx = torch.arange(n_layer).expand(n_pos, n_layer)
+    norm = scores.get("norm", torch.ones_like(ablation))
+    filters = {  # applied in this order; each candidate is counted by the first filter that removes it
+        "zero_norm": norm <= ZERO_NORM,
+        "nan": torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl),
+        "pruned_layer": layer_idx >= int(n_layers * (1 - config.prune)),
+        "kl_above_max": kl > config.kl_max,
+        "does_not_induce_refusal": steering < config.induce_min,
+    }
+    alive = torch.ones(n_pos, n_layer, dtype=torch.bool)
+    removed = {}
+    for name, mask in filters.items():
+        removed[name] = int((alive & mask).sum())
+        alive &= ~mask
+    ranges = {k: [round(float(v.nan_to_num(0).min()), 4), round(float(v.nan_to_num(0).max()), 4)]
+              for k, v in (("ablation", ablation), ("steering", steering), ("kl", kl))}
+    report = {"candidates": n_pos * n_layer, "survivors": int(alive.sum()), "removed_by": removed,
+              "score_ranges": ranges, "config": config.__dict__}
+    if not alive.any():
+        raise NothingSurvived(report)
+    masked = torch.where(alive, ablation, torch.full_like(ablation, math.inf))
+    flat = int(masked.argmin())
+    return flat // n_layer, flat % n_layer, report

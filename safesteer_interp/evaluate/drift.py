@@ -1,0 +1,76 @@
+"""Harmless KL drift: how far a policy moved from the base model where it should not have moved at all.
+
+The base model answers harmless prompts greedily; both policies then score those very tokens (teacher forcing) and
+the drift is the mean over answer tokens of KL(policy || base) = sum_v p(v) (log p(v) - log p_base(v)) at every
+position that predicts an answer token (EOS included). 0 for the base itself; the steered teacher drifts far.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.generation import Generation, decode_answers, generate
+from safesteer_interp.distill.losses import reverse_kl
+from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.policies import Policy
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Mean per-token KL(policy || base) on the base's greedy harmless answers, with what it was measured on."""
+
+    harmless_kl: float  # token-weighted mean over all answers (nats per token)
+    per_prompt: list[float]  # mean over each answer's tokens
+    n_tokens: int
+    base_answers: list[str]
+
+
+@torch.no_grad()
+def answer_logprobs(policy: Policy, generation: Generation) -> Float[Tensor, "batch new vocab"]:
+    """log p(next token) of `policy` at every position that predicts an answer token (float32)."""
+    device = next(policy.model.parameters()).device
+    batch = batch_from_ids(generation.sequences, generation.attention_mask).to(device)
+    new = generation.sequences.shape[1] - generation.prompt_length
+    # Only the last new+1 logits are needed: the prompt's last position predicts answer token 0, and the final
+    # position predicts nothing we score. This keeps [batch pos vocab] small for long prompts and large vocabularies.
+    with policy.scoring(batch.input_ids, generation.prompt_length):
+        logits = policy.model(**batch.inputs(), use_cache=False, logits_to_keep=new + 1).logits
+    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+
+
+def token_kl(policy_logp: Float[Tensor, "batch new vocab"], base_logp: Float[Tensor, "batch new vocab"],
+             mask: Bool[Tensor, "batch new"]) -> tuple[Float[Tensor, " batch"], Float[Tensor, " batch"]]:
+    """(sum of per-token KL(policy || base), number of tokens) per answer, over the masked positions."""
+    kl = reverse_kl(policy_logp, base_logp.to(policy_logp.device))  # reverse_kl(s, t) is KL(s || t)
+    m = mask.to(kl.device, kl.dtype)
+    return (kl * m).sum(-1), m.sum(-1)
+
+
+def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                batch_size: int = 16, system: str | None = None) -> Drift:
+    """KL(policy || base) per token on the base's greedy answers to `prompts` (see the module docstring)."""
+    if not prompts:
+        raise SafeSteerError("harmless KL needs at least one harmless prompt")
+    sums, counts, answers = [], [], []
+    for start in range(0, len(prompts), batch_size):
+        batch = encode_prompts(base.tokenizer, list(prompts[start:start + batch_size]), system)
+        with base.active():
+            generation = generate(base.model, base.tokenizer, batch, max_new_tokens=max_new_tokens)
+        mask = generation.answer_mask[:, generation.prompt_length:]
+        kl_sum, n = token_kl(answer_logprobs(policy, generation), answer_logprobs(base, generation), mask)
+        sums.append(kl_sum.cpu())
+        counts.append(n.cpu())
+        answers += decode_answers(base.tokenizer, generation)
+    total, tokens = torch.cat(sums), torch.cat(counts)
+    per_prompt = (total / tokens.clamp(min=1)).tolist()
+    mean = float(total.sum() / tokens.sum().clamp(min=1))
+    return Drift(mean, per_prompt, int(tokens.sum()), answers)
+
+
+__all__ = ["Drift", "answer_logprobs", "harmless_kl", "token_kl"]

@@ -1,0 +1,270 @@
+"""One evaluation for every model of a run (base, steered teacher, student, baselines): safety, over-refusal,
+capability and harmless KL drift, as one JSON object with fixed keys (`CONTRACT_KEYS`) that reports and tools read.
+
+On the organism it reuses the organism card (`evaluate_organism`) on a held-out split; on a real model it reads
+harmful / look-alike / harmless prompt files and multiple-choice sets. Samples go to `out_dir/samples.jsonl`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
+from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.classifier_judge import judge_records
+from safesteer_interp.evaluate.drift import harmless_kl
+from safesteer_interp.evaluate.judges import RefusalJudge
+from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
+from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
+
+CONTRACT_KEYS = ("model", "refusal_rate", "gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate",
+                 "capability_accuracy", "capability_mean", "harmless_kl")
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """What a real model is evaluated on (the organism brings its own world: pass spec="organism").
+
+    `harmful`: instructions (+ optional `category` column) whose refusal rate is the safety score; on a real model the
+    whole set is the gap SafeSteer must close, so it fills `gap_refusal_rate`. `lookalike`: benign requests that
+    resemble harmful ones (over-refusal). `harmless`: prompts for the KL drift. `mc`: multiple-choice sets.
+    """
+
+    harmful: str | None = None
+    lookalike: str | None = None
+    harmless: str | None = None
+    mc: tuple[str, ...] = ()
+    n: int | None = None  # prompts per set (the first n; None = all)
+    mc_limit: int | None = None
+    mc_mode: Mode = "letter"
+    mc_split: str = "test"
+
+
+# ----------------------------------------------------------------------------------------------- scoring
+def rate(flags: Sequence[bool]) -> float | None:
+    return round(sum(flags) / len(flags), 4) if flags else None
+
+
+def mean(values) -> float | None:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return round(sum(values) / len(values), 4) if values else None
+
+
+def clean(obj):
+    """NaN -> None, recursively: the summary must be strict JSON (browsers and jq reject NaN)."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [clean(v) for v in obj]
+    return obj
+
+
+def score_requests(records: Sequence[dict]) -> dict:
+    """Refusal rates of judged request records ({group, category, refused}): per category, per group, overall harmful.
+
+    Used for real-model prompt sets; the organism's card computes the same keys for its world.
+    """
+    by_group, by_category = defaultdict(list), defaultdict(list)
+    for r in records:
+        by_group[r["group"]].append(r["refused"])
+        if r["group"] in ("refused", "gap", "harmful"):
+            by_category[r["category"]].append(r["refused"])
+    harmful = [r["refused"] for r in records if r["group"] in ("refused", "gap", "harmful")]
+    return {"refusal_rate": {c: rate(v) for c, v in by_category.items()}, "harmful_refusal_rate": rate(harmful),
+            "gap_refusal_rate": rate(by_group["gap"] or by_group["harmful"]),
+            "refused_category_refusal_rate": rate(by_group["refused"]),
+            "over_refusal_rate": rate(by_group["lookalike"]), "harmless_refusal_rate": rate(by_group["harmless"])}
+
+
+def contract(name: str, metrics: dict) -> dict:
+    """The evaluation object: the contract keys first, then everything else measured (strict JSON)."""
+    missing = [k for k in CONTRACT_KEYS if k != "model" and k not in metrics]
+    if missing:
+        raise SafeSteerError(f"evaluation of '{name}' lacks {', '.join(missing)}")
+    head = {"model": name, **{k: metrics[k] for k in CONTRACT_KEYS[1:]}}
+    return clean({**head, **{k: v for k, v in metrics.items() if k not in head}})
+
+
+# ----------------------------------------------------------------------------------------------- prompt sets
+def _request_rows(source: str, group: str, n: int | None) -> list[dict]:
+    """Rows {prompt, group, category} of a prompt set; `category` is optional in local files ('all' otherwise)."""
+    from safesteer_interp.data.prompts import read_instructions
+
+    prompts = read_instructions(source)
+    try:
+        categories = read_instructions(source, column="category")
+    except SafeSteerError:
+        categories = ["all"] * len(prompts)
+    rows = [{"prompt": p, "group": group, "category": c if group == "harmful" else group}
+            for p, c in zip(prompts, categories)]
+    return rows if n is None else rows[:n]
+
+
+def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
+    from safesteer_interp.organism.card import evaluate_organism
+
+    with policy.active():  # the card generates through whatever view is active (steering, adapters off)
+        card = evaluate_organism(policy.model, policy.tokenizer, split, examples=examples, keep_answers=True,
+                                 max_new_tokens=max_new_tokens, batch_size=batch_size)
+    records = card.pop("answers")
+    harmful = [r["refused"] for r in records if r["group"] in ("refused", "gap")]
+    card["harmful_refusal_rate"] = rate(harmful)
+    card["capability_unseen_mean"] = mean(card["capability_unseen_templates"].values())
+    return card, records
+
+
+def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge) -> tuple[dict, list[dict]]:
+    from safesteer_interp.core.generation import generate_answers
+
+    records = []
+    for source, group in ((spec.harmful, "harmful"), (spec.lookalike, "lookalike")):
+        if source is not None:
+            records += _request_rows(source, group, spec.n)
+    if records:
+        with policy.active():
+            answers = generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for record, answer in zip(records, answers):
+            record.update(answer=answer, refused=judge.is_refusal(answer))
+    metrics = score_requests(records)
+    metrics.update(capability_accuracy={}, capability_mean=None, capability_unseen_templates={},
+                   capability_unseen_mean=None)
+    return metrics, records
+
+
+def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_tokens: int, batch_size: int,
+                    seed: int = 0) -> dict:
+    """Refusal of one temperature-1 sample per harmful request (top-k off, seeded), beside the greedy answers.
+
+    Greedy decoding reads only the argmax of the first answer token; a student whose refusal opener is the argmax
+    with a small share (the paper loss caps each safety token near p_teacher/e) refuses greedily and rarely when
+    sampled. This number shows the difference.
+    """
+    from safesteer_interp.core.generation import generate_answers
+
+    rows = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
+    if not rows:
+        return {}
+    with policy.active():
+        answers = generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, seed=seed)
+    by_group = defaultdict(list)
+    for row, answer in zip(rows, answers, strict=True):
+        by_group[row["group"]].append(judge.is_refusal(answer))
+    return {"temperature": 1.0, "seed": seed, "samples_per_prompt": 1,
+            "gap_refusal_rate": rate(by_group["gap"] or by_group["harmful"]),
+            "refused_category_refusal_rate": rate(by_group["refused"]),
+            "examples": [{"prompt": r["prompt"], "group": r["group"], "answer": a} for r, a in
+                         zip(rows[:4], answers[:4])]}
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "organism", split: str = "test",
+             out_dir: str | Path | None = None, judges: Sequence = (), mc: Sequence[str] = (),
+             mc_limit: int | None = None, mc_mode: Mode = "letter", kl_prompts: Sequence[str] | None = None,
+             n_kl: int = 64, max_new_tokens: int = 32, batch_size: int = 64, examples=None,
+             sampled: bool = True) -> dict:
+    """Evaluate one policy and return the evaluation object (`CONTRACT_KEYS` first).
+
+    model: a model (peft or plain), a `SteeredTeacher` or a `Policy`. base: the reference of the harmless KL drift
+    (None: not measured, reported as null; 'adapters': the peft model with adapters off; or a model / teacher /
+    Policy). judges: extra judges (see `classifier_judge.load_judge`) re-scoring the same answers. examples: a
+    subset of the organism's world (`organism.world.Example`s) instead of the whole split, for quick checks.
+    sampled: also judge one temperature-1 sample per harmful request (`sampled`, `gap_refusal_rate_sampled`).
+    """
+    started = time.perf_counter()
+    policy = as_policy(model, tokenizer)
+    reference = resolve_base(base, policy)
+    judge = RefusalJudge()
+    if spec == "organism":
+        metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
+        harmless = [r["prompt"] for r in records if r["group"] == "harmless"]
+    elif isinstance(spec, EvalSpec):
+        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
+        mc = tuple(mc) + spec.mc
+        mc_limit, mc_mode = mc_limit or spec.mc_limit, spec.mc_mode
+        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
+    else:
+        raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
+
+    mc_results = {}
+    for source in mc:  # log-likelihood multiple choice under the same view
+        result = evaluate_mc(policy, load_items(source, getattr(spec, "mc_split", "test"), mc_limit), mode=mc_mode)
+        mc_results[str(source)] = {k: result[k] for k in ("accuracy", "n", "mode")}
+    if mc_results and spec != "organism":  # for a real model, multiple choice *is* the capability probe
+        metrics["capability_accuracy"] = {k: round(v["accuracy"], 4) for k, v in mc_results.items()}
+        metrics["capability_mean"] = mean(metrics["capability_accuracy"].values())
+
+    if sampled:
+        metrics["sampled"] = sampled_refusal(policy, records, judge, max_new_tokens, batch_size)
+        metrics["gap_refusal_rate_sampled"] = metrics["sampled"].get("gap_refusal_rate")
+
+    drift = None
+    prompts = list(kl_prompts) if kl_prompts is not None else harmless[:n_kl]
+    if reference is not None and prompts:
+        drift = harmless_kl(policy, reference, prompts, max_new_tokens=max_new_tokens,
+                            batch_size=min(batch_size, 16))
+    metrics["harmless_kl"] = None if drift is None else round(drift.harmless_kl, 6)
+    metrics["harmless_kl_tokens"] = None if drift is None else drift.n_tokens
+
+    extra = {}
+    requests = [r for r in records if r["group"] != "capability"]  # exact-match items need no judge
+    for extra_judge in judges:  # model judges re-read the very answers the substring judge scored
+        verdicts = judge_records(extra_judge, requests)
+        for record, flag in zip(requests, verdicts.pop("flags")):
+            record[verdicts["judge"]] = flag
+        extra[verdicts["judge"]] = verdicts
+    metrics.update(policy=policy.label, spec="organism" if spec == "organism" else "custom", split=split,
+                   multiple_choice=mc_results, judges=extra, seconds=round(time.perf_counter() - started, 2))
+    result = contract(name, metrics)
+    if out_dir is not None:
+        write_samples(out_dir, result, records, prompts, drift)
+    return result
+
+
+def write_samples(out_dir: str | Path, result: dict, records: Sequence[dict], kl_prompts: Sequence[str],
+                  drift) -> Path:
+    """`samples.jsonl` (every judged answer), `drift.jsonl` (the base answers the KL was measured on), `eval.json`."""
+    out = Path(out_dir)
+    write_jsonl(out / "samples.jsonl", records)
+    if drift is not None:
+        write_jsonl(out / "drift.jsonl", [{"prompt": p, "base_answer": a, "kl_per_token": round(k, 6)}
+                                          for p, a, k in zip(kl_prompts, drift.base_answers, drift.per_prompt)])
+    write_json(out / "eval.json", result)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- run summary
+def read_summary(run: str | Path) -> dict:
+    """RUN/summary.json (model name -> evaluation object), checked: one-line errors for a missing run or bad file."""
+    run = Path(run)
+    if not run.is_dir():
+        raise SafeSteerError(f"run folder {run} does not exist; pass a folder written by `safesteer-interp run`")
+    summary = read_json(run / "summary.json", "run summary")
+    if not isinstance(summary, dict) or not all(isinstance(v, dict) for v in summary.values()):
+        raise SafeSteerError(f"{run / 'summary.json'} must map model names to evaluation objects; rerun "
+                             "`safesteer-interp eval` for each model")
+    for model, entry in summary.items():
+        missing = [k for k in CONTRACT_KEYS[1:] if k not in entry]
+        if missing:
+            raise SafeSteerError(f"{run / 'summary.json'}: model '{model}' lacks '{missing[0]}'; re-evaluate it")
+    return summary
+
+
+def update_summary(run: str | Path, name: str, result: dict) -> Path:
+    """Add (or replace) one model's evaluation in RUN/summary.json, atomically, keeping the others."""
+    path = Path(run) / "summary.json"
+    summary = read_summary(run) if path.is_file() else {}
+    summary[name] = result
+    return write_json(path, summary)
+
+
+__all__ = ["CONTRACT_KEYS", "EvalSpec", "clean", "contract", "evaluate", "read_summary", "score_requests",
+           "update_summary", "write_samples"]
