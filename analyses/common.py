@@ -123,7 +123,7 @@ class Scored:
     teacher: Float[Tensor, "batch pos vocab"]
     base: Float[Tensor, "batch pos vocab"]
     prompts: list[str]  # one per row
-    rollout: object = None  # the safesteer_interp.distill.rollout.Rollout that was scored (prompt + answer columns)
+    rollout: object = None  # the safesteer_interp.core.generation.Generation that was scored (prompt + answer columns)
 
 
 @torch.no_grad()
@@ -133,7 +133,8 @@ def score(inputs: RunInputs, instructions: Sequence[str], *, sampler: str = "stu
 
     Before training ('student' absent) the student *is* the base model, as at step 0 of distillation.
     """
-    from safesteer_interp.distill.rollout import answer_logprobs, sample_rollout
+    from safesteer_interp.core.scoring import answer_logprobs
+    from safesteer_interp.distill.rollout import sample_rollout
 
     student = inputs.student if inputs.student is not None else inputs.base
     source = student if sampler == "student" else inputs.base

@@ -16,8 +16,10 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm
 from safesteer_interp.core.artifacts import read_json
-from safesteer_interp.core.hooks import base_model, decoder_layers, hooks
+from safesteer_interp.core.hooks import hooks
+from safesteer_interp.errors import SafeSteerError
 
 from .common import RunInputs, Scored, Writer, as_float, score
 
@@ -54,39 +56,36 @@ def head_writes(z: Float[Tensor, "n heads_d_head"], w_o: Float[Tensor, "d_model 
 
 # ----------------------------------------------------------------------------------------------- model pieces
 def final_norm_parts(model) -> tuple[torch.nn.Module, Float[Tensor, " d_model"] | None]:
-    from safesteer_interp.tokens.contrast import final_norm
-
     norm, gain = final_norm(model)
     if norm is None:
-        from safesteer_interp.errors import SafeSteerError
-
         raise SafeSteerError(f"no final norm found on {type(base_model(model)).__name__}; why-tokens needs it")
     return norm, gain
 
 
 @contextmanager
 def record_components(model, rows: Tensor, cols: Tensor) -> Iterator[dict[str, Tensor]]:
-    """Per forward: every head's input to o_proj, every MLP's output, every layer's output, and the final-norm input
-    (its RMS), kept only at (rows, cols)."""
+    """Per forward: every head's input to o_proj, every MLP's output, every layer's output, and the RMS of the
+    final-norm input, kept only at (rows, cols)."""
     store: dict[str, Tensor] = {}
     handles = []
+
+    layers = decoder_layers(model)
+    final = f"resid{len(layers) - 1}"  # the last block's output is what the final norm reads
 
     def keep(name):
         def fn(x, _kwargs):
             store[name] = x.detach()[rows, cols].float()
+            if name == final:
+                store["rms"] = store[name].pow(2).mean(-1).sqrt()
         return fn
 
-    layers = decoder_layers(model)
     names = {f"blocks.{i}.hook_mlp_out": keep(f"mlp{i}") for i in range(len(layers))}
     names |= {f"blocks.{i}.hook_resid_post": keep(f"resid{i}") for i in range(len(layers))}
-    norm, _ = final_norm_parts(model)
     for i, layer in enumerate(layers):
         o_proj = getattr(getattr(layer, "self_attn", None), "o_proj", None)
         if o_proj is not None:
             handles.append(o_proj.register_forward_pre_hook(
                 lambda _m, args, name=f"z{i}": store.__setitem__(name, args[0].detach()[rows, cols].float())))
-    handles.append(norm.register_forward_pre_hook(
-        lambda _m, args: store.__setitem__("rms", args[0].detach()[rows, cols].float().pow(2).mean(-1).sqrt())))
     try:
         with hooks(model, names):
             yield store

@@ -23,6 +23,7 @@ from torch import Tensor
 from safesteer_interp.core.chat import ChatBatch, encode_prompts, has_system_role
 from safesteer_interp.core.generation import Generation, generate
 from safesteer_interp.core.hooks import Positions, add_to_resid
+from safesteer_interp.core.scoring import forward_logits
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
 
@@ -80,13 +81,13 @@ class SteeredTeacher:
         `prompt_length` (the padded prompt width) is needed only for a teacher steering prompt tokens only.
         """
         with self.active(self.scoring_positions(batch.input_ids, prompt_length)):
-            return _forward_logits(self.model, batch, last)
+            return forward_logits(self.model, batch, last)
 
     @torch.no_grad()
     def base_logits(self, batch: ChatBatch, last: int | None = None) -> Float[Tensor, "batch pos vocab"]:
         """pi_0's logits on `batch` (steering off, adapters off): the side the teacher is contrasted with."""
         with as_base_model(self.model):
-            return _forward_logits(self.model, batch, last)
+            return forward_logits(self.model, batch, last)
 
     def encode(self, instructions: Sequence[str]) -> ChatBatch:
         """The teacher's view of the prompts."""
@@ -124,12 +125,6 @@ class PromptTeacher(SteeredTeacher):
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
                           ) -> Positions:
         return "all"  # nothing is steered; the system prompt does the work
-
-
-def _forward_logits(model, batch: ChatBatch, last: int | None) -> Float[Tensor, "batch pos vocab"]:
-    device = next(model.parameters()).device
-    kwargs = {} if last is None else {"logits_to_keep": last}
-    return model(**batch.to(device).inputs(), use_cache=False, **kwargs).logits
 
 
 def as_base_model(model) -> AbstractContextManager:

@@ -20,8 +20,9 @@ from safesteer_interp import SafeSteerError
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.chat import encode_prompts, position_ids_from_mask
 from safesteer_interp.core.hooks import add_to_resid
+from safesteer_interp.core.scoring import answer_logprobs
 from safesteer_interp.direction.artifact import Direction, save_direction
-from safesteer_interp.distill.rollout import answer_logprobs, sample_rollout
+from safesteer_interp.distill.rollout import sample_rollout
 from safesteer_interp.distill.student import make_pair
 from safesteer_interp.distill.trainer import DistillConfig, distill
 from safesteer_interp.testing import tiny_model

@@ -207,8 +207,8 @@ def test_bad_modes_are_one_line_errors():
 
 def test_step_statistics_equal_the_full_tensor_formulas_whatever_the_chunking():
     """`rollout_stats` builds its full-vocabulary terms a few rows at a time; the sums must not depend on that."""
+    from safesteer_interp.core.generation import Generation
     from safesteer_interp.distill.metrics import rollout_stats
-    from safesteer_interp.distill.rollout import Rollout
 
     g = torch.Generator().manual_seed(3)
     b, t, v, prompt = 5, 6, 30, 4
@@ -218,7 +218,7 @@ def test_step_statistics_equal_the_full_tensor_formulas_whatever_the_chunking():
     attention = torch.ones(b, prompt + t, dtype=torch.long)
     attention[1, -2:] = 0  # a shorter answer
     sequences[0, prompt + 2] = 2  # an end-of-turn token
-    rollout = Rollout(sequences, attention, prompt, torch.arange(b))
+    rollout = Generation(sequences, attention, prompt, torch.arange(b))
     mask = rollout.answer_mask
     ids = torch.tensor([4, 9, 17])
     w = mask.double()

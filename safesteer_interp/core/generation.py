@@ -14,17 +14,49 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from safesteer_interp.core.chat import ChatBatch, encode_prompts
+from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts
 
 
 @dataclass(frozen=True)
 class Generation:
-    """Prompts + answers as one left/right-padded tensor, with the answer span marked."""
+    """Prompts + answers as one tensor: left-padded prompts, then right-padded answers from column `prompt_length`.
+
+    `generate` returns one; on-policy rollouts, teacher answers and the base's greedy answers are all this type.
+    """
 
     sequences: Int[Tensor, "batch pos"]
-    attention_mask: Int[Tensor, "batch pos"]  # 1 on prompt tokens and on answer tokens up to and incl. EOS
-    answer_mask: Bool[Tensor, "batch pos"]  # answer tokens up to and including the first EOS
+    attention_mask: Int[Tensor, "batch pos"]  # 1 on prompt tokens and on answer tokens up to and incl. the first EOS
     prompt_length: int  # padded prompt width: answers start at this column
+    prompt_index: Int[Tensor, " batch"]  # which prompt each row answers (the rows of one prompt are consecutive)
+
+    @property
+    def answers(self) -> Int[Tensor, "batch new"]:
+        return self.sequences[:, self.prompt_length:]
+
+    @property
+    def answer_mask(self) -> Bool[Tensor, "batch new"]:
+        """Generated tokens up to and including the first EOS, on the answer columns."""
+        return self.attention_mask[:, self.prompt_length:].bool()
+
+    def __len__(self) -> int:
+        return self.sequences.shape[0]
+
+    def as_batch(self) -> ChatBatch:
+        """Prompt + answer columns as one batch for a teacher-forced forward (positions from the mask)."""
+        return batch_from_ids(self.sequences, self.attention_mask)
+
+    def to(self, device: str | torch.device) -> Generation:
+        return Generation(self.sequences.to(device), self.attention_mask.to(device), self.prompt_length,
+                          self.prompt_index.to(device))
+
+    def rows(self, start: int, stop: int) -> Generation:
+        """A micro-batch, trimmed of columns that are padding in every row (exact: positions come from the mask)."""
+        mask = self.attention_mask[start:stop]
+        used = mask.bool().any(0)
+        first = int(used[:self.prompt_length].long().argmax())
+        last = int(used.nonzero().max()) + 1
+        return Generation(self.sequences[start:stop, first:last], mask[:, first:last], self.prompt_length - first,
+                          self.prompt_index[start:stop])
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:
@@ -65,15 +97,14 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     answers = answer_mask(sequences[:, prompt_length:], kwargs["eos_token_id"])
     prompt_mask = batch.attention_mask.to(device).repeat_interleave(num_return_sequences, 0).bool()
     full = torch.cat([prompt_mask, answers], dim=1)
-    return Generation(sequences, full.long(), torch.cat([torch.zeros_like(prompt_mask), answers], 1), prompt_length)
+    index = torch.arange(len(batch), device=device).repeat_interleave(num_return_sequences)
+    return Generation(sequences, full.long(), prompt_length, index)
 
 
 def decode_answers(tokenizer, generation: Generation) -> list[str]:
     """Answer text of every row, special tokens (EOS, pads) removed."""
-    answers = generation.sequences[:, generation.prompt_length:]
-    mask = generation.answer_mask[:, generation.prompt_length:]
     return [tokenizer.decode(row[keep], skip_special_tokens=True).strip()
-            for row, keep in zip(answers, mask, strict=True)]
+            for row, keep in zip(generation.answers, generation.answer_mask, strict=True)]
 
 
 def generate_answers(model, tokenizer, instructions: Sequence[str], *, max_new_tokens: int = 32,

@@ -17,46 +17,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from safesteer_interp.core.anatomy import base_model, d_model, decoder_layers, n_layers  # noqa: F401  (moved)
 from safesteer_interp.errors import SafeSteerError
 
 HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
 _HOOK_NAME = re.compile(r"^blocks\.(\d+)\.hook_(resid_pre|resid_post|attn_out|mlp_out)$")
-# Where decoder layers live in the HF model zoo (peft wrappers are unwrapped first).
-_LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers", "transformer.h",
-                "gpt_neox.layers", "model.decoder.layers")
-
 Edit = Callable[[Tensor, dict], Tensor | None]
 Positions = Literal["all", "prompt", "last"] | int | Tensor
-
-
-# ----------------------------------------------------------------------------------------------- model anatomy
-def base_model(model: nn.Module) -> nn.Module:
-    """The plain HF model under a peft wrapper (hooks go on the shared modules, so both see them)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The list of decoder blocks, found generically across architectures."""
-    root = base_model(model)
-    for path in _LAYER_PATHS:
-        obj = root
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise SafeSteerError(f"unsupported architecture '{type(root).__name__}': no decoder layers found at "
-                         f"{', '.join(_LAYER_PATHS)}")
-
-
-def n_layers(model: nn.Module) -> int:
-    return len(decoder_layers(model))
-
-
-def d_model(model: nn.Module) -> int:
-    config = base_model(model).config
-    return (config.get_text_config() if hasattr(config, "get_text_config") else config).hidden_size
 
 
 def hook_names(model: nn.Module, kinds: Sequence[str] = HOOK_KINDS) -> list[str]:

@@ -14,11 +14,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
 from jaxtyping import Float  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from safesteer_interp.core.hooks import base_model  # noqa: E402
+from safesteer_interp.core.anatomy import unembed_direction  # noqa: E402
 
 TITLES = {
     "ablation": ("Refusal score of harmful val prompts, direction ablated at every layer", "lower = removes refusal"),
@@ -48,15 +47,9 @@ def heatmap(scores: Float[Tensor, "pos layer"], kind: str, pos_labels: Sequence[
     return path
 
 
-@torch.no_grad()
 def logit_lens(model, tokenizer, direction: Float[Tensor, " d_model"], k: int = 15) -> dict[str, list[dict]]:
-    """Top / bottom tokens of W_U (final_norm_weight * unit(direction))."""
-    root = base_model(model)
-    unit = (direction / direction.norm()).to(root.lm_head.weight)
-    final_norm = getattr(root.model, "norm", None)
-    # The final norm applied to a unit vector = gamma-scaled direction up to a constant (also right for Gemma's 1+w).
-    scaled = final_norm(unit[None])[0] if final_norm is not None else unit
-    logits = root.lm_head(scaled).float().cpu()
+    """Top / bottom tokens of W_U (final_norm(unit(direction)))."""
+    logits = unembed_direction(model, direction)
 
     def rows(values, ids):
         return [{"token": tokenizer.convert_ids_to_tokens(int(i)), "id": int(i), "logit": round(float(v), 4)}

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import decode_answers, generate
+from safesteer_interp.core.scoring import next_token_logprobs
 from safesteer_interp.errors import SafeSteerError
 
 
@@ -68,20 +69,7 @@ def log_odds(probs: Float[Tensor, "batch vocab"], ids: Sequence[int], eps: float
     return torch.log(p_ref + eps) - torch.log(1 - p_ref + eps)
 
 
-@torch.no_grad()
-def last_token_logprobs(model, tokenizer, instructions: Sequence[str], *,
-                        batch_size: int = 32) -> Float[Tensor, "batch vocab"]:
-    """float64 log-probabilities of the first answer token, for each instruction (hooks in context apply)."""
-    device = next(model.parameters()).device
-    out = []
-    for start in range(0, len(instructions), batch_size):
-        batch = encode_prompts(tokenizer, instructions[start:start + batch_size]).to(device)
-        logits = model(**batch.inputs(), use_cache=False).logits[:, -1]
-        out.append(torch.log_softmax(logits.double(), -1).cpu())
-    return torch.cat(out)
-
-
 def refusal_scores(model, tokenizer, instructions: Sequence[str], ids: Sequence[int],
                    **kwargs) -> Float[Tensor, " batch"]:
     """Per-prompt refusal log-odds under whatever hooks are active."""
-    return log_odds(last_token_logprobs(model, tokenizer, instructions, **kwargs).exp(), ids)
+    return log_odds(next_token_logprobs(model, tokenizer, instructions, **kwargs).exp(), ids)

@@ -18,7 +18,8 @@ from jaxtyping import Float
 from torch import Tensor
 
 from safesteer_interp.core.hooks import ablate_direction, add_to_resid
-from safesteer_interp.direction.refusal_score import last_token_logprobs, log_odds
+from safesteer_interp.core.scoring import next_token_logprobs
+from safesteer_interp.direction.refusal_score import log_odds
 from safesteer_interp.errors import SafeSteerError
 
 
@@ -56,7 +57,7 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
                      progress: Callable[[], None] = lambda: None) -> dict[str, Float[Tensor, "pos layer"]]:
     """The three scores of every candidate, plus the unsteered baselines."""
     n_pos, n_layer, _ = candidates.shape
-    lp = lambda prompts: last_token_logprobs(model, tokenizer, prompts, batch_size=config.batch_size)  # noqa: E731
+    lp = lambda prompts: next_token_logprobs(model, tokenizer, prompts, batch_size=config.batch_size)  # noqa: E731
     base_harmless = lp(harmless_val)
     scores = {k: torch.full((n_pos, n_layer), math.nan, dtype=torch.float64) for k in ("ablation", "steering", "kl")}
     scores["norm"] = candidates.norm(dim=-1)

@@ -23,6 +23,7 @@ from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
 from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.hooks import Positions, ablate_direction, add_to_resid, n_layers
+from safesteer_interp.core.scoring import next_token_logprobs
 from safesteer_interp.direction.artifact import (
     TEACHER_POSITIONS,
     Direction,
@@ -34,7 +35,6 @@ from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.plots import heatmap, logit_lens
 from safesteer_interp.direction.refusal_score import (
     derive_refusal_tokens,
-    last_token_logprobs,
     refusal_scores,
     refusal_tokens_from_strings,
 )
@@ -146,12 +146,12 @@ def refusal_rate(model, tokenizer, prompts: Sequence[str], judge, max_new_tokens
 def coefficient_sweep(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge,
                       max_new_tokens: int) -> list[dict]:
     """Refusal induced on harmless val, and its KL cost, per coefficient (at the direction's positions)."""
-    base = last_token_logprobs(model, tokenizer, harmless_val)
+    base = next_token_logprobs(model, tokenizer, harmless_val)
     rows = []
     for coeff in COEFF_GRID:
         with add_to_resid(model, direction.vector, direction.layer, coeff, positions=direction.positions):
             rate = refusal_rate(model, tokenizer, harmless_val, judge, max_new_tokens)
-            kl = kl_last_position(base, last_token_logprobs(model, tokenizer, harmless_val)).mean()
+            kl = kl_last_position(base, next_token_logprobs(model, tokenizer, harmless_val)).mean()
         rows.append({"coeff": coeff, "refusal_rate_harmless_val": round(rate, 4),
                      "kl_harmless_val": round(float(kl), 4)})
     return rows
@@ -225,9 +225,9 @@ def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[st
             with ablate_direction(model, direction.vector):
                 record(f"ablate_refusal_{group}", held_out[group])
     if held_out.get("harmless"):
-        base = last_token_logprobs(model, tokenizer, held_out["harmless"])
+        base = next_token_logprobs(model, tokenizer, held_out["harmless"])
         with ablate_direction(model, direction.vector):
-            ablated = last_token_logprobs(model, tokenizer, held_out["harmless"])
+            ablated = next_token_logprobs(model, tokenizer, held_out["harmless"])
         out["kl_harmless"] = round(float(kl_last_position(base, ablated).mean()), 5)
     out["n_prompts"] = {g: len(p) for g, p in held_out.items()}
     return out

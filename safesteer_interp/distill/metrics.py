@@ -15,8 +15,8 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
+from safesteer_interp.core.generation import Generation
 from safesteer_interp.distill.losses import reverse_kl
-from safesteer_interp.distill.rollout import Rollout
 
 SUMS = ("tokens", "kl_k3", "kl_full", "kl_on_S", "mass_S_student", "mass_S_teacher", "entropy", "sequences",
         "first_mass_S_student", "first_mass_S_teacher", "length", "finished")
@@ -66,7 +66,7 @@ class StepStats:
 
 @torch.no_grad()
 def rollout_stats(student_logp: Float[Tensor, "batch pos vocab"], teacher_logp: Float[Tensor, "batch pos vocab"],
-                  rollout: Rollout, mask: Bool[Tensor, "batch pos"], safety_ids: Tensor | None,
+                  rollout: Generation, mask: Bool[Tensor, "batch pos"], safety_ids: Tensor | None,
                   eos_ids: Sequence[int], rows_per_chunk: int = 1) -> dict:
     """Sums over the loss positions of one micro-batch (see `StepStats.summary` for the means).
 

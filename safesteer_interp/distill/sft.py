@@ -13,9 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 from safesteer_interp.core.artifacts import write_json, write_jsonl
 from safesteer_interp.core.chat import batch_from_ids
+from safesteer_interp.core.generation import Generation
 from safesteer_interp.distill.student import lora_student, save_final, trainable
 from safesteer_interp.distill.trainer import DistillConfig, lr_at
 from safesteer_interp.teacher import SteeredTeacher
@@ -31,6 +33,13 @@ def teacher_answers(teacher: SteeredTeacher, prompts: Sequence[str], cfg: Distil
     return rows
 
 
+def answer_columns(generation: Generation) -> Tensor:
+    """The answer mask over prompt + answer columns (False on the prompt): the tokens the cross-entropy trains."""
+    answers = generation.answer_mask
+    prompt = torch.zeros(len(generation), generation.prompt_length, dtype=torch.bool, device=answers.device)
+    return torch.cat([prompt, answers], 1)
+
+
 def sft(run: str | Path, model, tokenizer, teacher: SteeredTeacher, prompts: Sequence[str], cfg: DistillConfig) -> dict:
     """Train LoRA adapters by CE on teacher answers; write RUN/train/ like `distill` (metrics, model/)."""
     out = Path(run) / "train"
@@ -40,7 +49,7 @@ def sft(run: str | Path, model, tokenizer, teacher: SteeredTeacher, prompts: Seq
     student = lora_student(model, cfg.lora_r, cfg.lora_alpha)
     params = trainable(student)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sequences = [(g.sequences[i], g.attention_mask[i], g.answer_mask[i]) for g in generations
+    sequences = [(g.sequences[i], g.attention_mask[i], answer_columns(g)[i]) for g in generations
                  for i in range(g.sequences.shape[0])]
     per_step = cfg.prompts_per_step * cfg.samples
     total = cfg.max_steps or cfg.epochs * math.ceil(len(sequences) / per_step)

@@ -23,13 +23,14 @@ import torch
 from torch import Tensor
 
 from safesteer_interp.core.artifacts import write_json, write_jsonl
-from safesteer_interp.core.generation import eos_token_ids
+from safesteer_interp.core.generation import Generation, eos_token_ids
 from safesteer_interp.core.hooks import base_model
+from safesteer_interp.core.scoring import answer_logprobs
 from safesteer_interp.direction.artifact import Direction, check_positions
 from safesteer_interp.distill.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
 from safesteer_interp.distill.losses import DIVERGENCES, RESTRICTS, VOCABS, loss_window, reduce_loss, token_loss
 from safesteer_interp.distill.metrics import StepStats, rollout_stats
-from safesteer_interp.distill.rollout import Rollout, answer_logprobs, sample_rollout
+from safesteer_interp.distill.rollout import sample_rollout
 from safesteer_interp.distill.student import ALL_LINEAR, make_pair, save_final, trainable
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.teacher import as_base_model
@@ -261,13 +262,12 @@ class Distiller:
         write_jsonl(path, kept)
 
     # -------------------------------------------------------------------------------------- one step
-    def _score(self, rollout: Rollout, sync: bool, n_sequences: int, anchor: bool, stats: StepStats) -> None:
+    def _score(self, rollout: Generation, sync: bool, n_sequences: int, anchor: bool, stats: StepStats) -> None:
         """Teacher (no grad) and student (grad) log-probs of one micro-batch; backward of its share of the loss."""
         cfg, device = self.cfg, self.acc.device
         scorer = self.teacher.model
         scorer_device = next(scorer.parameters()).device
-        moved = Rollout(*(t.to(scorer_device) if torch.is_tensor(t) else t for t in (
-            rollout.sequences, rollout.attention_mask, rollout.prompt_length, rollout.prompt_index)))
+        moved = rollout.to(scorer_device)
         context = as_base_model(scorer) if anchor else self.teacher.active(
             self.teacher.scoring_positions(moved.sequences, moved.prompt_length))
         with torch.no_grad(), context, self.acc.autocast():
@@ -289,7 +289,7 @@ class Distiller:
             stats.loss += float(loss.detach())
             stats.add(rollout_stats(student_logp.detach(), teacher_logp, rollout, mask, self.safety_ids, self.eos))
 
-    def _rollouts(self, step: int) -> list[tuple[Rollout, bool, int]]:
+    def _rollouts(self, step: int) -> list[tuple[Generation, bool, int]]:
         cfg, rank, world = self.cfg, self.acc.process_index, self.acc.num_processes
         seed = step_seed(cfg.seed, step, rank)
         torch.manual_seed(seed)  # anything else random in the step (none today) is seeded too

@@ -14,8 +14,9 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import Generation, decode_answers, generate
+from safesteer_interp.core.scoring import answer_logprobs
 from safesteer_interp.distill.losses import reverse_kl
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.policies import Policy
@@ -32,16 +33,10 @@ class Drift:
 
 
 @torch.no_grad()
-def answer_logprobs(policy: Policy, generation: Generation) -> Float[Tensor, "batch new vocab"]:
+def policy_logprobs(policy: Policy, generation: Generation) -> Float[Tensor, "batch new vocab"]:
     """log p(next token) of `policy` at every position that predicts an answer token (float32)."""
-    device = next(policy.model.parameters()).device
-    batch = batch_from_ids(generation.sequences, generation.attention_mask).to(device)
-    new = generation.sequences.shape[1] - generation.prompt_length
-    # Only the last new+1 logits are needed: the prompt's last position predicts answer token 0, and the final
-    # position predicts nothing we score. This keeps [batch pos vocab] small for long prompts and large vocabularies.
-    with policy.scoring(batch.input_ids, generation.prompt_length):
-        logits = policy.model(**batch.inputs(), use_cache=False, logits_to_keep=new + 1).logits
-    return torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    with policy.scoring(generation.sequences, generation.prompt_length):
+        return answer_logprobs(policy.model, generation)
 
 
 def token_kl(policy_logp: Float[Tensor, "batch new vocab"], base_logp: Float[Tensor, "batch new vocab"],
@@ -62,8 +57,8 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
         batch = encode_prompts(base.tokenizer, list(prompts[start:start + batch_size]), system)
         with base.active():
             generation = generate(base.model, base.tokenizer, batch, max_new_tokens=max_new_tokens)
-        mask = generation.answer_mask[:, generation.prompt_length:]
-        kl_sum, n = token_kl(answer_logprobs(policy, generation), answer_logprobs(base, generation), mask)
+        mask = generation.answer_mask
+        kl_sum, n = token_kl(policy_logprobs(policy, generation), policy_logprobs(base, generation), mask)
         sums.append(kl_sum.cpu())
         counts.append(n.cpu())
         answers += decode_answers(base.tokenizer, generation)
@@ -73,4 +68,4 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
     return Drift(mean, per_prompt, int(tokens.sum()), answers)
 
 
-__all__ = ["Drift", "answer_logprobs", "harmless_kl", "token_kl"]
+__all__ = ["Drift", "harmless_kl", "policy_logprobs", "token_kl"]

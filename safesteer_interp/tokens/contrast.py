@@ -17,6 +17,7 @@ from torch import Tensor
 
 from safesteer_interp.core.chat import THINK_CLOSE, THINK_OPEN, ChatBatch, batch_from_ids
 from safesteer_interp.core.generation import eos_token_ids
+from safesteer_interp.core.hooks import cache_activations, n_layers
 from safesteer_interp.errors import SafeSteerError
 
 # End-of-turn names the reference checks besides the tokenizer's EOS (whichever exist in the vocabulary).
@@ -112,49 +113,6 @@ def special_token_mask(tokenizer, vocab: int) -> Bool[Tensor, " vocab"]:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-_FINAL_NORM_PATHS = ("model.norm", "model.language_model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm",
-                     "model.decoder.final_layer_norm")
-
-
-def final_norm(model) -> tuple[torch.nn.Module | None, Float[Tensor, " d_model"] | None]:
-    """(final norm module, its effective elementwise gain) or (None, None) for an architecture we do not know.
-
-    Gemma-style RMSNorms multiply by (1 + weight); every other norm here multiplies by weight.
-    """
-    from safesteer_interp.core.hooks import base_model
-
-    for path in _FINAL_NORM_PATHS:
-        obj = base_model(model)
-        for attr in path.split("."):
-            obj = getattr(obj, attr, None)
-        if isinstance(obj, torch.nn.Module):
-            weight = getattr(obj, "weight", None)
-            if weight is None:
-                return obj, None
-            gain = weight.detach().float()
-            return obj, (1 + gain) if "gemma" in type(obj).__name__.lower() else gain
-    return None, None
-
-
-class _FinalNormInput:
-    """Records the RMS of the residual stream entering the model's final norm (the scale DLA divides by)."""
-
-    def __init__(self, model, last: int):
-        self.norm, self.last, self.rms = final_norm(model)[0], last, None
-
-    def __enter__(self):
-        self.handle = None if self.norm is None else self.norm.register_forward_pre_hook(self._record)
-        return self
-
-    def _record(self, _module, args):
-        x = args[0][:, -self.last:].detach().float()
-        self.rms = x.pow(2).mean(-1).sqrt().cpu()
-
-    def __exit__(self, *exc):
-        if self.handle is not None:
-            self.handle.remove()
-
-
 def _with_continuation(batch: ChatBatch, rows: int, continuation: Int[Tensor, "row prefix"]) -> ChatBatch:
     """Each prompt repeated `rows // len(batch)` times (consecutively, as `generate`) + the sampled answer tokens."""
     repeats = rows // len(batch)
@@ -177,6 +135,7 @@ def score_contrast(teacher, prompts: Sequence[str], config: ContrastConfig = Con
         raise SafeSteerError("no prompts to select safety tokens on: the prompt list is empty")
     H, M = config.horizon, config.samples
     lp_s, lp_b, cont, index, rms = [], [], [], [], []
+    final_resid = f"blocks.{n_layers(teacher.model) - 1}.hook_resid_post"
     for b, start in enumerate(range(0, len(prompts), config.batch_size)):
         chunk = prompts[start:start + config.batch_size]
         steered_prompt = teacher.encode(chunk)
@@ -190,20 +149,21 @@ def score_contrast(teacher, prompts: Sequence[str], config: ContrastConfig = Con
         steered = _with_continuation(steered_prompt, len(continuation), continuation)
         base = steered if teacher.base_system == teacher.system else _with_continuation(
             teacher.base_encode(chunk), len(continuation), continuation)
-        with _FinalNormInput(teacher.model, H) as final:
+        # The residual entering the final norm (the last block's output) at the H scored positions: its RMS is
+        # what the norm divides by, the scale of direct logit attribution.
+        with cache_activations(teacher.model, [final_resid], positions=slice(-H, None), dtype=torch.float32) as cache:
             logits = teacher.logits(steered, last=H, prompt_length=steered_prompt.input_ids.shape[1])
             lp_s.append(torch.log_softmax(logits.float(), -1).cpu())
         lp_b.append(torch.log_softmax(teacher.base_logits(base, last=H).float(), -1).cpu())
-        rms.append(final.rms)
+        rms.append(cache[final_resid].pow(2).mean(-1).sqrt().cpu())
         cont.append(continuation)
         index.append(torch.arange(start, start + len(chunk)).repeat_interleave(M))
         if progress is not None:
             progress(len(chunk))
     lp_steered, lp_base = torch.cat(lp_s), torch.cat(lp_b)
     eot = end_of_turn_ids(teacher.model, teacher.tokenizer)
-    final_rms = None if any(r is None for r in rms) else torch.cat(rms)
     return ContrastRecords(lp_steered, lp_base, valid_positions(lp_base.argmax(-1), eot), torch.cat(index),
-                           torch.cat(cont), prompts, final_rms,
+                           torch.cat(cont), prompts, torch.cat(rms),
                            meta={"end_of_turn_ids": eot, **config.__dict__, "teacher": teacher.kind})
 
 
@@ -220,4 +180,4 @@ def flatten_valid(x: Float[Tensor, "row horizon vocab"], valid: Bool[Tensor, "ro
 
 
 __all__ = ["ContrastConfig", "ContrastRecords", "END_OF_TURN_NAMES", "context_text", "end_of_turn_ids",
-           "final_norm", "flatten_valid", "score_contrast", "special_token_mask", "valid_positions"]
+           "flatten_valid", "score_contrast", "special_token_mask", "valid_positions"]

@@ -13,7 +13,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.tokens.contrast import ContrastRecords, context_text, final_norm, flatten_valid
+from safesteer_interp.core.anatomy import final_norm
+from safesteer_interp.tokens.contrast import ContrastRecords, context_text, flatten_valid
 from safesteer_interp.tokens.vote import Selection, SelectionConfig, TokenStats, rank_tokens, token_stats
 
 
