@@ -35,11 +35,10 @@ class RunConfig:
     model: str = "organism"
     seed: int = 42
     baselines: bool = False
-    # The teacher's steering coefficient. "auto" (the organism default) takes the smallest coefficient of
-    # directions.COEFF_GRID that makes >= 90 % of harmless *validation* prompts refuse; 1.0 is the reference's. On the
-    # organism it decides what S contains: at seed 42, c = 0.75 puts the compliance opener "Sure." into S (steering
-    # raises it on harmless prompts) and c >= 1 does not, and the paper loss then pulls "Sure." to p_teacher/e or
-    # leaves it alone (validation gap refusal 1.00 vs 0.54; README "What the published loss can and cannot do").
+    # The teacher's steering coefficient: "auto" (the organism default) takes the smallest coefficient of
+    # COEFF_GRID that makes >= 90 % of harmless *validation* prompts refuse; 1.0 is the reference's. On the organism
+    # it decides whether the compliance opener enters S, and with it what the published loss can do (README, "What
+    # the published loss can and cannot do").
     coeff: float | str = "auto"
     k: int | str = 50  # |S| (the reference's K) or "auto"
     horizon: int = 5
@@ -52,19 +51,13 @@ class RunConfig:
     eval_per_group: int = 160  # held-out requests per group (the organism's evaluation set)
     eval_per_task: int = 48  # held-out items per capability task and template kind
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
-    # kl_max 0.1: harmless prompts sit far out along r (-181 against refused +220, |h| ~ 270, seed 42's cell), so
-    # ablation moves them to a place training never visited and changes their first token even though the answers
-    # stay helpful (KL 0.4-3 nats; organism/README.md, v25/v26), and at 0.1 no candidate survives. It also
-    # lets the direction stage choose the teacher's steering positions on validation ("auto"): on the organism the
-    # reference's all-position addition flips the decision but babbles ("I'm I'm I'm": on answer tokens the vector
-    # pushes the first refusal word), steering every prompt token (or the last) gives its refusal wordings.
-    # `run --teacher-positions all` restores the reference's teacher.
+    # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
+    # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
+    # It also chooses the teacher's steering positions on validation ("auto"): the reference's all-position addition
+    # babbles on the organism (README). `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
-    # extra DistillConfig fields. Epochs stay at the reference's 1: on the validation split (seed 42, `paper` loss,
-    # coeff 1) gap refusal was 0.54 / 0.13 / 0.10 after 1 / 2 / 4 epochs with the prompt-token teacher, and 0.36 /
-    # 0.05 / 0.00 / 0.00 after 1 / 2 / 4 / 6 with the last-token one (refused-category refusal then fell to 0.60 / 0.48
-    # after 4 / 6): the loss pulls every safety token towards p_teacher / e (README, "What the published loss can and
-    # cannot do").
+    # extra DistillConfig fields. Epochs stay at the reference's 1: more epochs pull every safety token towards
+    # p_teacher / e and lower refusal on validation (README, "What the published loss can and cannot do").
     distill: dict = field(default_factory=dict)
 
 

@@ -1,7 +1,7 @@
-"""A smoke run of the hooked core: capture, difference in means, steering, generation, artifacts.
+"""A smoke run of the hooked core on any model: capture, difference in means, steering, generation, artifacts.
 
-This is the main job until the organism pipeline exists. It exercises every piece the later stages rely on and
-leaves a small, self-describing run folder.
+`safesteer-interp smoke` checks in seconds that a new model works with every piece the stages rely on (hook
+points, left-padded batches, steering inside `generate`) and leaves a small, self-describing run folder.
 """
 
 from __future__ import annotations

@@ -1,0 +1,120 @@
+"""The library's imports run one way: the module graph (deferred imports included) has no cycle, and every deferred
+import says why it is deferred (`# lazy: <reason>` on its line)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# Installed names of the three source folders (pyproject.toml maps cli/ and analyses/ into the package).
+FOLDERS = {"safesteer_interp": ROOT / "safesteer_interp", "safesteer_interp.cli": ROOT / "cli",
+           "safesteer_interp.analyses": ROOT / "analyses"}
+
+
+def library_modules() -> dict[str, Path]:
+    """Dotted module name -> file, for every module of the library."""
+    modules = {}
+    for package, folder in FOLDERS.items():
+        for path in folder.rglob("*.py"):
+            parts = list(path.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            if package == "safesteer_interp" and parts[:1] in (["cli"], ["analyses"]):
+                continue
+            modules[".".join([package, *parts])] = path
+    return modules
+
+
+def imported(node: ast.AST, module: str, is_package: bool, known: set[str]) -> list[str]:
+    """The library modules an import statement loads (a `from pkg import sub` counts as an import of pkg.sub)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names if alias.name in known]
+    base = module if is_package else module.rsplit(".", 1)[0]
+    for _ in range(max(node.level - 1, 0)):
+        base = base.rsplit(".", 1)[0]
+    target = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+    names = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in known]
+    return names or ([target] if target in known else [])
+
+
+def import_graph() -> tuple[dict[str, set[str]], list[str]]:
+    """(module -> modules it imports, deferred imports without a `# lazy:` reason as 'file:line')."""
+    modules = library_modules()
+    known = set(modules)
+    graph, unexplained = {}, []
+    for name, path in modules.items():
+        source = path.read_text()
+        lines = source.splitlines()
+        tree = ast.parse(source)
+        top = set(map(id, tree.body))
+        graph[name] = set()
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.Import | ast.ImportFrom):
+                continue
+            targets = imported(node, name, path.name == "__init__.py", known)
+            graph[name].update(t for t in targets if t != name)
+            # `if TYPE_CHECKING:` blocks never run; anything else below the top level is deferred
+            deferred = id(node) not in top and not _under_type_checking(tree, node)
+            if deferred and "# lazy:" not in lines[node.lineno - 1]:
+                unexplained.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    return graph, unexplained
+
+
+def _under_type_checking(tree: ast.Module, node: ast.AST) -> bool:
+    for block in tree.body:
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test):
+            if any(child is node for child in ast.walk(block)):
+                return True
+    return False
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of the graph as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        path.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_the_cycle_finder_finds_a_planted_cycle():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_graph_sees_deferred_and_relative_imports():
+    graph, _ = import_graph()
+    assert "safesteer_interp.core.hooks" in graph["safesteer_interp.direction.candidates"]
+    assert "safesteer_interp.analyses.common" in graph["safesteer_interp.analyses.sparsity"] or \
+        any("safesteer_interp.analyses." in m for m in graph["safesteer_interp.analyses.why_tokens"])
+    assert len(graph) > 60
+
+
+def test_the_library_has_no_import_cycle():
+    graph, _ = import_graph()
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_every_deferred_import_says_why():
+    _, unexplained = import_graph()
+    if unexplained:
+        pytest.fail("function-local imports without a `# lazy: <reason>` comment: " + ", ".join(unexplained))
