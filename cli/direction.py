@@ -9,18 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption
-from safesteer_interp.presets import PRESET_NAMES, resolve
+from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
+from safesteer_interp.presets import resolve
 
 console = Console()
 
 
 def direction(
     out: Annotated[str, typer.Option("--out", help="run folder (RUN); writes RUN/direction/")],
-    model: ModelOption = None,
-    preset: Annotated[str | None, typer.Option(help=f"a reference preset ({PRESET_NAMES}): here it only picks "
-                                                    "the model; n-train/n-val 128/32 and coeff 1.0 are already "
-                                                    "the defaults")] = None,
+    preset: PresetOption = None,
     harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV with an "
                                                      "`instruction` column, a dataset name (advbench, "
                                                      "jailbreakbench, ...; NAME=PATH for a local copy) or a hub id "
@@ -38,10 +35,14 @@ def direction(
     = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",
+    model: ModelOption = None,
     dtype: DtypeOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores."""
+    """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores.
+
+    A preset only picks the model here: n-train/n-val 128/32 and coeff 1.0 are already the reference's values.
+    """
     from safesteer_interp.cli.main import default_device, open_model  # lazy: cycle (cli.main registers commands)
     from safesteer_interp.core.models import is_organism  # lazy: transformers, only when the command runs
     from safesteer_interp.direction.select import NothingSurvived  # lazy: torch, only when the command runs

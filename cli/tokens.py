@@ -9,9 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption
+from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.presets import PRESET_NAMES, resolve
+from safesteer_interp.presets import resolve
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,10 +31,7 @@ def parse_k(k: str, flag: str = "--k") -> int | str:
 
 def tokens(
     run: Annotated[str, typer.Option("--run", help="run folder (reads RUN/direction/, writes RUN/tokens/)")],
-    model: ModelOption = None,
-    preset: Annotated[str | None, typer.Option(help=f"released hyper-parameters of the reference: {PRESET_NAMES} "
-                                                    "(H, min-prob, K, M, K', method); explicit flags override "
-                                                    "it")] = None,
+    preset: PresetOption = None,
     k: Annotated[str | None, typer.Option(help="size of S: an integer (the reference's fixed K; default 50) or "
                                                "'auto' (smallest S carrying --share of the Δ-weighted teacher "
                                                "mass)")] = None,
@@ -68,10 +65,14 @@ def tokens(
     stability: Annotated[bool, typer.Option("--stability/--no-stability", help="re-select on prompt halves and a "
                                                                                "second seed")] = True,
     top: Annotated[int, typer.Option(help="tokens to print")] = 10,
+    model: ModelOption = None,
     dtype: DtypeOption = None,
     device: DeviceOption = None,
 ) -> None:
-    """Select the safety tokens S (stage 2) and explain each one."""
+    """Select the safety tokens S (stage 2) and explain each one.
+
+    A preset sets H, min-prob, K, M, K' and the method; explicit flags override it.
+    """
     from safesteer_interp.cli.main import default_device, default_model, open_model  # lazy: cycle (cli.main)
     from safesteer_interp.tokens.explain import reason  # lazy: torch, only when the command runs
     from safesteer_interp.tokens.stage import check_inputs, run_tokens, token_configs  # lazy: torch, as above

@@ -44,6 +44,10 @@ class Direction:
     def unit(self) -> Float[Tensor, " d_model"]:
         return self.vector / self.vector.norm()
 
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
 
 def direction_dir(run: str | Path) -> Path:
     return Path(run) / "direction"
@@ -59,7 +63,7 @@ def save_direction(run: str | Path, direction: Direction, record: dict | None = 
     folder = direction_dir(run)
     write_tensors(folder / "direction.safetensors", {"direction": direction.vector.float()}, {"axes": "d_model"})
     where = {"layer": direction.layer, "pos": direction.pos, "coeff": direction.coeff,
-             "positions": direction.positions, "hook": f"blocks.{direction.layer}.hook_resid_pre"}
+             "positions": direction.positions, "hook": direction.hook}
     metadata = {**(record or {}), **where}
     write_json(folder / "metadata.json", metadata)
     return metadata

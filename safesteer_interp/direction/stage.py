@@ -118,7 +118,7 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     record = {
         "model": model_name, "layer": layer, "pos": direction.pos, "pos_token": pos_labels[p],
         "coeff": direction.coeff, "positions": direction.positions, "positions_requested": config.positions,
-        "positions_check": check, "hook": f"blocks.{layer}.hook_resid_pre",
+        "positions_check": check, "hook": direction.hook,
         "norm": round(float(direction.vector.norm()), 4),
         "candidate_norms": [[round(float(x), 3) for x in row] for row in candidates.norm(dim=-1)],
         "refusal_tokens": asdict(refusal), "filter_counts": counts, "selection": report,
