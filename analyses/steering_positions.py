@@ -19,8 +19,8 @@ from torch import Tensor
 from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.hooks import Edit, addition, hooks, is_decode_step, n_layers, project_out
 from safesteer_interp.core.models import is_organism
+from safesteer_interp.direction.checks import judged_rates
 from safesteer_interp.direction.plots import logit_lens
-from safesteer_interp.direction.stage import judged_rates
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
 

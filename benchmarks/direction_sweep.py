@@ -17,8 +17,8 @@ from safesteer_interp.core.chat import post_instruction_length
 from safesteer_interp.core.models import load_model
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.refusal_score import derive_refusal_tokens
-from safesteer_interp.direction.select import SelectionConfig, score_candidates
-from safesteer_interp.direction.stage import filter_sets, organism_sets
+from safesteer_interp.direction.select import CandidateConfig, score_candidates
+from safesteer_interp.direction.sets import filter_sets, organism_sets
 from safesteer_interp.evaluate.judges import RefusalJudge
 
 
@@ -43,7 +43,7 @@ def main() -> None:
     t["difference in means"] = time.perf_counter() - start
     start = time.perf_counter()
     score_candidates(model, tok, candidates, filtered.harmful_val, filtered.harmless_val, refusal.ids,
-                     SelectionConfig())
+                     CandidateConfig())
     t[f"candidate sweep ({candidates.shape[0]} pos x {candidates.shape[1]} layers)"] = time.perf_counter() - start
     for name, seconds in t.items():
         print(f"{name:45s} {seconds:7.2f} s")

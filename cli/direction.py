@@ -9,19 +9,15 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from safesteer_interp.presets import PRESET_NAMES
+from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
+from safesteer_interp.presets import resolve
 
 console = Console()
 
 
 def direction(
     out: Annotated[str, typer.Option("--out", help="run folder (RUN); writes RUN/direction/")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder or a hub name "
-                                                                    "(default: the preset's model, else "
-                                                                    "organism)")] = None,
-    preset: Annotated[str | None, typer.Option(help=f"a reference preset ({PRESET_NAMES}): here it only picks "
-                                                    "the model; n-train/n-val 128/32 and coeff 1.0 are already "
-                                                    "the defaults")] = None,
+    preset: PresetOption = None,
     harmful: Annotated[str | None, typer.Option(help="harmful instructions: local JSON/JSONL/CSV with an "
                                                      "`instruction` column, a dataset name (advbench, "
                                                      "jailbreakbench, ...; NAME=PATH for a local copy) or a hub id "
@@ -39,44 +35,25 @@ def direction(
     = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",
-    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
-                                                  "available")] = None,
+    model: ModelOption = None,
+    dtype: DtypeOption = None,
+    device: DeviceOption = None,
 ) -> None:
-    """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores."""
-    from safesteer_interp.core.models import is_organism, load_model
-    from safesteer_interp.direction.select import NothingSurvived, SelectionConfig
-    from safesteer_interp.direction.stage import DirectionConfig, find_direction, organism_sets, split_sets
-    from safesteer_interp.errors import SafeSteerError
-    from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
-    from safesteer_interp.pipeline import ORGANISM_DIRECTION
-    from safesteer_interp.presets import resolve
+    """Stage 1: difference-in-means refusal direction, selected by ablation / addition / KL scores.
+
+    A preset only picks the model here: n-train/n-val 128/32 and coeff 1.0 are already the reference's values.
+    """
+    from safesteer_interp.cli.main import default_device, open_model  # lazy: cycle (cli.main registers commands)
+    from safesteer_interp.core.models import is_organism  # lazy: transformers, only when the command runs
+    from safesteer_interp.direction.select import NothingSurvived  # lazy: torch, only when the command runs
+    from safesteer_interp.direction.stage import direction_config, run_direction  # lazy: torch, as above
+    from safesteer_interp.pipeline import ORGANISM_DIRECTION  # lazy: torch, as above
 
     values, preset_record = resolve("direction", preset, model=model)
     model = values["model"]
-    if coeff != "auto":
-        try:
-            coeff_value: float | str = float(coeff)
-        except ValueError as err:
-            raise typer.BadParameter(f"--coeff must be a number or 'auto', not {coeff!r}") from err
-    else:
-        coeff_value = "auto"
-    from safesteer_interp.cli.main import default_device
-
-    lm, tok = load_model(model, dtype=dtype, device=device or default_device())
-    if harmful is None and harmless is None and is_organism(model):
-        sets, coherent = organism_sets(n_train, n_val, seed), starts_with_wording
-    elif harmful is None or harmless is None:
-        raise SafeSteerError("pass both --harmful and --harmless (a file or dataset with an `instruction` column) "
-                             "for a model other than the organism")
-    else:
-        from safesteer_interp.data.prompts import load_instructions
-
-        sets = split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed)
-        coherent = None
-    config = DirectionConfig(n_train, n_val, seed, coeff_value,
-                             tuple(t for t in refusal_tokens.split(",") if t), SelectionConfig(prune, kl_max),
-                             positions=positions)
+    config = direction_config(seed, parse_coeff(coeff), n_train=n_train, n_val=n_val, prune=prune, kl_max=kl_max,
+                              refusal_tokens=[t for t in refusal_tokens.split(",") if t], positions=positions)
+    lm, tok = open_model(model, dtype, device or default_device())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         def progress(total: int):
@@ -84,8 +61,8 @@ def direction(
             return lambda: bar.advance(task)
 
         try:
-            meta = find_direction(lm, tok, sets, out, config, RefusalJudge(), model_name=model, progress=progress,
-                                  coherent=coherent)
+            meta = run_direction(out, lm, tok, config, model_name=model, harmful=harmful, harmless=harmless,
+                                 progress=progress, extra=None if preset is None else {"preset": preset_record})
         except NothingSurvived as err:
             bar.stop()
             print_report(err.report)
@@ -95,14 +72,17 @@ def direction(
                               f"sit far out along r, so ablation changes their first token); `run` uses "
                               f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (README)", highlight=False)
             raise typer.Exit(3) from err
-    if preset is not None:  # record what the preset decided next to the direction's own metadata
-        from safesteer_interp.core.artifacts import read_json, write_json
-        from safesteer_interp.direction.artifact import direction_dir
-
-        path = direction_dir(out) / "metadata.json"
-        meta = {**read_json(path, "direction metadata"), "preset": preset_record}
-        write_json(path, meta)
     print_summary(meta, out)
+
+
+def parse_coeff(coeff: str) -> float | str:
+    """--coeff: a number, or 'auto'."""
+    if coeff == "auto":
+        return "auto"
+    try:
+        return float(coeff)
+    except ValueError as err:
+        raise typer.BadParameter(f"--coeff must be a number or 'auto', not {coeff!r}") from err
 
 
 def print_report(report: dict) -> None:

@@ -9,8 +9,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.presets import PRESET_NAMES
+from safesteer_interp.presets import resolve
 
 console = Console()
 err_console = Console(stderr=True)
@@ -30,12 +31,7 @@ def parse_k(k: str, flag: str = "--k") -> int | str:
 
 def tokens(
     run: Annotated[str, typer.Option("--run", help="run folder (reads RUN/direction/, writes RUN/tokens/)")],
-    model: Annotated[str | None, typer.Option("--model", "-m", help="'organism', a local folder, a hub name or "
-                                                                    "'tiny-random' (default: the preset's model, "
-                                                                    "else the organism)")] = None,
-    preset: Annotated[str | None, typer.Option(help=f"released hyper-parameters of the reference: {PRESET_NAMES} "
-                                                    "(H, min-prob, K, M, K', method); explicit flags override "
-                                                    "it")] = None,
+    preset: PresetOption = None,
     k: Annotated[str | None, typer.Option(help="size of S: an integer (the reference's fixed K; default 50) or "
                                                "'auto' (smallest S carrying --share of the Δ-weighted teacher "
                                                "mass)")] = None,
@@ -69,34 +65,28 @@ def tokens(
     stability: Annotated[bool, typer.Option("--stability/--no-stability", help="re-select on prompt halves and a "
                                                                                "second seed")] = True,
     top: Annotated[int, typer.Option(help="tokens to print")] = 10,
-    dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
-                                                  "available")] = None,
+    model: ModelOption = None,
+    dtype: DtypeOption = None,
+    device: DeviceOption = None,
 ) -> None:
-    """Select the safety tokens S (stage 2) and explain each one."""
-    from safesteer_interp.cli.main import default_device, default_model, open_model
-    from safesteer_interp.direction.artifact import check_positions, load_direction
-    from safesteer_interp.presets import resolve
-    from safesteer_interp.tokens.contrast import ContrastConfig
-    from safesteer_interp.tokens.explain import reason
-    from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens
-    from safesteer_interp.tokens.vote import SelectionConfig, vote_warning
+    """Select the safety tokens S (stage 2) and explain each one.
+
+    A preset sets H, min-prob, K, M, K' and the method; explicit flags override it.
+    """
+    from safesteer_interp.cli.main import default_device, default_model, open_model  # lazy: cycle (cli.main)
+    from safesteer_interp.tokens.explain import reason  # lazy: torch, only when the command runs
+    from safesteer_interp.tokens.stage import check_inputs, run_tokens, token_configs  # lazy: torch, as above
+    from safesteer_interp.tokens.vote import vote_warning  # lazy: torch, as above
 
     values, preset_record = resolve("tokens", preset, model=model or None, k=k, horizon=horizon, samples=samples,
                                     method=method, k_inner=k_inner, min_prob=min_prob)
     k, horizon, samples, method, k_inner, min_prob = (values[name] for name in ("k", "horizon", "samples", "method",
                                                                                  "k_inner", "min_prob"))
-    if teacher not in ("vector", "prompt"):
-        raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not '{teacher}'")
-    check_positions(positions)
     k_inner = parse_k(str(k_inner), "--k-inner")
-    selection = SelectionConfig(k=parse_k(str(k)), method=method, k_inner=k_inner, min_prob=min_prob, share=share)
-    contrast = ContrastConfig(horizon=horizon, samples=samples, temperature=temperature, top_p=top_p, seed=seed,
-                              batch_size=batch_size)
-    if teacher == "vector":
-        load_direction(run)  # fail before loading the model
-    on = on or ("harmless" if teacher == "vector" else "harmful")
-    prompts = default_selection_prompts(run, on)
+    contrast, vote = token_configs(horizon=horizon, samples=samples, temperature=temperature, top_p=top_p, seed=seed,
+                                   batch_size=batch_size, k=parse_k(str(k)), method=method, k_inner=k_inner,
+                                   min_prob=min_prob, share=share)
+    on, prompts = check_inputs(run, teacher, on, positions)  # before the model loads
     spec = values["model"] or default_model()
     preset_record["values"]["model"] = spec
     with err_console.status(f"loading {spec}"):
@@ -107,7 +97,7 @@ def tokens(
     with Progress(*columns, console=err_console, transient=True) as bar:
         task = bar.add_task(f"scoring {len(prompts)} {on} prompts x {samples} samples", total=passes * len(prompts))
         result = run_tokens(run, lm, tokenizer, prompts=prompts, on=on, teacher_kind=teacher, coeff=coeff,
-                            positions=positions, contrast=contrast, selection=selection, check_stability=stability,
+                            positions=positions, contrast=contrast, vote=vote, check_stability=stability,
                             progress=lambda n: bar.advance(task, n), extra_config={"preset": preset_record})
 
     n_valid = result.selection.stats.n_valid

@@ -15,7 +15,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
+from safesteer_interp.core.models import is_organism
+from safesteer_interp.direction.stage import direction_config, run_direction
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.tokens.stage import run_tokens, token_configs
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
 # name -> (vocab, restrict, divergence, trainer): every baseline shares prompts, seed and step budget
@@ -116,24 +119,13 @@ def _load(cfg: RunConfig):
 
 # ----------------------------------------------------------------------------------------------- stages
 def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.core.models import is_organism
-    from safesteer_interp.direction.select import SelectionConfig
-    from safesteer_interp.direction.stage import DirectionConfig, find_direction, organism_sets
-    from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
-
     if not is_organism(cfg.model):
         raise SafeSteerError("`run` builds its prompt sets from the organism's world; for other models run the "
                              "stages one by one (direction --harmful/--harmless, tokens, train, eval)")
     shutil.rmtree(run / "direction", ignore_errors=True)
     model, tok = _load(cfg)
-    extra = dict(cfg.direction)
-    selection = SelectionConfig(**{k: extra.pop(k) for k in ("prune", "kl_max", "induce_min") if k in extra})
-    if "refusal_tokens" in extra:
-        extra["refusal_tokens"] = tuple(extra["refusal_tokens"])
-    config = DirectionConfig(seed=cfg.seed, coeff=cfg.coeff, selection=selection, **extra)
-    sets = organism_sets(config.n_train, config.n_val, seed=cfg.seed)
-    meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model,
-                          coherent=starts_with_wording)
+    meta = run_direction(run, model, tok, direction_config(cfg.seed, cfg.coeff, **cfg.direction),
+                         model_name=cfg.model)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")
@@ -141,17 +133,13 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.tokens.contrast import ContrastConfig
-    from safesteer_interp.tokens.stage import run_tokens
-    from safesteer_interp.tokens.vote import SelectionConfig
-
     shutil.rmtree(run / "tokens", ignore_errors=True)
     model, tok = _load(cfg)
-    result = run_tokens(run, model, tok, contrast=ContrastConfig(horizon=cfg.horizon, samples=cfg.samples,
-                                                                 seed=cfg.seed), selection=SelectionConfig(k=cfg.k))
-    tokens = read_json(run / "tokens" / "tokens.json", "safety tokens")["tokens"]
+    contrast, vote = token_configs(horizon=cfg.horizon, samples=cfg.samples, seed=cfg.seed, k=cfg.k)
+    result = run_tokens(run, model, tok, contrast=contrast, vote=vote)
+    tokens = result.explanations
     log(f"  |S| = {len(tokens)}: {', '.join(t['token'] for t in tokens[:8])}{' ...' if len(tokens) > 8 else ''}")
-    return {"n_tokens": len(tokens), "stability": getattr(result, "stability", None) and "see tokens.json"}
+    return {"n_tokens": len(tokens), "stability": result.stability and "see tokens.json"}
 
 
 def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper", divergence: str = "reverse"):

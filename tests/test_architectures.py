@@ -26,8 +26,9 @@ from safesteer_interp.core.hooks import d_model, decoder_layers, n_layers
 from safesteer_interp.core.models import load_model
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.artifact import Direction, load_direction, save_direction
-from safesteer_interp.direction.select import NothingSurvived, SelectionConfig
-from safesteer_interp.direction.stage import DirectionConfig, find_direction, split_sets
+from safesteer_interp.direction.select import CandidateConfig, NothingSurvived
+from safesteer_interp.direction.sets import split_sets
+from safesteer_interp.direction.stage import DirectionConfig, find_direction
 from safesteer_interp.evaluate.judges import RefusalJudge, final_answer, starts_with_wording
 from safesteer_interp.evaluate.stage import CONTRACT_KEYS
 from safesteer_interp.testing import ARCHITECTURES, THINK_TOKENS, save_tiny_model, tiny_tokenizer
@@ -103,7 +104,7 @@ def test_pipeline_on_architecture(case, tmp_path):
     # ---- stage 1: candidates and selection (loose filters: a random model refuses nothing)
     sets = split_sets(load_instructions(harmful), load_instructions(harmless), 6, 2, 42)
     config = DirectionConfig(refusal_tokens=("sorry",), filter_prompts=False, max_new_tokens=4,
-                             selection=SelectionConfig(prune=0.0, kl_max=1e9, induce_min=-1e9))
+                             selection=CandidateConfig(prune=0.0, kl_max=1e9, induce_min=-1e9))
     candidates_file = run / "direction" / "candidates.safetensors"
     try:
         meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=str(folder))

@@ -53,7 +53,7 @@ def test_an_explicit_flag_beats_the_preset():
 def test_no_preset_keeps_the_package_defaults():
     from safesteer_interp.distill.trainer import DistillConfig
     from safesteer_interp.tokens.contrast import ContrastConfig
-    from safesteer_interp.tokens.vote import SelectionConfig
+    from safesteer_interp.tokens.vote import VoteConfig
 
     train, record = resolve("train", None)
     cfg = DistillConfig()
@@ -63,7 +63,7 @@ def test_no_preset_keeps_the_package_defaults():
                      "dtype": None}
     assert record["name"] is None and set(record["origin"].values()) == {"default"}
     tokens, _ = resolve("tokens", None)
-    contrast, selection = ContrastConfig(), SelectionConfig()
+    contrast, selection = ContrastConfig(), VoteConfig()
     assert tokens == {"model": None, "k": str(selection.k), "horizon": contrast.horizon, "samples": contrast.samples,
                       "method": selection.method, "k_inner": selection.k_inner, "min_prob": selection.min_prob}
     assert resolve("direction", None)[0] == {"model": "organism"}

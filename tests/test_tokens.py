@@ -27,11 +27,11 @@ from safesteer_interp.tokens.contrast import (
 from safesteer_interp.tokens.explain import direct_logit_attribution, jaccard, ranks_in_records, stability
 from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens, select_safety_tokens
 from safesteer_interp.tokens.vote import (
-    SelectionConfig,
+    VoteConfig,
     rank_tokens,
     resolve_k_inner,
     saturation,
-    select,
+    select_tokens,
     token_stats,
     vote_warning,
 )
@@ -90,7 +90,7 @@ def test_aggregation_equals_slow_reference(method, seed):
     min_prob = float(torch.quantile(rec.lp_steered.exp()[rec.valid].mean(0), 0.2))  # bans ~8 of 40 by the floor
     ids, scores, banned, n = _slow_reference(rec, 10, 7, min_prob, method)
     assert 24 < n < 48 and len(banned) >= 8 + 2  # masking and both kinds of banning are exercised
-    sel = select(rec, SelectionConfig(k=10, method=method, k_inner=7, min_prob=min_prob), special)
+    sel = select_tokens(rec, VoteConfig(k=10, method=method, k_inner=7, min_prob=min_prob), special)
     assert sel.stats.n_valid == n
     assert set(torch.nonzero(sel.stats.banned).flatten().tolist()) == banned
     assert sel.ids == ids
@@ -145,7 +145,7 @@ def test_stability_reselects_on_disjoint_prompt_halves():
     lp_s[1::2, :, [4, 5]] = lp_s[1::2, :, [5, 4]]  # odd prompts push "Sorry" hardest, even ones "I"
     rec = ContrastRecords(lp_s, rec.lp_base, rec.valid, rec.prompt_index, rec.continuation, rec.prompts,
                           meta={"samples": 8})
-    config = SelectionConfig(k=2, k_inner=12, share=0.6)
+    config = VoteConfig(k=2, k_inner=12, share=0.6)
     result = stability(rec, rec, torch.zeros(rec.vocab, dtype=torch.bool), config, ks=(1,))
     assert result.by_k["auto"]["jaccard_halves"] == 0.0  # {I} on one half, {Sorry} on the other
     assert result.by_k["auto"]["size"] == 2 and result.by_k["auto"]["jaccard_seeds"] == 1.0
@@ -159,7 +159,7 @@ def test_k_inner_auto_is_the_reference_on_paper_vocabularies_and_scales_down():
     assert resolve_k_inner("auto", 468) == 10 and resolve_k_inner("auto", 40) == 1  # the organism; tiny vocab
     assert resolve_k_inner(7, 468) == 7
     with pytest.raises(SafeSteerError, match="k_inner"):
-        SelectionConfig(k_inner=0)
+        VoteConfig(k_inner=0)
     rec = _random_records(0)
     assert torch.equal(token_stats(rec, None, "auto", 0.0).votes,
                        token_stats(rec, None, resolve_k_inner("auto", rec.vocab), 0.0).votes)
@@ -203,7 +203,7 @@ def test_steered_and_base_passes_equal_unbatched_hooked_forwards(steered):
 
 
 def test_selection_is_deterministic_for_a_seed(steered):
-    cfg, sel = ContrastConfig(horizon=3, samples=3, seed=7), SelectionConfig(k=8, k_inner=10)
+    cfg, sel = ContrastConfig(horizon=3, samples=3, seed=7), VoteConfig(k=8, k_inner=10)
     a = select_safety_tokens(steered, PROMPTS, cfg, sel, check_stability=False)
     b = select_safety_tokens(steered, PROMPTS, cfg, sel, check_stability=False)
     c = select_safety_tokens(steered, PROMPTS, ContrastConfig(horizon=3, samples=3, seed=8), sel,
@@ -235,7 +235,7 @@ def test_run_tokens_writes_explained_artifacts(qwen2, tmp_path):
     model, tok = qwen2
     _run_folder(tmp_path, model)
     result = run_tokens(tmp_path, model, tok, contrast=ContrastConfig(horizon=2, samples=2),
-                        selection=SelectionConfig(k=6, k_inner=8))
+                        vote=VoteConfig(k=6, k_inner=8))
     out = json.loads((tmp_path / "tokens" / "tokens.json").read_text())
     assert [t["id"] for t in out["tokens"]] == result.ids and len(out["tokens"]) == 6
     first = out["tokens"][0]

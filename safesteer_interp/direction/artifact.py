@@ -1,7 +1,8 @@
 """The selected refusal direction as a run-folder artifact: `RUN/direction/direction.safetensors` + `metadata.json`.
 
-The vector is the raw (unnormalised) difference in means at the selected (pos, layer), exactly what the reference
-adds with coeff 1.0. Every later stage (teacher, tokens, distillation, analyses) reads it through `load_direction`.
+The safetensors file holds the vector: the raw (unnormalised) difference in means at the selected (pos, layer),
+exactly what the reference adds with coeff 1.0. metadata.json holds where and how strongly it acts, with the stage's
+record. `save_direction` writes both; every later stage reads them through `load_direction`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from jaxtyping import Float
 from torch import Tensor
 
-from safesteer_interp.core.artifacts import read_json, read_tensors, write_tensors
+from safesteer_interp.core.artifacts import read_json, read_tensors, write_json, write_tensors
 from safesteer_interp.errors import SafeSteerError
 
 # Where a teacher adds the direction: every token (the reference), every prompt token but no generated one, or
@@ -43,39 +44,47 @@ class Direction:
     def unit(self) -> Float[Tensor, " d_model"]:
         return self.vector / self.vector.norm()
 
+    @property
+    def hook(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_pre"
+
 
 def direction_dir(run: str | Path) -> Path:
     return Path(run) / "direction"
 
 
-def save_direction(run: str | Path, direction: Direction) -> Path:
-    """Write `direction.safetensors` (vector + where it acts, in the file's metadata)."""
-    meta = {"layer": str(direction.layer), "pos": str(direction.pos), "coeff": repr(direction.coeff),
-            "positions": direction.positions, "axes": "d_model", "hook": f"blocks.{direction.layer}.hook_resid_pre"}
-    return write_tensors(direction_dir(run) / "direction.safetensors", {"direction": direction.vector.float()}, meta)
+def save_direction(run: str | Path, direction: Direction, record: dict | None = None) -> dict:
+    """Write the direction: the vector to `direction.safetensors`, where it acts to `metadata.json`.
+
+    `record` (the stage's report: selection, checks, validation, a preset) goes into metadata.json with it, in its
+    own key order; the direction's fields (layer, pos, coeff, positions, hook) always come from `direction`.
+    Returns metadata.json's content.
+    """
+    folder = direction_dir(run)
+    write_tensors(folder / "direction.safetensors", {"direction": direction.vector.float()}, {"axes": "d_model"})
+    where = {"layer": direction.layer, "pos": direction.pos, "coeff": direction.coeff,
+             "positions": direction.positions, "hook": direction.hook}
+    metadata = {**(record or {}), **where}
+    write_json(folder / "metadata.json", metadata)
+    return metadata
 
 
 def load_direction(run: str | Path) -> Direction:
-    """Read the direction selected for a run, with a clear error if stage 1 has not run."""
-    path = direction_dir(run) / "direction.safetensors"
-    if not path.is_file():
-        raise SafeSteerError(f"no refusal direction at {path}; run `safesteer-interp direction --out {run}` first")
+    """Read the direction selected for a run (the vector from the safetensors file, the rest from metadata.json),
+    with a clear error if stage 1 has not run."""
+    path, metadata = direction_dir(run) / "direction.safetensors", direction_dir(run) / "metadata.json"
+    if not path.is_file() or not metadata.is_file():
+        missing = path if not path.is_file() else metadata
+        raise SafeSteerError(f"no refusal direction at {missing}; run `safesteer-interp direction --out {run}` first")
     vector = read_tensors(path, "refusal direction")["direction"]
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata() or {}
+    meta = read_json(metadata, "direction metadata")
     try:
-        layer, pos, coeff = int(meta["layer"]), int(meta["pos"]), float(meta.get("coeff", "1.0"))
-    except (KeyError, ValueError) as err:
-        raise SafeSteerError(f"{path} lacks layer/pos metadata ({err}); rerun the direction stage") from err
+        layer, pos, coeff = int(meta["layer"]), int(meta["pos"]), float(meta.get("coeff", 1.0))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SafeSteerError(f"{metadata} lacks layer/pos ({err}); rerun the direction stage") from err
     positions = meta.get("positions", "all")
-    metadata = direction_dir(run) / "metadata.json"
-    if metadata.is_file():  # a coefficient or positions chosen later (e.g. --coeff auto) are in metadata.json
-        recorded = read_json(metadata, "direction metadata")
-        coeff, positions = float(recorded.get("coeff", coeff)), recorded.get("positions", positions)
     if positions not in TEACHER_POSITIONS:
-        raise SafeSteerError(f"{path}: steering positions {positions!r} must be one of "
+        raise SafeSteerError(f"{metadata}: steering positions {positions!r} must be one of "
                              f"{', '.join(TEACHER_POSITIONS)}; rerun the direction stage")
     return Direction(vector, layer, pos, coeff, positions)
 

@@ -24,7 +24,9 @@ from safesteer_interp.errors import SafeSteerError
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
+class CandidateConfig:
+    """How the [pos, layer] candidates are scored and which of them survive to be selected."""
+
     prune: float = 0.2  # drop layers l >= int(L * (1 - prune))
     kl_max: float = 0.1  # drop candidates whose ablation moves harmless next-token distributions more than this
     induce_min: float = 0.0  # drop candidates whose addition leaves the mean harmless refusal score below this
@@ -53,7 +55,7 @@ def kl_last_position(base: Float[Tensor, "batch vocab"],
 
 
 def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_model"], harmful_val: Sequence[str],
-                     harmless_val: Sequence[str], refusal_ids: Sequence[int], config: SelectionConfig,
+                     harmless_val: Sequence[str], refusal_ids: Sequence[int], config: CandidateConfig,
                      progress: Callable[[], None] = lambda: None) -> dict[str, Float[Tensor, "pos layer"]]:
     """The three scores of every candidate, plus the unsteered baselines."""
     n_pos, n_layer, _ = candidates.shape
@@ -78,7 +80,7 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
     return scores
 
 
-def select(scores: dict[str, Tensor], n_layers: int, config: SelectionConfig) -> tuple[int, int, dict]:
+def select_candidate(scores: dict[str, Tensor], n_layers: int, config: CandidateConfig) -> tuple[int, int, dict]:
     """(pos index, layer, report). Raises NothingSurvived with the report when every candidate is filtered."""
     ablation, steering, kl = scores["ablation"], scores["steering"], scores["kl"]
     n_pos, n_layer = ablation.shape

@@ -19,7 +19,7 @@ from torch import Tensor  # noqa: E402
 
 from safesteer_interp.core.artifacts import atomic_path, read_json, write_json, write_jsonl, write_tensors  # noqa: E402
 from safesteer_interp.errors import SafeSteerError  # noqa: E402
-from safesteer_interp.tokens.explain import reason  # noqa: E402
+from safesteer_interp.tokens.explain import TokenResult, reason  # noqa: E402
 from safesteer_interp.tokens.vote import Selection, mass_curve, saturation, vote_warning  # noqa: E402
 
 
@@ -95,7 +95,7 @@ def plot_mass_curve(selection: Selection, share: float, fixed_k: int | None, aut
     _save(fig, path)
 
 
-def markdown(result) -> str:
+def markdown(result: TokenResult) -> str:
     """A one-page summary a person can read."""
     cfg, n_valid = result.config, result.selection.stats.n_valid
     lines = [f"# Safety tokens S ({result.selection_label})", "",
@@ -126,7 +126,7 @@ def markdown(result) -> str:
     return "\n".join(lines)
 
 
-def write_report(out: Path, result, tokenizer) -> Path:
+def write_report(out: Path, result: TokenResult, tokenizer) -> Path:
     """Write every artifact of the stage into `out` (normally `RUN/tokens/`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@
 Every selected token gets the numbers that put it there (votes, by answer position; mean / max Δ; mean pi_0 and pi_T
 probabilities; Δ-weighted mass), the three contexts where it ranked highest, and how strongly the steering vector
 writes it directly through the unembedding. Stability re-selects S on disjoint prompt halves and on a second seed.
+`TokenResult` holds S with all of this: the stage returns it and `tokens.artifact` writes it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import final_norm
 from safesteer_interp.tokens.contrast import ContrastRecords, context_text, flatten_valid
-from safesteer_interp.tokens.vote import Selection, SelectionConfig, TokenStats, rank_tokens, token_stats
+from safesteer_interp.tokens.vote import Selection, VoteConfig, rank_tokens, stats_for
 
 
 # ------------------------------------------------------------------------------------- direct logit attribution
@@ -147,12 +148,8 @@ class Stability:
                 "seeds_informative": self.seeds_informative, "by_k": self.by_k}
 
 
-def _stats(records: ContrastRecords, special, config: SelectionConfig) -> TokenStats:
-    return token_stats(records, special if config.exclude_special else None, config.k_inner, config.min_prob)
-
-
 def stability(records: ContrastRecords, other_seed: ContrastRecords | None, special: Bool[Tensor, " vocab"],
-              config: SelectionConfig, ks: tuple[int, ...] = (5, 20, 50)) -> Stability:
+              config: VoteConfig, ks: tuple[int, ...] = (5, 20, 50)) -> Stability:
     """Re-select S on the even- and odd-indexed prompts (disjoint halves; banning recomputed per half) and on the
     records of a second seed: at `k="auto"`, at every K in `ks` and the main K with the configured ranking (keys
     "auto", "5", ...), and, when that ranking is not already the mass, at every K by mass (keys "mass@5", ...)."""
@@ -163,9 +160,9 @@ def stability(records: ContrastRecords, other_seed: ContrastRecords | None, spec
     even = records.prompt_index % 2 == 0
     halves = None
     if bool(even.any()) and bool((~even).any()):
-        halves = (_stats(records.rows(even), special, config), _stats(records.rows(~even), special, config))
-    seed_stats = None if other_seed is None else _stats(other_seed, special, config)
-    full = _stats(records, special, config)
+        halves = (stats_for(records.rows(even), config, special), stats_for(records.rows(~even), config, special))
+    seed_stats = None if other_seed is None else stats_for(other_seed, config, special)
+    full = stats_for(records, config, special)
     by_k, selections = {}, []
     for key, k, method in settings:
         entry = {}
@@ -189,5 +186,29 @@ def stability(records: ContrastRecords, other_seed: ContrastRecords | None, spec
     return Stability(by_k, str(config.k), selections, seeds_informative=sampled)
 
 
-__all__ = ["Stability", "direct_logit_attribution", "explain_tokens", "jaccard", "ranks_in_records", "reason",
-           "stability", "typical_final_rms"]
+@dataclass(frozen=True)
+class TokenResult:
+    """S and everything that explains it: what the tokens stage returns and `tokens.artifact` writes."""
+
+    selection: Selection  # the main S: fixed K (reference) or k auto
+    fixed: Selection  # the reference's fixed-K set (always computed)
+    auto: Selection  # the automatic-size set (always computed)
+    explanations: list[dict]  # one per token of `selection`, best first
+    stability: Stability | None
+    records: ContrastRecords
+    config: dict
+    dla_info: dict | None
+
+    @property
+    def ids(self) -> list[int]:
+        return self.selection.ids
+
+    @property
+    def selection_label(self) -> str:
+        if self.selection.k == "auto":
+            return f"k auto (share {self.config['share']:.0%} of the Δ-weighted teacher mass)"
+        return f"{self.config['method']}, K={self.selection.k}"
+
+
+__all__ = ["Stability", "TokenResult", "direct_logit_attribution", "explain_tokens", "jaccard", "ranks_in_records",
+           "reason", "stability", "typical_final_rms"]

@@ -1,58 +1,35 @@
 """Stage 2: the safety tokens S, the few vocabulary tokens through which the steered teacher differs from the base.
 
-Score the teacher-vs-base log-ratio at the first H answer positions (`token_scores`), aggregate it into one global
-set by vote or mean (`token_vote`), and explain every chosen token and the set's stability (`token_explain`);
-`token_report` writes it all to `RUN/tokens/`. `select_safety_tokens` is the Python entry point, `run_tokens` the CLI's.
+Score the teacher-vs-base log-ratio at the first H answer positions (`contrast`), aggregate it into one global set
+by vote, mean or mass (`vote`), and explain every chosen token and the set's stability (`explain`); `artifact`
+writes it all to `RUN/tokens/`. `select_safety_tokens` is the Python entry point, `run_tokens` the stage's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 from typing import Literal
 
 from safesteer_interp.core.artifacts import read_json
 from safesteer_interp.core.hooks import Positions
-from safesteer_interp.direction.artifact import direction_dir, load_direction
+from safesteer_interp.direction.artifact import check_positions, direction_dir, load_direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.teacher import SteeredTeacher, TeacherKind, make_teacher
-from safesteer_interp.tokens.contrast import ContrastConfig, ContrastRecords, score_contrast, special_token_mask
+from safesteer_interp.tokens.artifact import write_report
+from safesteer_interp.tokens.contrast import ContrastConfig, score_contrast, special_token_mask
 from safesteer_interp.tokens.explain import (
-    Stability,
+    TokenResult,
     direct_logit_attribution,
     explain_tokens,
     stability,
     typical_final_rms,
 )
-from safesteer_interp.tokens.vote import Selection, SelectionConfig, rank_tokens, resolve_k_inner, token_stats
+from safesteer_interp.tokens.vote import VoteConfig, rank_tokens, resolve_k_inner, stats_for
 
 PromptSet = Literal["harmless", "harmful"]
 REFERENCE_K = 50  # the released scripts' K, used for the fixed-size set reported next to `k auto`
-
-
-@dataclass(frozen=True)
-class TokenResult:
-    """S and everything that explains it."""
-
-    selection: Selection  # the main S: fixed K (reference) or k auto
-    fixed: Selection  # the reference's fixed-K set (always computed)
-    auto: Selection  # the automatic-size set (always computed)
-    explanations: list[dict]  # one per token of `selection`, best first
-    stability: Stability | None
-    records: ContrastRecords
-    config: dict
-    dla_info: dict | None
-
-    @property
-    def ids(self) -> list[int]:
-        return self.selection.ids
-
-    @property
-    def selection_label(self) -> str:
-        if self.selection.k == "auto":
-            return f"k auto (share {self.config['share']:.0%} of the Δ-weighted teacher mass)"
-        return f"{self.config['method']}, K={self.selection.k}"
 
 
 def default_selection_prompts(run: str | Path, on: PromptSet = "harmless") -> list[str]:
@@ -71,22 +48,49 @@ def default_selection_prompts(run: str | Path, on: PromptSet = "harmless") -> li
     return prompts
 
 
+def default_on(teacher_kind: TeacherKind) -> PromptSet:
+    """The reference's prompts: harmless ones for the vector teacher, harmful ones for the prompt teacher."""
+    return "harmless" if teacher_kind == "vector" else "harmful"
+
+
+def check_inputs(run: str | Path, teacher_kind: str, on: PromptSet | None = None,
+                 positions: str | None = None) -> tuple[PromptSet, list[str]]:
+    """(on, prompts) of a tokens run, checked before any model is loaded: a known teacher and positions, the run's
+    direction (vector teacher) and its filtered validation prompts."""
+    if teacher_kind not in ("vector", "prompt"):
+        raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not '{teacher_kind}'")
+    check_positions(positions)
+    if teacher_kind == "vector":
+        load_direction(run)
+    on = on or default_on(teacher_kind)
+    return on, default_selection_prompts(run, on)
+
+
+def token_configs(**values) -> tuple[ContrastConfig, VoteConfig]:
+    """ContrastConfig and VoteConfig from plain values (CLI options, `RunConfig`), each taking its own fields."""
+    contrast, vote = ({f.name for f in fields(cls)} for cls in (ContrastConfig, VoteConfig))
+    unknown = set(values) - contrast - vote
+    if unknown:
+        raise TypeError(f"unknown token-selection settings: {', '.join(sorted(unknown))}")
+    return (ContrastConfig(**{k: v for k, v in values.items() if k in contrast}),
+            VoteConfig(**{k: v for k, v in values.items() if k in vote}))
+
+
 def select_safety_tokens(teacher: SteeredTeacher, prompts: Sequence[str], contrast: ContrastConfig = ContrastConfig(),
-                         selection: SelectionConfig = SelectionConfig(), *, check_stability: bool = True,
+                         vote: VoteConfig = VoteConfig(), *, check_stability: bool = True,
                          stability_ks: tuple[int, ...] = (5, 20, 50),
                          progress: Callable[[int], None] | None = None) -> TokenResult:
     """Select S on `prompts` and explain it (stability costs a second scoring pass with seed + 1)."""
     records = score_contrast(teacher, prompts, contrast, progress=progress)
     special = special_token_mask(teacher.tokenizer, records.vocab)
-    stats = token_stats(records, special if selection.exclude_special else None, selection.k_inner,
-                        selection.min_prob)
-    k_fixed = REFERENCE_K if selection.k == "auto" else selection.k
-    fixed = rank_tokens(stats, k_fixed, selection.method)
-    auto = rank_tokens(stats, "auto", share=selection.share)
-    main = auto if selection.k == "auto" else fixed
+    stats = stats_for(records, vote, special)
+    k_fixed = REFERENCE_K if vote.k == "auto" else vote.k
+    fixed = rank_tokens(stats, k_fixed, vote.method)
+    auto = rank_tokens(stats, "auto", share=vote.share)
+    main = auto if vote.k == "auto" else fixed
 
     dla, dla_info = None, None
-    if getattr(teacher, "direction", None) is not None:
+    if teacher.direction is not None:  # the prompt teacher steers nothing
         rms = typical_final_rms(records)
         dla = direct_logit_attribution(teacher.model, teacher.direction.vector, teacher.coeff, rms)
         dla_info = {"definition": "W_U[v] . (final-norm gain * coeff * r) / rms, centred over the vocabulary",
@@ -96,17 +100,17 @@ def select_safety_tokens(teacher: SteeredTeacher, prompts: Sequence[str], contra
     stab = None
     if check_stability:
         other = score_contrast(teacher, prompts, replace(contrast, seed=contrast.seed + 1), progress=progress)
-        stab = stability(records, other, special, selection, stability_ks)
-    config = {**asdict(contrast), **asdict(selection), "k_fixed": k_fixed,
-              "k_inner_used": resolve_k_inner(selection.k_inner, records.vocab), "teacher": teacher.kind,
-              "coeff": getattr(teacher, "coeff", None), "n_prompts": len(records.prompts),
+        stab = stability(records, other, special, vote, stability_ks)
+    config = {**asdict(contrast), **asdict(vote), "k_fixed": k_fixed,
+              "k_inner_used": resolve_k_inner(vote.k_inner, records.vocab), "teacher": teacher.kind,
+              "coeff": teacher.coeff, "n_prompts": len(records.prompts),
               "on": records.meta.get("on", "given"), "end_of_turn_ids": records.meta["end_of_turn_ids"]}
     return TokenResult(main, fixed, auto, explanations, stab, records, config, dla_info)
 
 
 def run_tokens(run: str | Path, model, tokenizer, *, prompts: Sequence[str] | None = None, on: PromptSet | None = None,
                teacher_kind: TeacherKind = "vector", coeff: float | None = None, positions: Positions | None = None,
-               contrast: ContrastConfig = ContrastConfig(), selection: SelectionConfig = SelectionConfig(),
+               contrast: ContrastConfig = ContrastConfig(), vote: VoteConfig = VoteConfig(),
                check_stability: bool = True, progress: Callable[[int], None] | None = None,
                extra_config: dict | None = None) -> TokenResult:
     """The CLI's stage: read the direction (vector teacher) and prompts from RUN, select, write `RUN/tokens/`.
@@ -114,18 +118,16 @@ def run_tokens(run: str | Path, model, tokenizer, *, prompts: Sequence[str] | No
     Default prompts follow the reference: filtered harmless validation prompts for the vector teacher, filtered
     harmful ones for the prompt teacher. `extra_config` (e.g. the CLI's preset record) is stored in the config.
     """
-    from safesteer_interp.tokens.artifact import write_report
-
     direction = load_direction(run) if teacher_kind == "vector" else None
     teacher = make_teacher(model, tokenizer, teacher_kind, direction, coeff=coeff, positions=positions)
-    on = on or ("harmless" if teacher_kind == "vector" else "harmful")
+    on = on or default_on(teacher_kind)
     prompts = list(prompts) if prompts is not None else default_selection_prompts(run, on)
-    result = select_safety_tokens(teacher, prompts, contrast, selection, check_stability=check_stability,
+    result = select_safety_tokens(teacher, prompts, contrast, vote, check_stability=check_stability,
                                   progress=progress)
     result.config.update(on=on, positions=str(teacher.positions), **(extra_config or {}))
     write_report(Path(run) / "tokens", result, tokenizer)
     return result
 
 
-__all__ = ["REFERENCE_K", "TokenResult", "default_selection_prompts", "run_tokens",
-           "select_safety_tokens"]
+__all__ = ["REFERENCE_K", "check_inputs", "default_on", "default_selection_prompts", "run_tokens",
+           "select_safety_tokens", "token_configs"]

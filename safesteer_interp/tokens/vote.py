@@ -39,8 +39,9 @@ def resolve_k_inner(k_inner: int | Literal["auto"], vocab: int) -> int:
 
 
 @dataclass(frozen=True)
-class SelectionConfig:
-    """The reference's selection knobs (released scripts: vote, K=50, K'=200) plus the automatic size."""
+class VoteConfig:
+    """How the records elect S: the reference's knobs (released scripts: vote, K=50, K'=200) plus the automatic
+    size."""
 
     k: int | Literal["auto"] = 50  # |S| at most K (fewer if fewer tokens score > 0); "auto": by mass share
     method: Method = "vote"
@@ -225,11 +226,16 @@ def mass_curve(stats: TokenStats) -> Float[Tensor, " ranked"]:
     return ranked[ranked > 0].cumsum(0)
 
 
-def select(records: ContrastRecords, config: SelectionConfig, special: Bool[Tensor, " vocab"] | None) -> Selection:
+def stats_for(records: ContrastRecords, config: VoteConfig, special: Bool[Tensor, " vocab"] | None) -> TokenStats:
+    """`token_stats` with a config's banning (special tokens unless kept, the probability floor) and K'."""
+    return token_stats(records, special if config.exclude_special else None, config.k_inner, config.min_prob)
+
+
+def select_tokens(records: ContrastRecords, config: VoteConfig,
+                  special: Bool[Tensor, " vocab"] | None) -> Selection:
     """The whole aggregation in one call: `token_stats` then `rank_tokens`."""
-    stats = token_stats(records, special if config.exclude_special else None, config.k_inner, config.min_prob)
-    return rank_tokens(stats, config.k, config.method, config.share)
+    return rank_tokens(stats_for(records, config, special), config.k, config.method, config.share)
 
 
-__all__ = ["K_INNER_REFERENCE", "Method", "Selection", "SelectionConfig", "TokenStats", "mass_curve", "rank_tokens",
-           "resolve_k_inner", "saturation", "select", "token_stats", "vote_warning"]
+__all__ = ["K_INNER_REFERENCE", "Method", "Selection", "TokenStats", "VoteConfig", "mass_curve", "rank_tokens",
+           "resolve_k_inner", "saturation", "select_tokens", "stats_for", "token_stats", "vote_warning"]

@@ -1,0 +1,97 @@
+"""The instructions stage 1 works on: harmful and harmless train / val sets, plus held-out sets for the validation.
+
+Sets come from the organism's own splits or from two instruction lists (real models), by seeded draws that do not
+depend on input order. `filter_sets` then keeps, as the reference does, only the harmful prompts the base model
+already leans to refuse and the harmless ones it leans to answer (by its own refusal score).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from safesteer_interp.core.models import is_organism
+from safesteer_interp.data.prompts import load_instructions
+from safesteer_interp.direction.refusal_score import refusal_scores
+from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.judges import starts_with_wording
+from safesteer_interp.organism import world
+
+SPLITS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")
+
+
+@dataclass(frozen=True)
+class InstructionSets:
+    """Train/val instructions for direction finding, plus held-out sets for the validation block."""
+
+    harmful_train: list[str]
+    harmless_train: list[str]
+    harmful_val: list[str]
+    harmless_val: list[str]
+    held_out: dict[str, list[str]] = field(default_factory=dict)  # e.g. harmless / gap / refused test prompts
+
+
+def draw(items: Sequence[str], n: int, rng: random.Random) -> list[str]:
+    """Up to n distinct items, seeded, independent of input order (sorted first: never iterate a set to sample).
+    Unlike `data.prompts.sample`, the result is in draw order, not file order."""
+    pool = sorted(set(items))
+    return rng.sample(pool, min(n, len(pool)))
+
+
+def organism_sets(n_train: int = 128, n_val: int = 32, seed: int = 42) -> InstructionSets:
+    """The organism's own splits: refused-category harm vs harmless requests; held-out = test split."""
+    rng = random.Random(seed)
+    test = {g: world.prompts(g, "test") for g in ("harmless", "gap", "refused")}
+    return InstructionSets(draw(world.prompts("refused", "train"), n_train, rng),
+                           draw(world.prompts("harmless", "train"), n_train, rng),
+                           draw(world.prompts("refused", "val"), n_val, rng),
+                           draw(world.prompts("harmless", "val"), n_val, rng),
+                           held_out={g: draw(p, 64, random.Random(seed + 1)) for g, p in test.items()})
+
+
+def split_sets(harmful: Sequence[str], harmless: Sequence[str], n_train: int, n_val: int, seed: int) -> InstructionSets:
+    """Train/val from two instruction lists (real models): disjoint seeded draws."""
+    for name, items in (("harmful", harmful), ("harmless", harmless)):
+        if len(items) < 2:
+            raise SafeSteerError(f"the {name} instruction set has {len(items)} prompts; need at least 2")
+    rng = random.Random(seed)
+    a, b = draw(harmful, n_train + n_val, rng), draw(harmless, n_train + n_val, rng)
+    cut_a, cut_b = max(1, len(a) * n_train // (n_train + n_val)), max(1, len(b) * n_train // (n_train + n_val))
+    return InstructionSets(a[:cut_a], b[:cut_b], a[cut_a:], b[cut_b:],
+                           held_out={"harmful": a[cut_a:], "harmless": b[cut_b:]})
+
+
+def instruction_sets(model_spec: str, n_train: int, n_val: int, seed: int, harmful: str | None = None,
+                     harmless: str | None = None) -> tuple[InstructionSets, Callable[[str], bool] | None]:
+    """The sets for a model, and the stricter `coherent` judge when the model has known refusal wordings.
+
+    The organism uses its own splits and wordings unless both instruction sources are given; any other model needs
+    both (a file or dataset with an `instruction` column).
+    """
+    if harmful is None and harmless is None and is_organism(model_spec):
+        return organism_sets(n_train, n_val, seed), starts_with_wording
+    if harmful is None or harmless is None:
+        raise SafeSteerError("pass both --harmful and --harmless (a file or dataset with an `instruction` column) "
+                             "for a model other than the organism")
+    return split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed), None
+
+
+def filter_sets(model, tokenizer, sets: InstructionSets, ids: Sequence[int]) -> tuple[InstructionSets, dict]:
+    """Keep harmful prompts the model leans to refuse (score > 0) and harmless ones it leans to answer (< 0)."""
+    kept, counts = {}, {}
+    for name, sign in zip(SPLITS, (1, -1, 1, -1), strict=True):
+        prompts = getattr(sets, name)
+        scores = refusal_scores(model, tokenizer, prompts, ids)
+        kept[name] = [p for p, s in zip(prompts, scores.tolist(), strict=True) if sign * s > 0]
+        counts[name] = {"before": len(prompts), "after": len(kept[name])}
+        if not kept[name]:
+            raise SafeSteerError(f"filtering by refusal score left no {name} prompts ({len(prompts)} before); the "
+                                 "model does not separate harmful from harmless here — check the prompt sets or "
+                                 "--refusal-tokens")
+    return InstructionSets(**kept, held_out=sets.held_out), counts
+
+
+def unfiltered(sets: InstructionSets) -> tuple[InstructionSets, dict]:
+    """`filter_sets`' result with filtering off (diagnostics and tests): every prompt kept."""
+    return sets, {k: {"before": len(getattr(sets, k)), "after": len(getattr(sets, k))} for k in SPLITS}
