@@ -1,8 +1,9 @@
 """A run's report, `RUN/report.md` and a self-contained `RUN/report.html`, built from whatever stages have run.
 
-Each section reads one stage's artifacts (summary.json, direction/, tokens/, train/, eval/*/samples.jsonl) into
-neutral blocks (headings, tables, images, notes); one renderer writes Markdown with relative image paths, the other
-HTML with inline CSS and base64 images, so the page opens offline. A stage that has not run is shown as "not run".
+Each section reads one stage's artifacts (summary.json, direction/, tokens/, train/, eval/*/samples.jsonl,
+analysis/index.json) into neutral blocks (headings, tables, images, notes); one renderer writes Markdown with
+relative image paths, the other HTML with inline CSS and base64 images, so the page opens offline. A stage that has
+not run is shown as "not run".
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safesteer_interp.core.artifacts import atomic_path, read_json
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.plots import compare_tradeoff, tradeoff, training_curves
+from safesteer_interp.tokens.explain import reason
 
 MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
 COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
@@ -101,6 +103,23 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
+def read_artifact(path: Path, what: str, stage: str, name: str, hint: str,
+                  list_key: str | None = None) -> dict | NotRun:
+    """A stage's JSON artifact, or the NotRun block a section shows instead (stage not run, or file unreadable).
+
+    `list_key`: a key whose value must be a list (the section iterates it).
+    """
+    if not path.is_file():
+        return NotRun(stage, hint)
+    try:
+        data = read_json(path, what)
+        if list_key is not None and not isinstance(data.get(list_key) if isinstance(data, dict) else None, list):
+            raise SafeSteerError(f"{path} has no '{list_key}' list")
+    except SafeSteerError as err:
+        return NotRun(f"{stage} ({name} unreadable)", str(err))
+    return data
+
+
 def section_tradeoff(run: Path, assets: Path) -> list:
     blocks: list = [Heading("Trade-off: safety, over-refusal, capability, drift")]
     if not (run / "summary.json").is_file():
@@ -128,12 +147,10 @@ def section_tradeoff(run: Path, assets: Path) -> list:
 def section_direction(run: Path) -> list:
     folder = run / "direction"
     blocks: list = [Heading("Stage 1: refusal direction")]
-    if not (folder / "metadata.json").is_file():
-        return blocks + [NotRun("direction stage", f"run `safesteer-interp direction --out {run}`")]
-    try:
-        meta = read_json(folder / "metadata.json", "direction metadata")
-    except SafeSteerError as err:
-        return blocks + [NotRun("direction stage (metadata unreadable)", str(err))]
+    meta = read_artifact(folder / "metadata.json", "direction metadata", "direction stage", "metadata",
+                         f"run `safesteer-interp direction --out {run}`")
+    if isinstance(meta, NotRun):
+        return blocks + [meta]
     rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
             for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
     for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
@@ -161,8 +178,6 @@ def section_direction(run: Path) -> list:
 
 def token_reason(item: dict, n_valid: int | None) -> str:
     """The tokens stage's own one-line reason when the record is complete, else what the record holds."""
-    from safesteer_interp.tokens.explain import reason
-
     try:
         return reason(item, n_valid or 0)
     except (KeyError, TypeError, ValueError):
@@ -184,15 +199,12 @@ def best_context(item: dict) -> str:
 def section_tokens(run: Path) -> list:
     folder = run / "tokens"
     blocks: list = [Heading("Stage 2: safety tokens S")]
-    if not (folder / "tokens.json").is_file():
-        return blocks + [NotRun("safety-token stage", f"run `safesteer-interp tokens --run {run}`")]
-    try:
-        data = read_json(folder / "tokens.json", "safety tokens")
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
-            raise SafeSteerError(f"{folder / 'tokens.json'} has no 'tokens' list")
-    except SafeSteerError as err:
-        return blocks + [NotRun("safety-token stage (tokens.json unreadable)", str(err))]
+    # the whole tokens.json (S with its evidence); tokens.artifact.load_safety_tokens returns only the ids
+    data = read_artifact(folder / "tokens.json", "safety tokens", "safety-token stage", "tokens.json",
+                         f"run `safesteer-interp tokens --run {run}`", list_key="tokens")
+    if isinstance(data, NotRun):
+        return blocks + [data]
+    tokens = data["tokens"]
     n_valid = data.get("n_valid_records")
     blocks.append(Para(f"{len(tokens)} tokens ({data.get('selection', 'selection not recorded')}), best first, "
                        "each with the evidence that put it in S (votes by answer position h, mean probabilities "
@@ -252,6 +264,45 @@ def section_samples(run: Path) -> list:
             rows.append([group, prompt, *cells])
     blocks.append(Para("Greedy answers to the same held-out prompts; [refusal] marks the substring judge's verdict."))
     blocks.append(Table(["group", "prompt", *models], rows))
+    return blocks
+
+
+def section_analysis(run: str | Path) -> list:
+    """The analyses' blocks, read from RUN/analysis/index.json (written by `safesteer-interp analyze`), if it exists."""
+    run = Path(run)
+    path = run / "analysis" / "index.json"
+    if not path.is_file():
+        return [Heading("Analyses"), NotRun("analyses", f"safesteer-interp analyze --run {run}")]
+    index = read_json(path, "analysis index")
+    blocks = [Heading("Analyses"), Para(f"Written by `safesteer-interp analyze` (model {index.get('model')}); files "
+                                        "are under RUN/analysis/.")]
+    for entry in index.get("analyses", []):
+        blocks += analysis_entry(run, entry)
+    return blocks
+
+
+def show(value) -> str:
+    """A headline number, or a list of them, as a table cell."""
+    return "[" + ", ".join(map(show, value)) + "]" if isinstance(value, list) else fmt(value)
+
+
+def analysis_entry(run: Path, entry: dict) -> list:
+    """One analysis of the index: its settings, headline numbers, PNGs and the names of its other files."""
+    blocks: list = [Heading(entry["title"], 3)]
+    if entry.get("skipped"):
+        return blocks + [Para(f"skipped: {entry['skipped']}")]
+    cfg = entry.get("settings", {})
+    if cfg:
+        blocks.append(Para(f"{cfg.get('n_prompts')} prompts per group, {cfg.get('samples')} samples each, "
+                           f"seed {cfg.get('seed')}, student: {cfg.get('student')}."))
+    rows = [[k, show(v)] for k, v in entry["headline"].items()]
+    blocks.append(Table(["number", "value"], rows))
+    for f in entry["files"]:
+        if f.endswith(".png"):
+            blocks.append(Image(run / f, entry["title"]))
+    others = [f for f in entry["files"] if not f.endswith(".png")]
+    if others:
+        blocks.append(Para("Files: " + ", ".join(others)))
     return blocks
 
 
@@ -345,8 +396,6 @@ def build_report(run: str | Path) -> dict[str, Path]:
         raise SafeSteerError(f"run folder {run} does not exist; pass a folder written by `safesteer-interp run`")
     assets = run / "report"
     assets.mkdir(exist_ok=True)
-    from safesteer_interp.analyses.run_analyses import section_analysis
-
     blocks = (section_tradeoff(run, assets) + section_direction(run) + section_tokens(run)
               + section_training(run, assets) + section_samples(run) + section_analysis(run))
     title = f"SafeSteer report: {run.resolve().name}"
@@ -385,4 +434,5 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Path]
     return {"markdown": out / "compare.md", "html": out / "compare.html", "plot": plot, "json": out / "compare.json"}
 
 
-__all__ = ["build_report", "compare_runs", "render_html", "render_markdown", "tradeoff_table"]
+__all__ = ["build_report", "compare_runs", "render_html", "render_markdown", "section_analysis",
+           "tradeoff_table"]
