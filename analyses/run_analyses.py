@@ -1,7 +1,7 @@
 """All analyses of one run folder: load the models once, share the student rollouts, write RUN/analysis/index.json.
 
 `analyze_run(run)` is what `safesteer-interp analyze --run RUN` calls; the report reads the index it writes
-(`report.build.section_analysis`), so the run's report links every PNG/HTML/JSON the analyses wrote.
+(`report.sections.section_analysis`), so the run's report links every PNG/HTML/JSON the analyses wrote.
 """
 
 from __future__ import annotations

@@ -162,6 +162,19 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
                          zip(rows[:4], answers[:4])]}
 
 
+def judged_answers(policy: Policy, spec: str | EvalSpec, split: str, examples, max_new_tokens: int,
+                   batch_size: int, judge) -> tuple[dict, list[dict], list[str]]:
+    """(metrics, judged answer records, harmless prompts for the drift) on the organism's world or on prompt files."""
+    if spec == "organism":
+        metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
+        return metrics, records, [r["prompt"] for r in records if r["group"] == "harmless"]
+    if isinstance(spec, EvalSpec):
+        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
+        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
+        return metrics, records, harmless
+    raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
+
+
 def multiple_choice(policy: Policy, sources: Sequence[str], split: str, limit: int | None, mode: Mode) -> dict:
     """Log-likelihood multiple choice under the policy's view: source -> {accuracy, n, mode}."""
     results = {}
@@ -204,16 +217,9 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     policy = as_policy(model, tokenizer)
     reference = resolve_base(base, policy)
     judge = RefusalJudge()
-    if spec == "organism":
-        metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
-        harmless = [r["prompt"] for r in records if r["group"] == "harmless"]
-    elif isinstance(spec, EvalSpec):
-        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
-        mc = tuple(mc) + spec.mc
-        mc_limit, mc_mode = mc_limit or spec.mc_limit, spec.mc_mode
-        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
-    else:
-        raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
+    metrics, records, harmless = judged_answers(policy, spec, split, examples, max_new_tokens, batch_size, judge)
+    if isinstance(spec, EvalSpec):  # a real model's spec brings its own multiple-choice sets
+        mc, mc_limit, mc_mode = tuple(mc) + spec.mc, mc_limit or spec.mc_limit, spec.mc_mode
 
     mc_results = multiple_choice(policy, mc, getattr(spec, "mc_split", "test"), mc_limit, mc_mode)
     if mc_results and spec != "organism":  # for a real model, multiple choice *is* the capability probe
