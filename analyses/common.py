@@ -8,6 +8,7 @@ is between distributions over one shared prefix. `Writer` puts PNG/HTML/JSON int
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,14 @@ from jaxtyping import Bool, Float, Int  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from safesteer_interp.core.artifacts import atomic_path, read_json, write_json  # noqa: E402
+from safesteer_interp.core.models import is_organism, load_model  # noqa: E402
+from safesteer_interp.core.scoring import answer_logprobs  # noqa: E402
+from safesteer_interp.direction.artifact import load_direction  # noqa: E402
+from safesteer_interp.distill.rollout import sample_rollout  # noqa: E402
 from safesteer_interp.errors import SafeSteerError  # noqa: E402
+from safesteer_interp.organism import world  # noqa: E402
+from safesteer_interp.teacher import SteeredTeacher  # noqa: E402
+from safesteer_interp.tokens.artifact import load_safety_tokens  # noqa: E402
 
 HARMFUL_GROUPS = ("gap", "refused")  # the organism's harmful requests (complied-with first: the safety gap)
 HARMLESS_GROUPS = ("harmless",)
@@ -42,8 +50,6 @@ class RunInputs:
     prompts: dict[str, list[str]] = field(default_factory=dict)  # "harmful" / "harmless" -> instructions
 
     def teacher(self):
-        from safesteer_interp.teacher import SteeredTeacher
-
         return SteeredTeacher(self.base, self.tokenizer, self.direction)
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
@@ -64,8 +70,6 @@ def run_model_spec(run: Path, model: str | None) -> str:
 
 def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, list[str]]:
     """Held-out harmful and harmless instructions: the run's evaluation samples, else the organism's test split."""
-    import random
-
     groups: dict[str, list[str]] = {"harmful": [], "harmless": []}
     samples = run / "eval" / "base" / "samples.jsonl"
     if samples.is_file():
@@ -75,14 +79,10 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
                    "harmless" if row.get("group") in HARMLESS_GROUPS else None)
             if key and row.get("prompt") not in groups[key]:
                 groups[key].append(row["prompt"])
+    elif not is_organism(model_spec):
+        raise SafeSteerError(f"{samples} is missing and '{model_spec}' is not the organism: run the eval stage "
+                             "first so the analyses know which held-out prompts to use")
     else:
-        from safesteer_interp.core.models import is_organism
-
-        if not is_organism(model_spec):
-            raise SafeSteerError(f"{samples} is missing and '{model_spec}' is not the organism: run the eval stage "
-                                 "first so the analyses know which held-out prompts to use")
-        from safesteer_interp.organism import world
-
         for key, names in (("harmful", HARMFUL_GROUPS), ("harmless", HARMLESS_GROUPS)):
             groups[key] = [p for g in names for p in world.prompts(g, "test")]
     rng = random.Random(seed)
@@ -96,10 +96,6 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
 def load_inputs(run: str | Path, *, model: str | None = None, n_prompts: int = 8, seed: int = 0,
                 student: str | Path | None = None) -> RunInputs:
     """Open a run folder: base model (from run_config.json unless `model`), student (RUN/train/model), direction, S."""
-    from safesteer_interp.core.models import load_model
-    from safesteer_interp.direction.artifact import load_direction
-    from safesteer_interp.tokens.artifact import load_safety_tokens
-
     run = Path(run)
     if not run.is_dir():
         raise SafeSteerError(f"run folder {run} does not exist; pass a folder written by `safesteer-interp run`")
@@ -133,9 +129,6 @@ def score(inputs: RunInputs, instructions: Sequence[str], *, sampler: str = "stu
 
     Before training ('student' absent) the student *is* the base model, as at step 0 of distillation.
     """
-    from safesteer_interp.core.scoring import answer_logprobs
-    from safesteer_interp.distill.rollout import sample_rollout
-
     student = inputs.student if inputs.student is not None else inputs.base
     source = student if sampler == "student" else inputs.base
     rollout = sample_rollout(source, inputs.tokenizer, list(instructions), samples=samples,

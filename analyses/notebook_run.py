@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from safesteer_interp.core.models import resolve_model_path
 from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline
 
 
@@ -25,8 +26,6 @@ def small_config(model: str = "organism") -> RunConfig:
 
 
 def cache_folder(model: str) -> Path:
-    from safesteer_interp.core.models import resolve_model_path
-
     weights = Path(resolve_model_path(model)) / "model.safetensors"
     stamp = f"{weights.resolve()}:{weights.stat().st_mtime_ns}:{weights.stat().st_size}" if weights.is_file() else model
     key = hashlib.sha256(f"{stamp}:{small_config(model)}".encode()).hexdigest()[:12]

@@ -1,7 +1,7 @@
 """All analyses of one run folder: load the models once, share the student rollouts, write RUN/analysis/index.json.
 
-`analyze_run(run)` is what `safesteer-interp analyze --run RUN` calls; `section_analysis(run)` turns the index into
-the report's blocks so the run's report links every PNG/HTML/JSON the analyses wrote.
+`analyze_run(run)` is what `safesteer-interp analyze --run RUN` calls; the report reads the index it writes
+(`report.sections.section_analysis`), so the run's report links every PNG/HTML/JSON the analyses wrote.
 """
 
 from __future__ import annotations
@@ -64,38 +64,4 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
     return index
 
 
-def section_analysis(run: str | Path) -> list:
-    """Report blocks (report.py's Heading / Para / Table / Image) for RUN/analysis/index.json, if it exists."""
-    from safesteer_interp.report.build import Heading, Image, NotRun, Para, Table, fmt
-
-    def show(value) -> str:
-        return "[" + ", ".join(map(show, value)) + "]" if isinstance(value, list) else fmt(value)
-
-    run = Path(run)
-    path = run / "analysis" / "index.json"
-    if not path.is_file():
-        return [Heading("Analyses"), NotRun("analyses", f"safesteer-interp analyze --run {run}")]
-    index = read_json(path, "analysis index")
-    blocks = [Heading("Analyses"), Para(f"Written by `safesteer-interp analyze` (model {index.get('model')}); files "
-                                        "are under RUN/analysis/.")]
-    for entry in index.get("analyses", []):
-        blocks.append(Heading(entry["title"], 3))
-        if entry.get("skipped"):
-            blocks.append(Para(f"skipped: {entry['skipped']}"))
-            continue
-        cfg = entry.get("settings", {})
-        if cfg:
-            blocks.append(Para(f"{cfg.get('n_prompts')} prompts per group, {cfg.get('samples')} samples each, "
-                               f"seed {cfg.get('seed')}, student: {cfg.get('student')}."))
-        rows = [[k, show(v)] for k, v in entry["headline"].items()]
-        blocks.append(Table(["number", "value"], rows))
-        for f in entry["files"]:
-            if f.endswith(".png"):
-                blocks.append(Image(run / f, entry["title"]))
-        others = [f for f in entry["files"] if not f.endswith(".png")]
-        if others:
-            blocks.append(Para("Files: " + ", ".join(others)))
-    return blocks
-
-
-__all__ = ["ANALYSES", "analyze_run", "section_analysis"]
+__all__ = ["ANALYSES", "analyze_run"]

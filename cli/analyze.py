@@ -26,7 +26,7 @@ def analyze(
     report: Annotated[bool, typer.Option(help="rebuild RUN/report.html afterwards so it links the analyses")] = True,
 ) -> None:
     """Analyse a run: where S carries the divergence, why S, what training changed, the paper loss's geometry."""
-    from safesteer_interp.analyses.run_analyses import analyze_run
+    from safesteer_interp.analyses.run_analyses import analyze_run  # lazy: torch (slow CLI start-up)
 
     index = analyze_run(run, model=model, only=only, n_prompts=n_prompts, samples=samples,
                         max_new_tokens=max_new_tokens, seed=seed, log=lambda line: console.print(escape(line)))
@@ -38,7 +38,7 @@ def analyze(
             table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         console.print(table)
     if report:
-        from safesteer_interp.report.build import build_report
+        from safesteer_interp.report.build import build_report  # lazy: torch (slow CLI start-up)
 
         console.print(f"report: {build_report(run)['html']}")
     console.print(f"index: {run}/analysis/index.json")

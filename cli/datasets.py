@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.data.sources import SEPARATOR, table
+
 console = Console()
 
 
@@ -16,8 +18,6 @@ def datasets_command(
                                                                     "the hub version")] = False,
 ) -> None:
     """List the dataset names (hub id, config, split, columns, filter) and the NAME=PATH local-copy syntax."""
-    from safesteer_interp.data.sources import SEPARATOR, table
-
     grid = Table(title="datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc)")
     for column in ("name", "hub id", "config", "split", "needs columns", "keeps", "maps"):
         grid.add_column(column, overflow="fold")

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safesteer_interp.errors import SafeSteerError
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -48,13 +50,38 @@ def eval_command(
                                                "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
-    from safesteer_interp.cli.main import default_device, open_model
-    from safesteer_interp.core.artifacts import write_json
-    from safesteer_interp.errors import SafeSteerError
-    from safesteer_interp.evaluate.classifier_judge import load_judge
-    from safesteer_interp.evaluate.stage import EvalSpec, evaluate, update_summary
+    from safesteer_interp.cli.main import default_device, open_model  # lazy: cycle (cli.main registers this command)
+    from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.evaluate.stage import evaluate, evaluate_run_model  # lazy: torch (slow CLI start-up)
 
     device = device or default_device()
+    check_options(out, run, teacher, name, mc_mode)
+    custom = any(x is not None for x in (harmful, lookalike, harmless))
+    spec = eval_spec(custom, split, harmful, lookalike, harmless, mc, n, mc_limit, mc_mode)
+    judges = [load_judge(j) for j in judge or ()]
+    with err_console.status(f"loading {model}"):
+        lm, tok = open_model(model, dtype, device)
+    reference = open_model(base, dtype, device)[0] if base is not None else None
+    label = name or ("teacher" if teacher else Path(model).name or model)
+    options = dict(spec=spec, split=split, judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
+                   mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size, sampled=sampled)
+    with err_console.status(f"evaluating {label} (greedy{' and sampled' if sampled else ''} answers, judges, "
+                            "KL drift)"):
+        if run is not None:
+            result = evaluate_run_model(run, label, lm, tok, teacher=teacher, base=reference, **options)
+        else:
+            result = evaluate(lm, tok, name=label, base=reference, **options)
+    if out is not None:
+        write_json(out, result)
+    print_eval(result)
+    out_dir = Path(run) / "eval" / label if run is not None else None
+    for path in filter(None, (out, run and f"{run}/summary.json", out_dir and f"{out_dir}/samples.jsonl")):
+        console.print(f"wrote {path}")
+
+
+def check_options(out: str | None, run: str | None, teacher: bool, name: str | None, mc_mode: str) -> None:
+    """One-line errors for option combinations that cannot work (where results go, how multiple choice scores)."""
     if teacher and run is None:
         raise SafeSteerError("--teacher needs --run RUN (the run whose refusal direction steers the model)")
     if out is None and (run is None or not (name or teacher)):
@@ -63,37 +90,19 @@ def eval_command(
         raise SafeSteerError(f"run folder {run} does not exist")
     if mc_mode not in ("letter", "text"):
         raise SafeSteerError(f"--mc-mode {mc_mode!r} is not one of letter, text")
-    custom = any(x is not None for x in (harmful, lookalike, harmless))
-    if custom and split != "test":
+
+
+def eval_spec(custom: bool, split: str, harmful: str | None, lookalike: str | None, harmless: str | None,
+              mc: list[str] | None, n: int | None, mc_limit: int | None, mc_mode: str):
+    """The stage's `EvalSpec` for prompt files (a real model), or "organism" for the organism's own world."""
+    from safesteer_interp.evaluate.stage import EvalSpec  # lazy: torch (slow CLI start-up)
+
+    if not custom:
+        return "organism"
+    if split != "test":
         raise SafeSteerError("--split chooses the organism world's split; with --harmful/--lookalike/--harmless "
                              "the prompt files are the split")
-    spec = EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode) if custom else "organism"
-    judges = [load_judge(j) for j in judge or ()]
-    with err_console.status(f"loading {model}"):
-        lm, tok = open_model(model, dtype, device)
-    subject, reference = lm, None
-    if teacher:
-        from safesteer_interp.direction.artifact import load_direction
-        from safesteer_interp.teacher import SteeredTeacher
-
-        subject, reference = SteeredTeacher(lm, tok, load_direction(run)), lm
-    if base is not None:
-        reference = open_model(base, dtype, device)[0]
-    label = name or ("teacher" if teacher else Path(model).name or model)
-    out_dir = Path(run) / "eval" / label if run is not None else None
-    with err_console.status(f"evaluating {label} (greedy{' and sampled' if sampled else ''} answers, judges, "
-                            "KL drift)"):
-        result = evaluate(subject, tok, name=label, base=reference, spec=spec, split=split, out_dir=out_dir,
-                          judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
-                          mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                          sampled=sampled)
-    if out is not None:
-        write_json(out, result)
-    if run is not None:
-        update_summary(run, label, result)
-    print_eval(result)
-    for path in filter(None, (out, run and f"{run}/summary.json", out_dir and f"{out_dir}/samples.jsonl")):
-        console.print(f"wrote {path}")
+    return EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode)
 
 
 def print_eval(result: dict) -> None:
@@ -113,7 +122,7 @@ def print_eval(result: dict) -> None:
 
 def report_command(run: Annotated[str, typer.Argument(help="run folder (RUN)")]) -> None:
     """(Re)build RUN/report.md and RUN/report.html from whatever stages have run."""
-    from safesteer_interp.report.build import build_report
+    from safesteer_interp.report.build import build_report  # lazy: torch (slow CLI start-up)
 
     paths = build_report(run)
     console.print(f"wrote {paths['markdown']} and {paths['html']}")
@@ -124,7 +133,7 @@ def compare_command(
     out: Annotated[str, typer.Option("--out", help="folder for compare.md / .html / .png / .json")] = "compare",
 ) -> None:
     """One trade-off table and one plot across runs."""
-    from safesteer_interp.report.build import compare_runs
+    from safesteer_interp.report.build import compare_runs  # lazy: torch (slow CLI start-up)
 
     paths = compare_runs(runs, out)
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")

@@ -9,6 +9,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.cli.analyze import analyze
+from safesteer_interp.cli.datasets import datasets_command
+from safesteer_interp.cli.direction import direction
+from safesteer_interp.cli.evaluate import compare_command, eval_command, report_command
+from safesteer_interp.cli.organism import organism_app
+from safesteer_interp.cli.presets import presets_command
+from safesteer_interp.cli.run import run
+from safesteer_interp.cli.tokens import tokens
+from safesteer_interp.cli.train import train
 from safesteer_interp.errors import SafeSteerError
 
 app = typer.Typer(help="SafeSteer, inspectable: refusal directions, safety tokens, localized distillation.",
@@ -23,23 +32,23 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a loca
 def open_model(spec: str, dtype: str | None = None, device: str = "cpu"):
     """`load_model`, plus the 'tiny-random' spec used by smoke runs."""
     if spec == "tiny-random":
-        from safesteer_interp.testing import tiny_model
+        from safesteer_interp.testing import tiny_model  # lazy: torch (slow CLI start-up)
 
         return tiny_model("qwen2")
-    from safesteer_interp.core.models import load_model
+    from safesteer_interp.core.models import load_model  # lazy: transformers (slow CLI start-up)
 
     return load_model(spec, dtype=dtype, device=device)
 
 
 def default_device() -> str:
     """Where a command puts the model when --device is not given: the GPU when there is one."""
-    import torch
+    import torch  # lazy: slow CLI start-up
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def default_model() -> str:
-    from safesteer_interp.core.models import ORGANISM_DIR
+    from safesteer_interp.core.models import ORGANISM_DIR  # lazy: transformers (slow CLI start-up)
 
     return "organism" if (ORGANISM_DIR / "config.json").is_file() else "tiny-random"
 
@@ -48,7 +57,7 @@ def default_model() -> str:
 def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
           model: ModelOpt = "", seed: int = 0) -> None:
     """A quick smoke run of the hooked core (capture, difference in means, steering) on any model."""
-    from safesteer_interp.smoke import smoke_run
+    from safesteer_interp.smoke import smoke_run  # lazy: torch (slow CLI start-up)
 
     spec = model or default_model()
     with err_console.status(f"loading {spec}"):
@@ -65,7 +74,7 @@ def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
 @app.command()
 def hooks(model: ModelOpt = "organism") -> None:
     """List the hook points of a model (TransformerLens-style names)."""
-    from safesteer_interp.core.hooks import d_model, hook_names, n_layers
+    from safesteer_interp.core.hooks import d_model, hook_names, n_layers  # lazy: torch (slow CLI start-up)
 
     lm, _ = open_model(model)
     console.print(f"{n_layers(lm)} layers, d_model={d_model(lm)}")
@@ -74,17 +83,7 @@ def hooks(model: ModelOpt = "organism") -> None:
 
 
 def _register() -> None:
-    """Stage commands live in their own modules; they are imported lazily inside each command."""
-    from safesteer_interp.cli.analyze import analyze
-    from safesteer_interp.cli.datasets import datasets_command
-    from safesteer_interp.cli.direction import direction
-    from safesteer_interp.cli.evaluate import compare_command, eval_command, report_command
-    from safesteer_interp.cli.organism import organism_app
-    from safesteer_interp.cli.presets import presets_command
-    from safesteer_interp.cli.run import run
-    from safesteer_interp.cli.tokens import tokens
-    from safesteer_interp.cli.train import train
-
+    """Stage commands live in their own modules, each importing its stage (torch, transformers) only when it runs."""
     app.command("run")(run)
     app.command("direction")(direction)
     app.command("tokens")(tokens)

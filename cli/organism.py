@@ -6,6 +6,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import typer
@@ -36,10 +37,8 @@ def train(
     card: bool = typer.Option(True, "--card/--no-card", help="Evaluate the new organism and print its card."),
 ) -> None:
     """Train the organism from scratch with the seeded trainer (a few minutes on 2 CPU cores)."""
-    from dataclasses import fields
-
-    from safesteer_interp.core.models import ORGANISM_DIR
-    from safesteer_interp.organism.train import TrainConfig, train_organism
+    from safesteer_interp.core.models import ORGANISM_DIR  # lazy: transformers (slow CLI start-up)
+    from safesteer_interp.organism.train import TrainConfig, train_organism  # lazy: torch (slow CLI start-up)
 
     overrides = {"seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "base_fraction": base_fraction,
                  "noise_prob": noise_prob, "noise_scale": noise_scale, "jitter_max": jitter_max, "threads": threads}
@@ -53,8 +52,8 @@ def train(
     console.print(f"trained in {record['train_seconds']:.0f}s, final loss {record['final_loss']:.4f}, "
                   f"{record['n_params']:,} parameters")
     if card:
-        from safesteer_interp.core.models import prepare_tokenizer
-        from safesteer_interp.organism.card import check_card, evaluate_organism
+        from safesteer_interp.core.models import prepare_tokenizer  # lazy: transformers (slow CLI start-up)
+        from safesteer_interp.organism.card import check_card, evaluate_organism  # lazy: torch (slow CLI start-up)
 
         metrics = evaluate_organism(model, prepare_tokenizer(tokenizer))
         print_card(metrics, title=f"organism card: {out}")
@@ -91,8 +90,8 @@ def card(
     batch_size: int = typer.Option(64, help="Prompts per generation batch."),
 ) -> None:
     """Refusal per group and category, over-refusal on look-alikes and capability accuracy, on held-out prompts."""
-    from safesteer_interp.core.models import load_model
-    from safesteer_interp.organism.card import check_card, evaluate_organism
+    from safesteer_interp.core.models import load_model  # lazy: transformers (slow CLI start-up)
+    from safesteer_interp.organism.card import check_card, evaluate_organism  # lazy: torch (slow CLI start-up)
 
     loaded, tokenizer = load_model(model)
     metrics = evaluate_organism(loaded, tokenizer, split, batch_size=batch_size)
@@ -107,7 +106,7 @@ def card(
 
 
 def print_card(metrics: dict, title: str) -> None:
-    from safesteer_interp.organism.card import card_rows
+    from safesteer_interp.organism.card import card_rows  # lazy: torch (slow CLI start-up)
 
     table = Table(title=title)
     for column in ("metric", "value", "threshold"):

@@ -5,13 +5,13 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.presets import SOURCE, table
+
 console = Console()
 
 
 def presets_command() -> None:
     """List the presets of `--preset` (direction, tokens, train) with the values they set."""
-    from safesteer_interp.presets import SOURCE, table
-
     grid = Table(title="presets (--preset NAME; explicit flags override)")
     for column in ("preset", "model", "lr", "H", "min prob", "K", "M", "K'", "prompt/answer len", "prompts x samples",
                    "memory GB (estimate: full FT bf16 / mixed / LoRA)"):

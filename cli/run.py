@@ -33,8 +33,8 @@ def run(
     seed: int = 42,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
-    from safesteer_interp.direction.artifact import check_positions
-    from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline
+    from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline  # lazy: torch (slow CLI start-up)
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),

@@ -15,9 +15,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
-from safesteer_interp.core.models import is_organism
+from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
 from safesteer_interp.direction.stage import direction_config, run_direction
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.stage import evaluate_run
+from safesteer_interp.organism.world import evaluation_set
+from safesteer_interp.report.build import build_report
 from safesteer_interp.tokens.stage import run_tokens, token_configs
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
@@ -74,8 +77,6 @@ def stage_status(run: str | Path) -> dict[str, bool]:
 
 def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
     """Run every stage not yet done (and every stage after one that had to run). Returns RUN/summary.json."""
-    from safesteer_interp.core.models import resolve_model_path
-
     resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
@@ -112,8 +113,6 @@ def check_same_config(run: Path, cfg: RunConfig) -> None:
 
 
 def _load(cfg: RunConfig):
-    from safesteer_interp.core.models import load_model
-
     return load_model(cfg.model)
 
 
@@ -189,42 +188,16 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.core.models import load_model
-    from safesteer_interp.direction.artifact import load_direction
-    from safesteer_interp.evaluate.stage import evaluate, update_summary
-    from safesteer_interp.organism.world import evaluation_set
-    from safesteer_interp.teacher import SteeredTeacher
-
     base, tok = _load(cfg)
     examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
-    models = {"base": None, "teacher": None, "safesteer": run / "train" / "model"}
+    students = {"safesteer": run / "train" / "model"}
     if cfg.baselines:
-        models.update({name: run / "baselines" / name / "train" / "model" for name in BASELINES})
-    for name, path in models.items():
-        out_dir = run / "eval" / name
-        if (out_dir / "eval.json").is_file():
-            update_summary(run, name, read_json(out_dir / "eval.json", f"{name} evaluation"))
-            continue
-        if name == "base":
-            result = evaluate(base, tok, name=name, split=cfg.eval_split, out_dir=out_dir, examples=examples)
-        elif name == "teacher":
-            teacher = SteeredTeacher(base, tok, load_direction(run))
-            result = evaluate(teacher, tok, name=name, base=base, split=cfg.eval_split, out_dir=out_dir,
-                              examples=examples)
-        else:
-            student, student_tok = load_model(str(path))
-            result = evaluate(student, student_tok, name=name, base=base, split=cfg.eval_split, out_dir=out_dir,
-                              examples=examples)
-        update_summary(run, name, result)
-        log(f"  {name}: gap refusal {result['gap_refusal_rate']} (sampled at T=1: "
-            f"{result.get('gap_refusal_rate_sampled')}), capability {result['capability_mean']}, "
-            f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")
-    return {"models": list(models)}
+        students.update({name: run / "baselines" / name / "train" / "model" for name in BASELINES})
+    models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
+    return {"models": models}
 
 
 def stage_report(run: Path, cfg: RunConfig, log) -> dict:
-    from safesteer_interp.report.build import build_report
-
     written = build_report(run)
     log("  " + ", ".join(str(p) for p in written.values()))
     return {"files": {k: str(v) for k, v in written.items()}}

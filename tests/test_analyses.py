@@ -275,7 +275,7 @@ def test_steering_edits_touch_exactly_their_position_set():
 
 
 def test_analyze_run_writes_every_analysis(tiny_run):
-    from safesteer_interp.analyses.run_analyses import ANALYSES, analyze_run, section_analysis
+    from safesteer_interp.analyses.run_analyses import ANALYSES, analyze_run
 
     index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, log=lambda _line: None)
     assert [e["name"] for e in index["analyses"]] == list(ANALYSES)
@@ -303,7 +303,8 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     base, tok = load_model(json.loads((tiny_run / "run_config.json").read_text())["model"])
     prompts = ["how do i make bread ?", "write a list of plant"]
     assert steer["rows"][0]["examples"] == generate_answers(base, tok, prompts, max_new_tokens=6)  # "none" = base
-    from safesteer_interp.report.build import Image, render_html
+    from safesteer_interp.report.blocks import Image, render_html
+    from safesteer_interp.report.sections import section_analysis
 
     blocks = section_analysis(tiny_run)
     assert sum(isinstance(b, Image) for b in blocks) == 5  # one PNG per analysis except the HTML strips

@@ -8,60 +8,12 @@ Sampling is seeded and keeps file order, so the same (source, n, seed) gives the
 
 from __future__ import annotations
 
-import csv
-import json
 import random
 from pathlib import Path
 
+from safesteer_interp.data.files import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.data.sources import load_source, lookup
 from safesteer_interp.errors import SafeSteerError
-
-LOCAL_SUFFIXES = (".json", ".jsonl", ".csv")
-
-
-def _rows_json(path: Path) -> list:
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise SafeSteerError(f"{path} is not valid JSON (line {err.lineno}: {err.msg})") from err
-    if isinstance(data, dict):  # {"data": [...]} / {"train": [...]}: take the single list inside
-        lists = [v for v in data.values() if isinstance(v, list)]
-        if len(lists) != 1:
-            raise SafeSteerError(f"{path} is a JSON object; expected a list of rows (or an object holding exactly "
-                                 "one list)")
-        data = lists[0]
-    if not isinstance(data, list):
-        raise SafeSteerError(f"{path} must hold a JSON list of rows, not {type(data).__name__}")
-    return data
-
-
-def _rows_jsonl(path: Path) -> list:
-    rows = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise SafeSteerError(f"{path} line {number} is not valid JSON ({err.msg})") from err
-    return rows
-
-
-def _rows_csv(path: Path) -> list:
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-READERS = {".json": _rows_json, ".jsonl": _rows_jsonl, ".csv": _rows_csv}
-
-
-def read_rows(path: str | Path, what: str = "prompt file") -> list:
-    """The rows of a local .json (a list, or an object holding one list), .jsonl or .csv file."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SafeSteerError(f"{what} {path} not found; pass an existing .json/.jsonl/.csv file")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise SafeSteerError(f"{what} {path} has suffix '{path.suffix}'; use .json, .jsonl or .csv")
-    return reader(path)
 
 
 def _column(rows: list, column: str, where: str) -> list[str]:
@@ -88,7 +40,7 @@ def _column(rows: list, column: str, where: str) -> list[str]:
 
 
 def _hub_column(name: str, column: str, split: str) -> list[str]:
-    import datasets
+    import datasets  # lazy: datasets (pyarrow) is heavy and only hub ids need it
 
     try:
         data = datasets.load_dataset(name, split=split)
@@ -106,8 +58,6 @@ def read_instructions(src: str | Path, column: str = "instruction", split: str =
 
     A named source uses its own split and maps its native column to `instruction`; `split` applies to hub ids only.
     """
-    from safesteer_interp.data.sources import load_source, lookup
-
     named = lookup(str(src))
     if named is not None:
         source, local = named
@@ -139,4 +89,4 @@ def load_instructions(src: str | Path, n: int | None = None, seed: int = 42, col
     return sample(read_instructions(src, column, split), n, seed)
 
 
-__all__ = ["LOCAL_SUFFIXES", "load_instructions", "read_instructions", "read_rows", "sample"]
+__all__ = ["load_instructions", "read_instructions", "sample"]

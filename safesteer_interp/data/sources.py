@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from safesteer_interp.data.prompts import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.data.files import LOCAL_SUFFIXES, read_rows
 from safesteer_interp.errors import SafeSteerError
 
 Kind = Literal["instructions", "multiple_choice"]
@@ -200,7 +200,7 @@ def convert(source: Source, rows: list, where: str) -> list[dict]:
 
 
 def _hub_rows(source: Source) -> list[dict]:
-    import datasets
+    import datasets  # lazy: datasets (pyarrow) is heavy and only hub ids need it
 
     try:
         data = datasets.load_dataset(source.hub_id, source.config, split=source.split)

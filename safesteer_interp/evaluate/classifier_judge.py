@@ -36,9 +36,9 @@ class ClassifierJudge:
 
     @classmethod
     def from_pretrained(cls, spec: str, label: str | int | None = None, **kwargs) -> ClassifierJudge:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: transformers is heavy
 
-        from safesteer_interp.core.models import resolve_model_path
+        from safesteer_interp.core.models import resolve_model_path  # lazy: core.models imports transformers
 
         path = resolve_model_path(spec)
         try:
@@ -114,7 +114,7 @@ class GuardJudge:
 
     @classmethod
     def from_pretrained(cls, spec: str, **kwargs) -> GuardJudge:
-        from safesteer_interp.core.models import load_model
+        from safesteer_interp.core.models import load_model  # lazy: core.models imports transformers
 
         model, tokenizer = load_model(spec)  # the package's one loading path for causal LMs
         return cls(model, tokenizer, name=f"guard:{spec}", **kwargs)

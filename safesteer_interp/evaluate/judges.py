@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from safesteer_interp.core.chat import THINK_CLOSE, THINK_OPEN
+from safesteer_interp.organism.world import REFUSALS
 
 # The list used for refusal scoring in the refusal-direction literature.
 LITERATURE_REFUSAL_PHRASES: tuple[str, ...] = (
@@ -22,9 +23,7 @@ LITERATURE_REFUSAL_PHRASES: tuple[str, ...] = (
 
 
 def organism_refusal_phrases() -> tuple[str, ...]:
-    """The embedded organism's own refusal wordings (its world defines them; imported late to stay light)."""
-    from safesteer_interp.organism.world import REFUSALS
-
+    """The embedded organism's own refusal wordings (its world defines them)."""
     return REFUSALS
 
 

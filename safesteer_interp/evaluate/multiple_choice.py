@@ -17,7 +17,8 @@ import torch
 from jaxtyping import Float
 
 from safesteer_interp.core.chat import batch_from_ids, render_prompts
-from safesteer_interp.data.prompts import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.data.files import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.data.sources import load_source, lookup
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.policies import Policy
 
@@ -82,7 +83,7 @@ def parse_items(rows: list, where: str) -> list[MCItem]:
 
 
 def _hub_rows(source: str, split: str) -> list:
-    import datasets
+    import datasets  # lazy: datasets (pyarrow) is heavy and only hub ids need it
 
     name, _, subset = source.partition(":")
     try:
@@ -98,8 +99,6 @@ def _hub_rows(source: str, split: str) -> list:
 def load_items(source: str | Path, split: str = "test", limit: int | None = None) -> list[MCItem]:
     """The first `limit` items (all when None) of a local file, a named source (`mmlu`, `mmlu=PATH`; see `sources`)
     or a `datasets` name (`name` or `name:subset`)."""
-    from safesteer_interp.data.sources import load_source, lookup
-
     path = Path(source).expanduser()
     named = lookup(str(source))
     if named is not None:

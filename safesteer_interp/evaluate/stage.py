@@ -10,17 +10,22 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from safesteer_interp.core import generation  # called as generation.generate_answers: tests patch it there
 from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
+from safesteer_interp.data.prompts import read_instructions
+from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.classifier_judge import judge_records
 from safesteer_interp.evaluate.drift import harmless_kl
 from safesteer_interp.evaluate.judges import RefusalJudge
 from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
 from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
+from safesteer_interp.organism.card import evaluate_organism
+from safesteer_interp.teacher import SteeredTeacher
 
 CONTRACT_KEYS = ("model", "refusal_rate", "gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate",
                  "capability_accuracy", "capability_mean", "harmless_kl")
@@ -95,8 +100,6 @@ def contract(name: str, metrics: dict) -> dict:
 # ----------------------------------------------------------------------------------------------- prompt sets
 def _request_rows(source: str, group: str, n: int | None) -> list[dict]:
     """Rows {prompt, group, category} of a prompt set; `category` is optional in local files ('all' otherwise)."""
-    from safesteer_interp.data.prompts import read_instructions
-
     prompts = read_instructions(source)
     try:
         categories = read_instructions(source, column="category")
@@ -108,8 +111,6 @@ def _request_rows(source: str, group: str, n: int | None) -> list[dict]:
 
 
 def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
-    from safesteer_interp.organism.card import evaluate_organism
-
     with policy.active():  # the card generates through whatever view is active (steering, adapters off)
         card = evaluate_organism(policy.model, policy.tokenizer, split, examples=examples, keep_answers=True,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
@@ -121,15 +122,13 @@ def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_s
 
 
 def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge) -> tuple[dict, list[dict]]:
-    from safesteer_interp.core.generation import generate_answers
-
     records = []
     for source, group in ((spec.harmful, "harmful"), (spec.lookalike, "lookalike")):
         if source is not None:
             records += _request_rows(source, group, spec.n)
     if records:
         with policy.active():
-            answers = generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
+            answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
                                        max_new_tokens=max_new_tokens, batch_size=batch_size)
         for record, answer in zip(records, answers):
             record.update(answer=answer, refused=judge.is_refusal(answer))
@@ -147,13 +146,11 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
     with a small share (the paper loss caps each safety token near p_teacher/e) refuses greedily and rarely when
     sampled. This number shows the difference.
     """
-    from safesteer_interp.core.generation import generate_answers
-
     rows = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
     if not rows:
         return {}
     with policy.active():
-        answers = generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
+        answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
                                    max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, seed=seed)
     by_group = defaultdict(list)
     for row, answer in zip(rows, answers, strict=True):
@@ -163,6 +160,43 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
             "refused_category_refusal_rate": rate(by_group["refused"]),
             "examples": [{"prompt": r["prompt"], "group": r["group"], "answer": a} for r, a in
                          zip(rows[:4], answers[:4])]}
+
+
+def judged_answers(policy: Policy, spec: str | EvalSpec, split: str, examples, max_new_tokens: int,
+                   batch_size: int, judge) -> tuple[dict, list[dict], list[str]]:
+    """(metrics, judged answer records, harmless prompts for the drift) on the organism's world or on prompt files."""
+    if spec == "organism":
+        metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
+        return metrics, records, [r["prompt"] for r in records if r["group"] == "harmless"]
+    if isinstance(spec, EvalSpec):
+        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
+        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
+        return metrics, records, harmless
+    raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
+
+
+def multiple_choice(policy: Policy, sources: Sequence[str], split: str, limit: int | None, mode: Mode) -> dict:
+    """Log-likelihood multiple choice under the policy's view: source -> {accuracy, n, mode}."""
+    results = {}
+    for source in sources:
+        result = evaluate_mc(policy, load_items(source, split, limit), mode=mode)
+        results[str(source)] = {k: result[k] for k in ("accuracy", "n", "mode")}
+    return results
+
+
+def rejudge(judges: Sequence, records: Sequence[dict]) -> dict:
+    """Extra judges' verdicts (judge -> summary); each record gains one flag per judge under the judge's name.
+
+    Model judges re-read the very answers the substring judge scored; exact-match capability items need no judge.
+    """
+    extra = {}
+    requests = [r for r in records if r["group"] != "capability"]
+    for judge in judges:
+        verdicts = judge_records(judge, requests)
+        for record, flag in zip(requests, verdicts.pop("flags")):
+            record[verdicts["judge"]] = flag
+        extra[verdicts["judge"]] = verdicts
+    return extra
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -183,21 +217,11 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     policy = as_policy(model, tokenizer)
     reference = resolve_base(base, policy)
     judge = RefusalJudge()
-    if spec == "organism":
-        metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
-        harmless = [r["prompt"] for r in records if r["group"] == "harmless"]
-    elif isinstance(spec, EvalSpec):
-        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
-        mc = tuple(mc) + spec.mc
-        mc_limit, mc_mode = mc_limit or spec.mc_limit, spec.mc_mode
-        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
-    else:
-        raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
+    metrics, records, harmless = judged_answers(policy, spec, split, examples, max_new_tokens, batch_size, judge)
+    if isinstance(spec, EvalSpec):  # a real model's spec brings its own multiple-choice sets
+        mc, mc_limit, mc_mode = tuple(mc) + spec.mc, mc_limit or spec.mc_limit, spec.mc_mode
 
-    mc_results = {}
-    for source in mc:  # log-likelihood multiple choice under the same view
-        result = evaluate_mc(policy, load_items(source, getattr(spec, "mc_split", "test"), mc_limit), mode=mc_mode)
-        mc_results[str(source)] = {k: result[k] for k in ("accuracy", "n", "mode")}
+    mc_results = multiple_choice(policy, mc, getattr(spec, "mc_split", "test"), mc_limit, mc_mode)
     if mc_results and spec != "organism":  # for a real model, multiple choice *is* the capability probe
         metrics["capability_accuracy"] = {k: round(v["accuracy"], 4) for k, v in mc_results.items()}
         metrics["capability_mean"] = mean(metrics["capability_accuracy"].values())
@@ -214,15 +238,9 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     metrics["harmless_kl"] = None if drift is None else round(drift.harmless_kl, 6)
     metrics["harmless_kl_tokens"] = None if drift is None else drift.n_tokens
 
-    extra = {}
-    requests = [r for r in records if r["group"] != "capability"]  # exact-match items need no judge
-    for extra_judge in judges:  # model judges re-read the very answers the substring judge scored
-        verdicts = judge_records(extra_judge, requests)
-        for record, flag in zip(requests, verdicts.pop("flags")):
-            record[verdicts["judge"]] = flag
-        extra[verdicts["judge"]] = verdicts
     metrics.update(policy=policy.label, spec="organism" if spec == "organism" else "custom", split=split,
-                   multiple_choice=mc_results, judges=extra, seconds=round(time.perf_counter() - started, 2))
+                   multiple_choice=mc_results, judges=rejudge(judges, records),
+                   seconds=round(time.perf_counter() - started, 2))
     result = contract(name, metrics)
     if out_dir is not None:
         write_samples(out_dir, result, records, prompts, drift)
@@ -266,5 +284,48 @@ def update_summary(run: str | Path, name: str, result: dict) -> Path:
     return write_json(path, summary)
 
 
-__all__ = ["CONTRACT_KEYS", "EvalSpec", "clean", "contract", "evaluate", "read_summary", "score_requests",
-           "update_summary", "write_samples"]
+# ----------------------------------------------------------------------------------------------- a run's models
+def evaluate_run_model(run: str | Path, name: str, model, tokenizer, *, teacher: bool = False, base=None,
+                       **options) -> dict:
+    """Evaluate one named model of a run into RUN/eval/NAME/ and RUN/summary.json; `options` go to `evaluate`.
+
+    teacher: evaluate `model` steered by the run's direction (the run's teacher), its drift measured against `model`
+    itself unless `base` is given. Otherwise `model` as it is, its drift measured against `base` (None: none).
+    """
+    subject, reference = model, base
+    if teacher:
+        subject = SteeredTeacher(model, tokenizer, load_direction(run))
+        reference = model if base is None else base
+    result = evaluate(subject, tokenizer, name=name, base=reference, out_dir=Path(run) / "eval" / name, **options)
+    update_summary(run, name, result)
+    return result
+
+
+def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], log: Callable[[str], None] = print,
+                 **options) -> list[str]:
+    """Evaluate a run's base, its steered teacher and each student (name -> saved model folder), in that order.
+
+    A model already evaluated (RUN/eval/NAME/eval.json) is only copied into RUN/summary.json. Students are measured
+    against `base` for the drift. Returns the names of every model of the run.
+    """
+    from safesteer_interp.core.models import load_model  # lazy: transformers is heavy; the report imports this module
+
+    models: dict[str, Path | None] = {"base": None, "teacher": None, **students}
+    for name, path in models.items():
+        done = Path(run) / "eval" / name / "eval.json"
+        if done.is_file():
+            update_summary(run, name, read_json(done, f"{name} evaluation"))
+            continue
+        if path is None:
+            result = evaluate_run_model(run, name, base, tokenizer, teacher=name == "teacher", **options)
+        else:
+            student, student_tok = load_model(str(path))
+            result = evaluate_run_model(run, name, student, student_tok, base=base, **options)
+        log(f"  {name}: gap refusal {result['gap_refusal_rate']} (sampled at T=1: "
+            f"{result.get('gap_refusal_rate_sampled')}), capability {result['capability_mean']}, "
+            f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")
+    return list(models)
+
+
+__all__ = ["CONTRACT_KEYS", "EvalSpec", "clean", "contract", "evaluate", "evaluate_run", "evaluate_run_model",
+           "read_summary", "score_requests", "update_summary", "write_samples"]

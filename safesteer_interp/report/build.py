@@ -1,334 +1,31 @@
 """A run's report, `RUN/report.md` and a self-contained `RUN/report.html`, built from whatever stages have run.
 
-Each section reads one stage's artifacts (summary.json, direction/, tokens/, train/, eval/*/samples.jsonl) into
-neutral blocks (headings, tables, images, notes); one renderer writes Markdown with relative image paths, the other
-HTML with inline CSS and base64 images, so the page opens offline. A stage that has not run is shown as "not run".
+The sections (`sections`) read the stages' artifacts into neutral blocks; the renderers (`blocks`) write them as
+Markdown and HTML. `compare_runs` puts several runs' summaries on one trade-off table and plot.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import json
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from safesteer_interp.core.artifacts import atomic_path, read_json
+from safesteer_interp.core.artifacts import atomic_path
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import read_summary
-from safesteer_interp.report.plots import compare_tradeoff, tradeoff, training_curves
-
-MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
-COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
-           ("refused_category_refusal_rate", "refused-category refusal ↑"),
-           ("over_refusal_rate", "over-refusal ↓"), ("capability_mean", "capability mean ↑"),
-           ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"))
-SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))
-
-
-# ----------------------------------------------------------------------------------------------- blocks
-@dataclass(frozen=True)
-class Heading:
-    text: str
-    level: int = 2
-
-
-@dataclass(frozen=True)
-class Para:
-    text: str
-
-
-@dataclass(frozen=True)
-class Table:
-    header: Sequence[str]
-    rows: Sequence[Sequence[str]]
-
-
-@dataclass(frozen=True)
-class Image:
-    path: Path
-    caption: str
-
-
-@dataclass(frozen=True)
-class NotRun:
-    what: str
-    hint: str
-
-
-def fmt(value, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def ordered(summary: dict) -> dict:
-    first = [m for m in MODEL_ORDER if m in summary]
-    return {m: summary[m] for m in first + sorted(m for m in summary if m not in first)}
-
-
-def unseen_mean(entry: dict) -> float | None:
-    if entry.get("capability_unseen_mean") is not None:
-        return entry["capability_unseen_mean"]
-    values = [v for v in (entry.get("capability_unseen_templates") or {}).values() if v is not None]
-    return sum(values) / len(values) if values else None
-
-
-def tradeoff_table(summary: dict, label: str | None = None) -> Table:
-    """Rows = models, columns = the trade-off metrics; `label` prefixes a run column (for comparisons)."""
-    rows = []
-    for name, entry in ordered(summary).items():
-        values = [fmt(unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key),
-                      5 if key == "harmless_kl" else 3) for key, _ in COLUMNS]
-        rows.append(([label] if label is not None else []) + [name] + values)
-    return Table((["run"] if label is not None else []) + ["model"] + [title for _, title in COLUMNS], rows)
-
-
-# ----------------------------------------------------------------------------------------------- sections
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of an interrupted stage: skip it, the rest is still worth showing
-    return records
-
-
-def section_tradeoff(run: Path, assets: Path) -> list:
-    blocks: list = [Heading("Trade-off: safety, over-refusal, capability, drift")]
-    if not (run / "summary.json").is_file():
-        return blocks + [NotRun("evaluation", f"run `safesteer-interp eval --run {run} --name NAME` per model")]
-    try:
-        summary = ordered(read_summary(run))
-    except SafeSteerError as err:
-        return blocks + [NotRun("evaluation (summary.json unreadable)", str(err))]
-    blocks += [Para("Held-out test split. Gap refusal: refusal rate on the safety-gap categories SafeSteer must "
-                    "close (higher is safer), from greedy answers; sampled at T=1: the same from one "
-                    "temperature-1 sample per prompt (a refusal that is only the argmax shows up here); "
-                    "over-refusal: refusals of benign look-alike requests; capability: "
-                    "exact-match task accuracy on trained and never-seen templates; harmless KL: mean per-token "
-                    "KL(model || base) on the base model's greedy answers to harmless prompts (– for the base)."),
-               tradeoff_table(summary), Image(tradeoff(summary, assets / "tradeoff.png"),
-                                              "Safety vs capability, one point per model")]
-    categories = sorted({c for e in summary.values() for c in (e.get("refusal_rate") or {})})
-    if categories:
-        blocks += [Heading("Refusal rate per category", 3),
-                   Table(["category", *summary], [[c, *(fmt((e.get("refusal_rate") or {}).get(c))
-                                                        for e in summary.values())] for c in categories])]
-    return blocks
-
-
-def section_direction(run: Path) -> list:
-    folder = run / "direction"
-    blocks: list = [Heading("Stage 1: refusal direction")]
-    if not (folder / "metadata.json").is_file():
-        return blocks + [NotRun("direction stage", f"run `safesteer-interp direction --out {run}`")]
-    try:
-        meta = read_json(folder / "metadata.json", "direction metadata")
-    except SafeSteerError as err:
-        return blocks + [NotRun("direction stage (metadata unreadable)", str(err))]
-    rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
-            for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
-    for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
-        rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_harmless_val')}", fmt(v)]
-                 for k, v in row.items() if isinstance(v, int | float)]
-    rows += [[f"held-out {k}", fmt(v)] for k, v in (meta.get("validation") or {}).items() if isinstance(v, int | float)]
-    blocks.append(Table(["field", "value"], rows))
-    for kind in ("ablation", "steering", "kl"):
-        path = folder / f"{kind}_scores.png"
-        if path.is_file():
-            blocks.append(Image(path, f"{kind} scores over (post-instruction position, layer); star = selected"))
-    lens = folder / "logit_lens.json"
-    if lens.is_file():
-        try:
-            data = read_json(lens, "logit lens")
-            top, bottom = data.get("top", [])[:10], data.get("bottom", [])[:10]
-            blocks += [Heading("Logit lens of the direction", 3),
-                       Table(["promoted token", "logit", "suppressed token", "logit"],
-                             [[repr(t.get("token")), fmt(t.get("logit")), repr(b.get("token")), fmt(b.get("logit"))]
-                              for t, b in zip(top, bottom)])]
-        except SafeSteerError as err:
-            blocks.append(NotRun("logit lens (unreadable)", str(err)))
-    return blocks
-
-
-def token_reason(item: dict, n_valid: int | None) -> str:
-    """The tokens stage's own one-line reason when the record is complete, else what the record holds."""
-    from safesteer_interp.tokens.explain import reason
-
-    try:
-        return reason(item, n_valid or 0)
-    except (KeyError, TypeError, ValueError):
-        keys = ("votes", "mean_delta", "p_base", "p_steered", "mass_share")
-        return "; ".join(f"{k} {fmt(item[k], 4)}" for k in keys if k in item) or "–"
-
-
-def best_context(item: dict) -> str:
-    """The context where the steered teacher favoured the token most (the tokens stage records three)."""
-    examples = item.get("examples") or []
-    if not examples or not isinstance(examples[0], dict):
-        return "–"
-    ex = examples[0]
-    delta = ex.get("delta")
-    gain = f" (Δ {delta:+.2f})" if isinstance(delta, int | float) else ""
-    return f"#{ex.get('rank', '?')}{gain} after \"{ex.get('prompt', '')}\" → \"{ex.get('prefix', '')}\""
-
-
-def section_tokens(run: Path) -> list:
-    folder = run / "tokens"
-    blocks: list = [Heading("Stage 2: safety tokens S")]
-    if not (folder / "tokens.json").is_file():
-        return blocks + [NotRun("safety-token stage", f"run `safesteer-interp tokens --run {run}`")]
-    try:
-        data = read_json(folder / "tokens.json", "safety tokens")
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, list):
-            raise SafeSteerError(f"{folder / 'tokens.json'} has no 'tokens' list")
-    except SafeSteerError as err:
-        return blocks + [NotRun("safety-token stage (tokens.json unreadable)", str(err))]
-    n_valid = data.get("n_valid_records")
-    blocks.append(Para(f"{len(tokens)} tokens ({data.get('selection', 'selection not recorded')}), best first, "
-                       "each with the evidence that put it in S (votes by answer position h, mean probabilities "
-                       "under the base and the steered teacher, mean log-prob gain Δ, share of Δ-weighted mass)."))
-    rows = [[fmt(t.get("rank", i + 1)), repr(t.get("text", t.get("token", "?"))), fmt(t.get("id")),
-             token_reason(t, n_valid), best_context(t)] for i, t in enumerate(tokens[:30]) if isinstance(t, dict)]
-    blocks.append(Table(["#", "token", "id", "why it is in S", "where it ranked highest"], rows))
-    for name, caption in (("votes.png", "votes per token"), ("probs.png", "base vs steered probability"),
-                          ("mass_curve.png", "cumulative Δ-weighted mass")):
-        if (folder / name).is_file():
-            blocks.append(Image(folder / name, caption))
-    return blocks
-
-
-def section_training(run: Path, assets: Path) -> list:
-    path = run / "train" / "metrics.jsonl"
-    blocks: list = [Heading("Stage 3: localized on-policy distillation")]
-    records = _read_jsonl(path) if path.is_file() else []
-    records = [r for r in records if isinstance(r, dict) and "step" in r]
-    if not records:
-        return blocks + [NotRun("distillation", f"run `safesteer-interp train --run {run}`")]
-    last = records[-1]
-    blocks.append(Para(f"{len(records)} optimizer steps recorded; last step {last['step']}: loss "
-                       f"{fmt(last.get('loss'), 5)}" + (f", KL(student || teacher) {fmt(last['kl_full'], 5)}"
-                                                        if "kl_full" in last else "") + "."))
-    blocks.append(Image(training_curves(records, assets / "training.png"), "training curves"))
-    openers = run / "train" / "openers.json"
-    if openers.is_file():  # the first answer token: which openers S holds, i.e. which ones the paper loss controls
-        report = read_json(openers, "first-token report")
-        blocks += [Para("First answer token on the training prompts (train/openers.json): the base model's most "
-                        "likely openers, the teacher's probability for each, and whether S holds it. The paper loss "
-                        "pulls an S token to p_teacher/e and only shrinks the rest together."
-                        + (f" Note: {report['note']}." if report.get("note") else "")),
-                   Table(["token", "p base", "p teacher", "in S", "paper target p_teacher/e"],
-                         [[row["token"], fmt(row["p_base"], 3), fmt(row["p_teacher"], 3), "yes" if row["in_S"] else
-                           "no", fmt(row["paper_target"], 3)] for row in report.get("base_top", [])])]
-    return blocks
-
-
-def section_samples(run: Path) -> list:
-    blocks: list = [Heading("Sample answers, before and after")]
-    folders = {p.name: p / "samples.jsonl" for p in sorted((run / "eval").glob("*")) if (p / "samples.jsonl").is_file()}
-    if not folders:
-        return blocks + [NotRun("sample answers", "evaluations write RUN/eval/NAME/samples.jsonl")]
-    models = [m for m in ordered(dict.fromkeys(folders)) if m in folders]
-    answers = {m: {r["prompt"]: r for r in _read_jsonl(folders[m]) if "prompt" in r} for m in models}
-    first = answers[models[0]]
-    rows = []
-    for group, count in SAMPLE_GROUPS:
-        prompts = [p for p, r in first.items() if r.get("group") == group][:count]
-        for prompt in prompts:
-            cells = []
-            for m in models:
-                record = answers[m].get(prompt)
-                mark = " [refusal]" if record and record.get("refused") else ""
-                cells.append("–" if record is None else f"{record.get('answer', '')}{mark}")
-            rows.append([group, prompt, *cells])
-    blocks.append(Para("Greedy answers to the same held-out prompts; [refusal] marks the substring judge's verdict."))
-    blocks.append(Table(["group", "prompt", *models], rows))
-    return blocks
-
-
-# ----------------------------------------------------------------------------------------------- renderers
-def render_markdown(title: str, blocks: Sequence, root: Path) -> str:
-    lines = [f"# {title}", ""]
-    for block in blocks:
-        if isinstance(block, Heading):
-            lines += ["#" * block.level + " " + block.text, ""]
-        elif isinstance(block, Para):
-            lines += [block.text, ""]
-        elif isinstance(block, NotRun):
-            lines += [f"*Not run:* {block.what}. {block.hint}", ""]
-        elif isinstance(block, Image):
-            lines += [f"![{block.caption}]({os.path.relpath(block.path, root)})", ""]
-        elif isinstance(block, Table):
-            def cell(text) -> str:
-                return str(text).replace("|", "\\|").replace("\n", " ")
-
-            lines += ["| " + " | ".join(map(cell, block.header)) + " |", "|" + "---|" * len(block.header)]
-            lines += ["| " + " | ".join(map(cell, row)) + " |" for row in block.rows] + [""]
-    return "\n".join(lines)
-
-
-CSS = """
-body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #1b1b1b; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
-h2 { margin-top: 2em; border-bottom: 1px solid #ccc; }
-table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: .3em .6em; vertical-align: top; text-align: left; }
-th { background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-figure { margin: 1em 0; } img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #555; }
-.notrun { background: #fff7e0; border-left: 4px solid #e0a800; padding: .5em 1em; }
-.meta { color: #666; font-size: 0.85em; }
-"""
-
-
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return text == "–"
-
-
-def render_html(title: str, blocks: Sequence, subtitle: str = "") -> str:
-    e = html.escape
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{e(title)}</title>",
-             f"<style>{CSS}</style></head><body>", f"<h1>{e(title)}</h1>", f"<p class=\"meta\">{e(subtitle)}</p>"]
-    for block in blocks:
-        if isinstance(block, Heading):
-            parts.append(f"<h{block.level}>{e(block.text)}</h{block.level}>")
-        elif isinstance(block, Para):
-            parts.append(f"<p>{e(block.text)}</p>")
-        elif isinstance(block, NotRun):
-            parts.append(f"<p class=\"notrun\"><strong>Not run:</strong> {e(block.what)}. {e(block.hint)}</p>")
-        elif isinstance(block, Image):
-            if Path(block.path).is_file():  # inline: the page must open with no network and no sibling files
-                parts.append(f"<figure><img src=\"{_data_uri(Path(block.path))}\" alt=\"{e(block.caption)}\">"
-                             f"<figcaption>{e(block.caption)}</figcaption></figure>")
-            else:
-                parts.append(f"<p class=\"notrun\">Image missing: {e(str(block.path))}</p>")
-        elif isinstance(block, Table):
-            head = "".join(f"<th>{e(str(h))}</th>" for h in block.header)
-            body = "".join("<tr>" + "".join(f"<td class=\"num\">{e(str(c))}</td>" if _is_number(str(c))
-                                            else f"<td>{e(str(c))}</td>" for c in row) + "</tr>"
-                           for row in block.rows)
-            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+from safesteer_interp.report.blocks import Heading, Image, Para, Table, render_html, render_markdown
+from safesteer_interp.report.plots import compare_tradeoff
+from safesteer_interp.report.sections import (
+    ordered,
+    section_analysis,
+    section_direction,
+    section_samples,
+    section_tokens,
+    section_tradeoff,
+    section_training,
+    tradeoff_table,
+)
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -345,8 +42,6 @@ def build_report(run: str | Path) -> dict[str, Path]:
         raise SafeSteerError(f"run folder {run} does not exist; pass a folder written by `safesteer-interp run`")
     assets = run / "report"
     assets.mkdir(exist_ok=True)
-    from safesteer_interp.analyses.run_analyses import section_analysis
-
     blocks = (section_tradeoff(run, assets) + section_direction(run) + section_tokens(run)
               + section_training(run, assets) + section_samples(run) + section_analysis(run))
     title = f"SafeSteer report: {run.resolve().name}"
@@ -385,4 +80,4 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Path]
     return {"markdown": out / "compare.md", "html": out / "compare.html", "plot": plot, "json": out / "compare.json"}
 
 
-__all__ = ["build_report", "compare_runs", "render_html", "render_markdown", "tradeoff_table"]
+__all__ = ["build_report", "compare_runs", "run_labels"]

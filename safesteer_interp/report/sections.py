@@ -1,0 +1,266 @@
+"""The report's sections: each reads one stage's artifacts from the run folder and returns report blocks.
+
+summary.json (the trade-off table), direction/, tokens/, train/, eval/*/samples.jsonl and analysis/index.json (written
+by `safesteer-interp analyze`); a stage that has not run becomes a "not run" note with the command that runs it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from safesteer_interp.core.artifacts import read_json
+from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.stage import read_summary
+from safesteer_interp.report.blocks import Heading, Image, NotRun, Para, Table, fmt
+from safesteer_interp.report.plots import tradeoff, training_curves
+from safesteer_interp.tokens.explain import reason
+
+MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
+COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
+           ("refused_category_refusal_rate", "refused-category refusal ↑"),
+           ("over_refusal_rate", "over-refusal ↓"), ("capability_mean", "capability mean ↑"),
+           ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"))
+SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))
+
+
+def ordered(summary: dict) -> dict:
+    """The summary with the base, the teacher and SafeSteer first, then the baselines alphabetically."""
+    first = [m for m in MODEL_ORDER if m in summary]
+    return {m: summary[m] for m in first + sorted(m for m in summary if m not in first)}
+
+
+def unseen_mean(entry: dict) -> float | None:
+    if entry.get("capability_unseen_mean") is not None:
+        return entry["capability_unseen_mean"]
+    values = [v for v in (entry.get("capability_unseen_templates") or {}).values() if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def tradeoff_table(summary: dict, label: str | None = None) -> Table:
+    """Rows = models, columns = the trade-off metrics; `label` prefixes a run column (for comparisons)."""
+    rows = []
+    for name, entry in ordered(summary).items():
+        values = [fmt(unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key),
+                      5 if key == "harmless_kl" else 3) for key, _ in COLUMNS]
+        rows.append(([label] if label is not None else []) + [name] + values)
+    return Table((["run"] if label is not None else []) + ["model"] + [title for _, title in COLUMNS], rows)
+
+
+# ----------------------------------------------------------------------------------------------- sections
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a torn last line of an interrupted stage: skip it, the rest is still worth showing
+    return records
+
+
+def read_artifact(path: Path, what: str, stage: str, name: str, hint: str,
+                  list_key: str | None = None) -> dict | NotRun:
+    """A stage's JSON artifact, or the NotRun block a section shows instead (stage not run, or file unreadable).
+
+    `list_key`: a key whose value must be a list (the section iterates it).
+    """
+    if not path.is_file():
+        return NotRun(stage, hint)
+    try:
+        data = read_json(path, what)
+        if list_key is not None and not isinstance(data.get(list_key) if isinstance(data, dict) else None, list):
+            raise SafeSteerError(f"{path} has no '{list_key}' list")
+    except SafeSteerError as err:
+        return NotRun(f"{stage} ({name} unreadable)", str(err))
+    return data
+
+
+def section_tradeoff(run: Path, assets: Path) -> list:
+    blocks: list = [Heading("Trade-off: safety, over-refusal, capability, drift")]
+    if not (run / "summary.json").is_file():
+        return blocks + [NotRun("evaluation", f"run `safesteer-interp eval --run {run} --name NAME` per model")]
+    try:
+        summary = ordered(read_summary(run))
+    except SafeSteerError as err:
+        return blocks + [NotRun("evaluation (summary.json unreadable)", str(err))]
+    blocks += [Para("Held-out test split. Gap refusal: refusal rate on the safety-gap categories SafeSteer must "
+                    "close (higher is safer), from greedy answers; sampled at T=1: the same from one "
+                    "temperature-1 sample per prompt (a refusal that is only the argmax shows up here); "
+                    "over-refusal: refusals of benign look-alike requests; capability: "
+                    "exact-match task accuracy on trained and never-seen templates; harmless KL: mean per-token "
+                    "KL(model || base) on the base model's greedy answers to harmless prompts (– for the base)."),
+               tradeoff_table(summary), Image(tradeoff(summary, assets / "tradeoff.png"),
+                                              "Safety vs capability, one point per model")]
+    categories = sorted({c for e in summary.values() for c in (e.get("refusal_rate") or {})})
+    if categories:
+        blocks += [Heading("Refusal rate per category", 3),
+                   Table(["category", *summary], [[c, *(fmt((e.get("refusal_rate") or {}).get(c))
+                                                        for e in summary.values())] for c in categories])]
+    return blocks
+
+
+def section_direction(run: Path) -> list:
+    folder = run / "direction"
+    blocks: list = [Heading("Stage 1: refusal direction")]
+    meta = read_artifact(folder / "metadata.json", "direction metadata", "direction stage", "metadata",
+                         f"run `safesteer-interp direction --out {run}`")
+    if isinstance(meta, NotRun):
+        return blocks + [meta]
+    rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
+            for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
+    for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
+        rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_harmless_val')}", fmt(v)]
+                 for k, v in row.items() if isinstance(v, int | float)]
+    rows += [[f"held-out {k}", fmt(v)] for k, v in (meta.get("validation") or {}).items() if isinstance(v, int | float)]
+    blocks.append(Table(["field", "value"], rows))
+    for kind in ("ablation", "steering", "kl"):
+        path = folder / f"{kind}_scores.png"
+        if path.is_file():
+            blocks.append(Image(path, f"{kind} scores over (post-instruction position, layer); star = selected"))
+    lens = folder / "logit_lens.json"
+    if lens.is_file():
+        try:
+            data = read_json(lens, "logit lens")
+            top, bottom = data.get("top", [])[:10], data.get("bottom", [])[:10]
+            blocks += [Heading("Logit lens of the direction", 3),
+                       Table(["promoted token", "logit", "suppressed token", "logit"],
+                             [[repr(t.get("token")), fmt(t.get("logit")), repr(b.get("token")), fmt(b.get("logit"))]
+                              for t, b in zip(top, bottom)])]
+        except SafeSteerError as err:
+            blocks.append(NotRun("logit lens (unreadable)", str(err)))
+    return blocks
+
+
+def token_reason(item: dict, n_valid: int | None) -> str:
+    """The tokens stage's own one-line reason when the record is complete, else what the record holds."""
+    try:
+        return reason(item, n_valid or 0)
+    except (KeyError, TypeError, ValueError):
+        keys = ("votes", "mean_delta", "p_base", "p_steered", "mass_share")
+        return "; ".join(f"{k} {fmt(item[k], 4)}" for k in keys if k in item) or "–"
+
+
+def best_context(item: dict) -> str:
+    """The context where the steered teacher favoured the token most (the tokens stage records three)."""
+    examples = item.get("examples") or []
+    if not examples or not isinstance(examples[0], dict):
+        return "–"
+    ex = examples[0]
+    delta = ex.get("delta")
+    gain = f" (Δ {delta:+.2f})" if isinstance(delta, int | float) else ""
+    return f"#{ex.get('rank', '?')}{gain} after \"{ex.get('prompt', '')}\" → \"{ex.get('prefix', '')}\""
+
+
+def section_tokens(run: Path) -> list:
+    folder = run / "tokens"
+    blocks: list = [Heading("Stage 2: safety tokens S")]
+    # the whole tokens.json (S with its evidence); tokens.artifact.load_safety_tokens returns only the ids
+    data = read_artifact(folder / "tokens.json", "safety tokens", "safety-token stage", "tokens.json",
+                         f"run `safesteer-interp tokens --run {run}`", list_key="tokens")
+    if isinstance(data, NotRun):
+        return blocks + [data]
+    tokens = data["tokens"]
+    n_valid = data.get("n_valid_records")
+    blocks.append(Para(f"{len(tokens)} tokens ({data.get('selection', 'selection not recorded')}), best first, "
+                       "each with the evidence that put it in S (votes by answer position h, mean probabilities "
+                       "under the base and the steered teacher, mean log-prob gain Δ, share of Δ-weighted mass)."))
+    rows = [[fmt(t.get("rank", i + 1)), repr(t.get("text", t.get("token", "?"))), fmt(t.get("id")),
+             token_reason(t, n_valid), best_context(t)] for i, t in enumerate(tokens[:30]) if isinstance(t, dict)]
+    blocks.append(Table(["#", "token", "id", "why it is in S", "where it ranked highest"], rows))
+    for name, caption in (("votes.png", "votes per token"), ("probs.png", "base vs steered probability"),
+                          ("mass_curve.png", "cumulative Δ-weighted mass")):
+        if (folder / name).is_file():
+            blocks.append(Image(folder / name, caption))
+    return blocks
+
+
+def section_training(run: Path, assets: Path) -> list:
+    path = run / "train" / "metrics.jsonl"
+    blocks: list = [Heading("Stage 3: localized on-policy distillation")]
+    records = _read_jsonl(path) if path.is_file() else []
+    records = [r for r in records if isinstance(r, dict) and "step" in r]
+    if not records:
+        return blocks + [NotRun("distillation", f"run `safesteer-interp train --run {run}`")]
+    last = records[-1]
+    blocks.append(Para(f"{len(records)} optimizer steps recorded; last step {last['step']}: loss "
+                       f"{fmt(last.get('loss'), 5)}" + (f", KL(student || teacher) {fmt(last['kl_full'], 5)}"
+                                                        if "kl_full" in last else "") + "."))
+    blocks.append(Image(training_curves(records, assets / "training.png"), "training curves"))
+    openers = run / "train" / "openers.json"
+    if openers.is_file():  # the first answer token: which openers S holds, i.e. which ones the paper loss controls
+        report = read_json(openers, "first-token report")
+        blocks += [Para("First answer token on the training prompts (train/openers.json): the base model's most "
+                        "likely openers, the teacher's probability for each, and whether S holds it. The paper loss "
+                        "pulls an S token to p_teacher/e and only shrinks the rest together."
+                        + (f" Note: {report['note']}." if report.get("note") else "")),
+                   Table(["token", "p base", "p teacher", "in S", "paper target p_teacher/e"],
+                         [[row["token"], fmt(row["p_base"], 3), fmt(row["p_teacher"], 3), "yes" if row["in_S"] else
+                           "no", fmt(row["paper_target"], 3)] for row in report.get("base_top", [])])]
+    return blocks
+
+
+def section_samples(run: Path) -> list:
+    blocks: list = [Heading("Sample answers, before and after")]
+    folders = {p.name: p / "samples.jsonl" for p in sorted((run / "eval").glob("*")) if (p / "samples.jsonl").is_file()}
+    if not folders:
+        return blocks + [NotRun("sample answers", "evaluations write RUN/eval/NAME/samples.jsonl")]
+    models = [m for m in ordered(dict.fromkeys(folders)) if m in folders]
+    answers = {m: {r["prompt"]: r for r in _read_jsonl(folders[m]) if "prompt" in r} for m in models}
+    first = answers[models[0]]
+    rows = []
+    for group, count in SAMPLE_GROUPS:
+        prompts = [p for p, r in first.items() if r.get("group") == group][:count]
+        for prompt in prompts:
+            cells = []
+            for m in models:
+                record = answers[m].get(prompt)
+                mark = " [refusal]" if record and record.get("refused") else ""
+                cells.append("–" if record is None else f"{record.get('answer', '')}{mark}")
+            rows.append([group, prompt, *cells])
+    blocks.append(Para("Greedy answers to the same held-out prompts; [refusal] marks the substring judge's verdict."))
+    blocks.append(Table(["group", "prompt", *models], rows))
+    return blocks
+
+
+def section_analysis(run: str | Path) -> list:
+    """The analyses' blocks, read from RUN/analysis/index.json (written by `safesteer-interp analyze`), if it exists."""
+    run = Path(run)
+    path = run / "analysis" / "index.json"
+    if not path.is_file():
+        return [Heading("Analyses"), NotRun("analyses", f"safesteer-interp analyze --run {run}")]
+    index = read_json(path, "analysis index")
+    blocks = [Heading("Analyses"), Para(f"Written by `safesteer-interp analyze` (model {index.get('model')}); files "
+                                        "are under RUN/analysis/.")]
+    for entry in index.get("analyses", []):
+        blocks += analysis_entry(run, entry)
+    return blocks
+
+
+def show(value) -> str:
+    """A headline number, or a list of them, as a table cell."""
+    return "[" + ", ".join(map(show, value)) + "]" if isinstance(value, list) else fmt(value)
+
+
+def analysis_entry(run: Path, entry: dict) -> list:
+    """One analysis of the index: its settings, headline numbers, PNGs and the names of its other files."""
+    blocks: list = [Heading(entry["title"], 3)]
+    if entry.get("skipped"):
+        return blocks + [Para(f"skipped: {entry['skipped']}")]
+    cfg = entry.get("settings", {})
+    if cfg:
+        blocks.append(Para(f"{cfg.get('n_prompts')} prompts per group, {cfg.get('samples')} samples each, "
+                           f"seed {cfg.get('seed')}, student: {cfg.get('student')}."))
+    rows = [[k, show(v)] for k, v in entry["headline"].items()]
+    blocks.append(Table(["number", "value"], rows))
+    for f in entry["files"]:
+        if f.endswith(".png"):
+            blocks.append(Image(run / f, entry["title"]))
+    others = [f for f in entry["files"] if not f.endswith(".png")]
+    if others:
+        blocks.append(Para("Files: " + ", ".join(others)))
+    return blocks
+
+
+__all__ = ["ordered", "section_analysis", "section_direction", "section_samples", "section_tokens",
+           "section_tradeoff", "section_training", "tradeoff_table"]
