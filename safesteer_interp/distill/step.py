@@ -44,7 +44,7 @@ class StepState(Protocol):
 def optimizer_step(t: StepState, step: int) -> dict:
     """Train on step `step` of the plan; returns its metrics record."""
     start = time.perf_counter()
-    pieces = rollouts(t, step)
+    pieces = rollouts(t, step)  # sampled first, in eval mode: scoring below must see exactly these tokens
     stats = StepStats(anchor=t.cfg.anchor_weight > 0)
     t.optimizer.zero_grad(set_to_none=True)
     t.model.train()
@@ -55,7 +55,7 @@ def optimizer_step(t: StepState, step: int) -> dict:
         else:
             distill_term(t, rollout, n_sequences, sync, stats)
     grad_norm = t.acc.clip_grad_norm_(list(t.params.values()), t.cfg.max_grad_norm)
-    lr = lr_at(step, len(t.plan), t.cfg)
+    lr = lr_at(step, len(t.plan), t.cfg)  # a function of the step alone (no scheduler state), so resume is exact
     for group in t.optimizer.param_groups:
         group["lr"] = lr
     t.optimizer.step()
