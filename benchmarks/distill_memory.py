@@ -58,7 +58,8 @@ def one(args) -> dict:
 
     from safesteer_interp.core.generation import eos_token_ids
     from safesteer_interp.direction.artifact import Direction
-    from safesteer_interp.distill.trainer import DistillConfig, Distiller
+    from safesteer_interp.distill.config import DistillConfig
+    from safesteer_interp.distill.trainer import Distiller
     from safesteer_interp.teacher import SteeredTeacher
 
     torch.set_num_threads(args.threads)

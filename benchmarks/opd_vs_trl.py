@@ -90,7 +90,8 @@ def prepare_inputs(args, workdir: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from safesteer_interp.distill.trainer import DistillConfig, default_prompts, step_plan
+    from safesteer_interp.distill.config import DistillConfig, step_plan
+    from safesteer_interp.distill.trainer import default_prompts
 
     prompts = default_prompts("organism", n=args.n_prompts, seed=args.seed)  # same text for every --model
     plan = step_plan(len(prompts), DistillConfig(prompts_per_step=args.prompts, max_steps=args.steps + 1,
@@ -175,8 +176,9 @@ def run_ours(args, inputs: dict) -> dict:
     import torch
 
     from safesteer_interp.direction.artifact import Direction
-    from safesteer_interp.distill import trainer as distill_module
-    from safesteer_interp.distill.trainer import DistillConfig, Distiller
+    from safesteer_interp.distill import step as step_module  # where one optimizer step looks these names up
+    from safesteer_interp.distill.config import DistillConfig
+    from safesteer_interp.distill.trainer import Distiller
 
     before = rss_mib()
     model, tok = build(args.model)
@@ -189,11 +191,11 @@ def run_ours(args, inputs: dict) -> dict:
                         top_k=args.k, seed=args.seed)
     # The plan is recomputed by Distiller from the same prompts and seed, so it matches inputs["plan"].
     phases = Phases()
-    distill_module.sample_rollout = phases.wrap("generation (student samples)", distill_module.sample_rollout)
-    distill_module.answer_logprobs = phases.wrap_by_grad("teacher forward", "student forward",
-                                                         distill_module.answer_logprobs)
-    distill_module.token_loss = phases.wrap("loss", distill_module.token_loss)
-    distill_module.rollout_stats = phases.wrap("step statistics", distill_module.rollout_stats)
+    step_module.sample_rollout = phases.wrap("generation (student samples)", step_module.sample_rollout)
+    step_module.answer_logprobs = phases.wrap_by_grad("teacher forward", "student forward",
+                                                      step_module.answer_logprobs)
+    step_module.token_loss = phases.wrap("loss", step_module.token_loss)
+    step_module.rollout_stats = phases.wrap("step statistics", step_module.rollout_stats)
     with tempfile.TemporaryDirectory() as run:
         distiller = Distiller(run, model, tok, direction, inputs["prompts"], cfg,
                               safety_ids=inputs["safety"] if args.vocab == "safe" else None)
@@ -456,7 +458,7 @@ def main() -> None:
         print(INSTALL_HINT, file=sys.stderr)
         raise SystemExit(2) from None
     if args.lr is None:  # --lr ours
-        from safesteer_interp.distill.trainer import FULL_FT_LR, LORA_LR
+        from safesteer_interp.distill.config import FULL_FT_LR, LORA_LR
 
         args.lr = FULL_FT_LR if args.full_ft else LORA_LR
     if args.side:

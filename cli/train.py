@@ -12,34 +12,27 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import torch
 import typer
+from rich.console import Console
+from rich.table import Table
 
-from safesteer_interp.presets import PRESET_NAMES
+from safesteer_interp.data.prompts import load_instructions
+from safesteer_interp.direction.artifact import load_direction
+from safesteer_interp.distill.config import config_from
+from safesteer_interp.distill.losses import DIVERGENCES, RESTRICTS, VOCABS
+from safesteer_interp.distill.precision import weight_dtype
+from safesteer_interp.presets import PRESET_NAMES, STAGE_OPTIONS, resolve
 
-
-class Vocab(str, Enum):
-    safe = "safe"
-    topk = "topk"
-    full = "full"
-
-
-class Div(str, Enum):
-    reverse = "reverse"
-    forward = "forward"
-    jsd = "jsd"
-
-
-class Restrict(str, Enum):
-    paper = "paper"
-    renorm = "renorm"
-    binned = "binned"
+# The choices are the loss module's own tuples, so a new variant needs no second list here.
+Vocab = Enum("Vocab", [(v, v) for v in VOCABS], type=str)
+Div = Enum("Div", [(d, d) for d in DIVERGENCES], type=str)
+Restrict = Enum("Restrict", [(r, r) for r in RESTRICTS], type=str)
 
 
 def _open_model(spec: str, dtype: str | None):
     """(model, tokenizer) on this process's device (under DDP each rank takes its own GPU)."""
-    import torch
-
-    from safesteer_interp.cli.main import open_model
+    from safesteer_interp.cli.main import open_model  # lazy: cycle (main registers this command)
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
     return open_model(spec, dtype=dtype, device=device)
@@ -115,57 +108,50 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """Distil the steered teacher into the model on its own samples, with the loss restricted to S."""
-    import torch
-    from rich.console import Console
-    from rich.table import Table
-
-    from safesteer_interp.data.prompts import load_instructions
-    from safesteer_interp.direction.artifact import load_direction
-    from safesteer_interp.distill.trainer import DistillConfig, default_prompts, distill
-    from safesteer_interp.presets import resolve
-    from safesteer_interp.tokens.artifact import load_safety_tokens
+    options = {k: v.value if isinstance(v, Enum) else v for k, v in locals().items()}  # first line: only the options
+    from safesteer_interp.distill.trainer import distill  # lazy: transformers is heavy; --help must stay fast
+    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: heavy imports; --help must stay fast
 
     if threads:
         torch.set_num_threads(threads)
-    resolved, preset_record = resolve("train", preset, model=model, prompts=prompts, n_prompts=n_prompts, lr=lr,
-                                      full_ft=full_ft, samples=samples, max_new_tokens=max_new_tokens,
-                                      prompts_per_step=prompts_per_step, grad_checkpointing=grad_checkpointing,
-                                      dtype=dtype)
-    model, prompts, n_prompts, lr, full_ft = (resolved[k] for k in ("model", "prompts", "n_prompts", "lr", "full_ft"))
-    samples, max_new_tokens, prompts_per_step, grad_checkpointing, dtype = (
-        resolved[k] for k in ("samples", "max_new_tokens", "prompts_per_step", "grad_checkpointing", "dtype"))
-    cfg = DistillConfig(vocab=vocab.value, divergence=divergence.value, restrict=restrict.value, alpha=alpha,
-                        top_k=top_k, loss_skip=loss_skip, loss_keep=loss_keep, samples=samples,
-                        prompts_per_step=prompts_per_step, micro_batch=micro_batch, max_new_tokens=max_new_tokens,
-                        temperature=temperature, epochs=epochs, max_steps=max_steps, lr=lr, warmup_ratio=warmup_ratio,
-                        weight_decay=weight_decay, max_grad_norm=max_grad_norm, full_ft=full_ft, lora_r=lora_r,
-                        lora_alpha=lora_alpha, lora_targets=lora_targets, teacher_device=teacher_device,
-                        grad_checkpointing=grad_checkpointing, bf16=bf16, anchor_weight=anchor_weight,
-                        teacher_positions=teacher_positions, seed=seed).check()
+    resolved, preset_record = resolve("train", preset, **{k: options[k] for k in STAGE_OPTIONS["train"]})
+    options.update(resolved)
+    cfg = config_from(options)
     # Cheap input checks first: a missing artifact or prompt file should fail before a model is loaded.
     direction = load_direction(run)
     tokens_file = run / "tokens" / "tokens.json"
-    safety_ids = load_safety_tokens(run) if vocab == Vocab.safe or tokens_file.is_file() else None
-    if prompts is None:
-        instructions = default_prompts(model, n_prompts or 100, seed)
-    else:
-        instructions = load_instructions(prompts, n_prompts, seed, column)
-    anchors: list[str] = []
-    if anchor_weight > 0:
-        anchors = (load_instructions(anchor_prompts, None, seed, column) if anchor_prompts
-                   else default_prompts(model, 100, seed, group="harmless"))
-    if preset_record["origin"]["dtype"] == "preset" and not torch.cuda.is_available():
-        dtype = None  # the reference's pure bf16 is a GPU setting; on CPU keep float32
-    if dtype is None and full_ft and torch.cuda.is_available():
-        dtype = "float32"  # mixed precision: AdamW steps of ~lr vanish in bf16 weights (distill.precision_report)
-    lm, tokenizer = _open_model(model, dtype)
+    safety_ids = load_safety_tokens(run) if cfg.vocab == "safe" or tokens_file.is_file() else None
+    instructions, anchors = _prompts(options)
+    from_preset = preset_record["origin"]["dtype"] == "preset"
+    dtype = weight_dtype(options["dtype"], full_ft=cfg.full_ft, from_preset=from_preset, gpu=torch.cuda.is_available())
+    lm, tokenizer = _open_model(options["model"], dtype)
     summary = distill(run, lm, tokenizer, direction, instructions, cfg, safety_ids=safety_ids, anchor_prompts=anchors,
                       resume=resume, save_every=save_every,
-                      provenance={"model": model, "prompts": prompts or f"default:{model}",
+                      provenance={"model": options["model"],
+                                  "prompts": options["prompts"] or f"default:{options['model']}",
                                   "tokens": str(tokens_file) if safety_ids is not None else None,
                                   "preset": preset_record})
-    if "model" not in summary:  # not the main process
-        return
+    if "model" in summary:  # only the main process prints
+        _print_summary(summary)
+
+
+def _prompts(options: dict) -> tuple[list[str], list[str]]:
+    """(training prompts, anchor prompts) from the resolved options."""
+    from safesteer_interp.distill.trainer import default_prompts  # lazy: transformers is heavy
+
+    model, seed, column = options["model"], options["seed"], options["column"]
+    if options["prompts"] is None:
+        instructions = default_prompts(model, options["n_prompts"] or 100, seed)
+    else:
+        instructions = load_instructions(options["prompts"], options["n_prompts"], seed, column)
+    anchors: list[str] = []
+    if options["anchor_weight"] > 0:
+        anchors = (load_instructions(options["anchor_prompts"], None, seed, column) if options["anchor_prompts"]
+                   else default_prompts(model, 100, seed, group="harmless"))
+    return instructions, anchors
+
+
+def _print_summary(summary: dict) -> None:
     last = summary["last"]
     table = Table(title=f"distillation: {summary['steps']} steps in {summary['seconds']:.0f}s")
     for key in ("loss", "kl_full", "kl_k3", "mass_S_student", "mass_S_teacher", "first_mass_S_student",

@@ -142,7 +142,7 @@ def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper", divergence: str = "reverse"):
-    from safesteer_interp.distill.trainer import DistillConfig
+    from safesteer_interp.distill.config import DistillConfig  # lazy: torch is heavy (a stage imports what it runs)
 
     return DistillConfig(vocab=vocab, restrict=restrict, divergence=divergence, samples=cfg.samples,
                          max_new_tokens=cfg.max_new_tokens, lr=cfg.lr, prompts_per_step=cfg.prompts_per_step,
@@ -152,18 +152,17 @@ def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper",
 def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str, divergence: str, trainer: str,
               resume: bool) -> dict:
     """Train one student into target/train/ (SafeSteer itself: target = run)."""
-    from safesteer_interp.direction.artifact import load_direction
-    from safesteer_interp.distill.trainer import default_prompts, distill
-    from safesteer_interp.tokens.artifact import load_safety_tokens
+    from safesteer_interp.direction.artifact import load_direction  # lazy: torch is heavy (as every stage here)
+    from safesteer_interp.distill.sft import sft  # lazy: torch is heavy
+    from safesteer_interp.distill.trainer import default_prompts, distill  # lazy: transformers is heavy
+    from safesteer_interp.teacher import SteeredTeacher  # lazy: torch is heavy
+    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: torch is heavy
 
     model, tok = _load(cfg)
     direction = load_direction(run)
     prompts = default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)
     dcfg = distill_config(cfg, vocab, restrict, divergence)
     if trainer == "sft":
-        from safesteer_interp.distill.sft import sft
-        from safesteer_interp.teacher import SteeredTeacher
-
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
     safety = load_safety_tokens(run) if vocab == "safe" else None
     return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,

@@ -2,8 +2,8 @@
 
 A teacher is not a second model. It is the same weights seen through a context manager: `with teacher.active():`
 adds `coeff * r` at `blocks.{layer}.hook_resid_pre` (all positions as the reference, or prompt tokens only, or the
-last prompt token: `Direction.positions`), and for a peft student it
-also disables the adapters, so teacher and student share one copy of the weights.
+last prompt token: `Direction.positions`), and for a peft student it also disables the adapters, so teacher and
+student share one copy of the weights.
 
 Contrast pairs: `teacher.encode` / `teacher.logits` is pi_T on the teacher's view of a prompt, `teacher.base_encode` /
 `teacher.base_logits` is pi_0 on the student's view (the same ids for the vector teacher; the reference's empty
@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from safesteer_interp.core.chat import ChatBatch, encode_prompts, has_system_role
 from safesteer_interp.core.generation import Generation, generate
@@ -30,11 +30,84 @@ from safesteer_interp.errors import SafeSteerError
 SAFETY_SYSTEM_PROMPT = ("You are a safety-conscious assistant. Never produce harmful, unsafe, or disallowed "
                         "content")  # the reference's wording, without a trailing period, as published
 
+TeacherKind = Literal["vector", "prompt"]
 
+
+class Teacher(Protocol):
+    """What callers use of a teacher: pi_T inside `active()`, pi_0 (steering and adapters off) via `base_*`."""
+
+    kind: TeacherKind
+    model: nn.Module
+    tokenizer: Any
+    direction: Direction | None  # None: the prompt teacher steers nothing
+    coeff: float  # 0.0 for the prompt teacher
+    positions: Positions
+    system: str | None  # the system prompt of the teacher's view (None: the student's view)
+    base_system: str | None
+
+    def active(self, positions: Positions | None = None) -> AbstractContextManager[None]: ...
+
+    def scoring_positions(self, input_ids: Int[Tensor, "batch pos"],
+                          prompt_length: int | Int[Tensor, " batch"] | None) -> Positions: ...
+
+    def logits(self, batch: ChatBatch, last: int | None = None, *,
+               prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]: ...
+
+    def base_logits(self, batch: ChatBatch, last: int | None = None) -> Float[Tensor, "batch pos vocab"]: ...
+
+    def encode(self, instructions: Sequence[str]) -> ChatBatch: ...
+
+    def base_encode(self, instructions: Sequence[str]) -> ChatBatch: ...
+
+    def generate(self, instructions: Sequence[str], **kwargs) -> Generation: ...
+
+
+# ----------------------------------------------------------------------------------------------- shared behaviour
+def adapters_disabled(model) -> AbstractContextManager:
+    """pi_0, the unsteered base model (adapters off for a peft student): what the teacher is contrasted with."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: Teacher, batch: ChatBatch, last: int | None = None, *,
+                    prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]:
+    """pi_T's logits on `batch`; `last=k` keeps only the last k positions (no full [pos, vocab] tensor).
+
+    `prompt_length` (the padded prompt width) is needed only for a teacher steering prompt tokens only.
+    """
+    with teacher.active(teacher.scoring_positions(batch.input_ids, prompt_length)):
+        return forward_logits(teacher.model, batch, last)
+
+
+@torch.no_grad()
+def _base_logits(teacher: Teacher, batch: ChatBatch, last: int | None = None) -> Float[Tensor, "batch pos vocab"]:
+    """pi_0's logits on `batch` (steering off, adapters off): the side the teacher is contrasted with."""
+    with adapters_disabled(teacher.model):
+        return forward_logits(teacher.model, batch, last)
+
+
+def _encode(teacher: Teacher, instructions: Sequence[str]) -> ChatBatch:
+    """The teacher's view of the prompts."""
+    return encode_prompts(teacher.tokenizer, instructions, teacher.system)
+
+
+def _base_encode(teacher: Teacher, instructions: Sequence[str]) -> ChatBatch:
+    """The base model's (and student's) view of the prompts."""
+    return encode_prompts(teacher.tokenizer, instructions, teacher.base_system)
+
+
+def _generate(teacher: Teacher, instructions: Sequence[str], **kwargs) -> Generation:
+    with teacher.active():
+        return generate(teacher.model, teacher.tokenizer, _encode(teacher, instructions), **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- the two teachers
 class SteeredTeacher:
     """pi_T: the base model with `coeff * direction` added at one layer."""
 
-    kind = "vector"
+    kind: TeacherKind = "vector"
+    logits, base_logits, encode, base_encode, generate = (_teacher_logits, _base_logits, _encode, _base_encode,
+                                                          _generate)
 
     def __init__(self, model, tokenizer, direction: Direction, *, coeff: float | None = None,
                  positions: Positions | None = None):
@@ -48,7 +121,7 @@ class SteeredTeacher:
     def active(self, positions: Positions | None = None) -> Iterator[None]:
         """Inside this block the model *is* the teacher (adapters off if any, steering on at `self.positions`)."""
         with ExitStack() as stack:
-            stack.enter_context(as_base_model(self.model))
+            stack.enter_context(adapters_disabled(self.model))
             stack.enter_context(add_to_resid(self.model, self.direction.vector, self.direction.layer,
                                              self.coeff, self.positions if positions is None else positions))
             yield
@@ -73,39 +146,13 @@ class SteeredTeacher:
         k = 1 if self.positions == "last" else int(self.positions)
         return (columns < ends[:, None]) & (columns >= ends[:, None] - k)
 
-    @torch.no_grad()
-    def logits(self, batch: ChatBatch, last: int | None = None, *,
-               prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]:
-        """pi_T's logits on `batch`; `last=k` keeps only the last k positions (no full [pos, vocab] tensor).
 
-        `prompt_length` (the padded prompt width) is needed only for a teacher steering prompt tokens only.
-        """
-        with self.active(self.scoring_positions(batch.input_ids, prompt_length)):
-            return forward_logits(self.model, batch, last)
-
-    @torch.no_grad()
-    def base_logits(self, batch: ChatBatch, last: int | None = None) -> Float[Tensor, "batch pos vocab"]:
-        """pi_0's logits on `batch` (steering off, adapters off): the side the teacher is contrasted with."""
-        with as_base_model(self.model):
-            return forward_logits(self.model, batch, last)
-
-    def encode(self, instructions: Sequence[str]) -> ChatBatch:
-        """The teacher's view of the prompts."""
-        return encode_prompts(self.tokenizer, instructions, self.system)
-
-    def base_encode(self, instructions: Sequence[str]) -> ChatBatch:
-        """The base model's (and student's) view of the prompts."""
-        return encode_prompts(self.tokenizer, instructions, self.base_system)
-
-    def generate(self, instructions: Sequence[str], **kwargs) -> Generation:
-        with self.active():
-            return generate(self.model, self.tokenizer, self.encode(instructions), **kwargs)
-
-
-class PromptTeacher(SteeredTeacher):
+class PromptTeacher:
     """The reference's second mode: the unsteered model with a safety system prompt in front of each request."""
 
-    kind = "prompt"
+    kind: TeacherKind = "prompt"
+    logits, base_logits, encode, base_encode, generate = (_teacher_logits, _base_logits, _encode, _base_encode,
+                                                          _generate)
 
     def __init__(self, model, tokenizer, system: str = SAFETY_SYSTEM_PROMPT, base_system: str | None = ""):
         if not has_system_role(tokenizer):
@@ -115,28 +162,20 @@ class PromptTeacher(SteeredTeacher):
         # The reference's baseline (and student) prompt carries an *empty* system turn, not none: with templates
         # that insert a default system prompt when none is given (Qwen2.5) the two differ.
         self.base_system = base_system
-        self.direction, self.coeff, self.positions = None, 0.0, "all"
+        self.direction: Direction | None = None
+        self.coeff, self.positions = 0.0, "all"
 
-    @contextmanager
-    def active(self, positions: Positions | None = None) -> Iterator[None]:
-        with as_base_model(self.model):
-            yield
+    def active(self, positions: Positions | None = None) -> AbstractContextManager[None]:
+        """Adapters off, nothing steered: the system prompt (in `encode`) does the work."""
+        return adapters_disabled(self.model)
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
                           ) -> Positions:
         return "all"  # nothing is steered; the system prompt does the work
 
 
-def as_base_model(model) -> AbstractContextManager:
-    """pi_0, the unsteered base model (adapters off for a peft student): what the teacher is contrasted with."""
-    return model.disable_adapter() if hasattr(model, "disable_adapter") else nullcontext()
-
-
-TeacherKind = Literal["vector", "prompt"]
-
-
-def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction=None, *, coeff: float | None = None,
-                 positions: Positions | None = None) -> SteeredTeacher:
+def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction: Direction | None = None, *,
+                 coeff: float | None = None, positions: Positions | None = None) -> Teacher:
     """The teacher of `kind`: the steered model (needs a direction) or the safety-system-prompt model."""
     if kind == "vector":
         if direction is None:
@@ -145,3 +184,7 @@ def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction=None,
     if kind == "prompt":
         return PromptTeacher(model, tokenizer)
     raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not {kind!r}")
+
+
+__all__ = ["SAFETY_SYSTEM_PROMPT", "PromptTeacher", "SteeredTeacher", "Teacher", "TeacherKind", "adapters_disabled",
+           "make_teacher"]

@@ -22,9 +22,10 @@ from safesteer_interp.core.chat import encode_prompts, position_ids_from_mask
 from safesteer_interp.core.hooks import add_to_resid
 from safesteer_interp.core.scoring import answer_logprobs
 from safesteer_interp.direction.artifact import Direction, save_direction
+from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.rollout import sample_rollout
 from safesteer_interp.distill.student import make_pair
-from safesteer_interp.distill.trainer import DistillConfig, distill
+from safesteer_interp.distill.trainer import distill
 from safesteer_interp.testing import tiny_model
 from safesteer_interp.tokens.artifact import load_safety_tokens
 
@@ -347,7 +348,8 @@ def test_same_seed_same_lora_student(tmp_path):
     import torch
 
     from safesteer_interp.direction.artifact import Direction
-    from safesteer_interp.distill.trainer import DistillConfig, Distiller
+    from safesteer_interp.distill.config import DistillConfig
+    from safesteer_interp.distill.trainer import Distiller
     from safesteer_interp.testing import tiny_model
 
     students = []

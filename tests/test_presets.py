@@ -51,7 +51,7 @@ def test_an_explicit_flag_beats_the_preset():
 
 
 def test_no_preset_keeps_the_package_defaults():
-    from safesteer_interp.distill.trainer import DistillConfig
+    from safesteer_interp.distill.config import DistillConfig
     from safesteer_interp.tokens.contrast import ContrastConfig
     from safesteer_interp.tokens.vote import VoteConfig
 

@@ -14,11 +14,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from safesteer_interp.teacher import SteeredTeacher
+from safesteer_interp.teacher import Teacher
 
 
 @torch.no_grad()
-def first_token_probs(teacher: SteeredTeacher, instructions: Sequence[str], batch_size: int = 32,
+def first_token_probs(teacher: Teacher, instructions: Sequence[str], batch_size: int = 32,
                       ) -> tuple[Float[Tensor, " vocab"], Float[Tensor, " vocab"]]:
     """Mean next-token distribution after the generation prompt: (base model, steered teacher), over the prompts."""
     base, steered = 0.0, 0.0
@@ -52,7 +52,7 @@ def uncontrolled(rows: Sequence[dict], min_share: float = MIN_SHARE) -> list[dic
     return [r for r in rows if not r["in_S"] and r["p_base"] >= min_share and r["p_teacher"] < r["p_base"]]
 
 
-def opener_report(teacher: SteeredTeacher, instructions: Sequence[str], ids: Int[Tensor, " k"] | None,
+def opener_report(teacher: Teacher, instructions: Sequence[str], ids: Int[Tensor, " k"] | None,
                   top: int = 5, restrict: str = "paper") -> dict:
     """openers.json: the base's first tokens on the training prompts, the teacher's, and which of them S holds.
 

@@ -18,12 +18,12 @@ from torch import Tensor
 from safesteer_interp.core.artifacts import write_json, write_jsonl
 from safesteer_interp.core.chat import batch_from_ids
 from safesteer_interp.core.generation import Generation
+from safesteer_interp.distill.config import DistillConfig, lr_at
 from safesteer_interp.distill.student import lora_student, save_final, trainable
-from safesteer_interp.distill.trainer import DistillConfig, lr_at
-from safesteer_interp.teacher import SteeredTeacher
+from safesteer_interp.teacher import Teacher
 
 
-def teacher_answers(teacher: SteeredTeacher, prompts: Sequence[str], cfg: DistillConfig):
+def teacher_answers(teacher: Teacher, prompts: Sequence[str], cfg: DistillConfig):
     """Token rows (prompt + teacher answer) and the answer mask, sampled like the student's rollouts."""
     rows = []
     for start in range(0, len(prompts), 16):
@@ -40,7 +40,7 @@ def answer_columns(generation: Generation) -> Tensor:
     return torch.cat([prompt, answers], 1)
 
 
-def sft(run: str | Path, model, tokenizer, teacher: SteeredTeacher, prompts: Sequence[str], cfg: DistillConfig) -> dict:
+def sft(run: str | Path, model, tokenizer, teacher: Teacher, prompts: Sequence[str], cfg: DistillConfig) -> dict:
     """Train LoRA adapters by CE on teacher answers; write RUN/train/ like `distill` (metrics, model/)."""
     out = Path(run) / "train"
     start_time = time.perf_counter()

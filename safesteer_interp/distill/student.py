@@ -19,7 +19,7 @@ from torch import nn
 from safesteer_interp.core.hooks import base_model
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.teacher import SteeredTeacher
+from safesteer_interp.teacher import SteeredTeacher, Teacher
 
 ALL_LINEAR = "all-linear"  # peft: every linear layer except the output head
 
@@ -63,7 +63,7 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
               lora_alpha: float | None = None, lora_targets: str | list[str] = ALL_LINEAR,
               teacher_device: str | None = None, teacher_positions: str | None = None,
-              ) -> tuple[nn.Module, SteeredTeacher]:
+              ) -> tuple[nn.Module, Teacher]:
     """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
 
     `teacher_positions`: where the teacher steers, "all" (the reference), "prompt" (prompt tokens only) or "last"

@@ -15,7 +15,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.teacher import SteeredTeacher, as_base_model
+from safesteer_interp.teacher import PromptTeacher, SteeredTeacher, Teacher, adapters_disabled
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def plain(model: nn.Module, tokenizer) -> Policy:
     return Policy(model, tokenizer, nullcontext, "plain")
 
 
-def steered(teacher: SteeredTeacher) -> Policy:
+def steered(teacher: Teacher) -> Policy:
     """The safety teacher: the base weights plus the steering hook (adapters off for a LoRA student's model)."""
     return Policy(teacher.model, teacher.tokenizer, teacher.active, f"{teacher.kind} teacher",
                   lambda ids, prompt_length: teacher.active(teacher.scoring_positions(ids, prompt_length)))
@@ -56,14 +56,14 @@ def adapters_off(model: nn.Module, tokenizer) -> Policy:
     if not hasattr(model, "disable_adapter"):
         raise SafeSteerError("base='adapters' needs a peft model (one with adapters to disable); pass the base "
                              "model itself instead")
-    return Policy(model, tokenizer, lambda: as_base_model(model), "adapters off")
+    return Policy(model, tokenizer, lambda: adapters_disabled(model), "adapters off")
 
 
 def as_policy(obj, tokenizer) -> Policy:
     """Accept a Policy, a SteeredTeacher or a plain model, so callers pass whatever they hold."""
     if isinstance(obj, Policy):
         return obj
-    if isinstance(obj, SteeredTeacher):
+    if isinstance(obj, (SteeredTeacher, PromptTeacher)):
         return steered(obj)
     if isinstance(obj, nn.Module):
         return plain(obj, tokenizer)
