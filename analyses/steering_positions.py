@@ -16,8 +16,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.generation import generate_answers
-from safesteer_interp.core.hooks import Edit, addition, hooks, is_decode_step, n_layers, project_out
+from safesteer_interp.core.hooks import Edit, addition, hooks, is_decode_step, project_out
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.direction.checks import judged_rates
 from safesteer_interp.direction.plots import logit_lens

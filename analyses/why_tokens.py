@@ -18,6 +18,7 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm
 from safesteer_interp.core.artifacts import read_json
+from safesteer_interp.core.chat import position_ids_from_mask
 from safesteer_interp.core.hooks import hooks
 from safesteer_interp.errors import SafeSteerError
 
@@ -97,8 +98,6 @@ def record_components(model, rows: Tensor, cols: Tensor) -> Iterator[dict[str, T
 @torch.no_grad()
 def component_attribution(inputs: RunInputs, scored: Scored, horizon: int) -> dict:
     """Direct logit change on S of every MLP and head (steered minus unsteered), at answer positions 1..horizon."""
-    from safesteer_interp.core.chat import position_ids_from_mask
-
     model, rollout, ids = inputs.base, scored.rollout, inputs.safety_ids
     n_new = scored.answers.shape[1]
     use = scored.mask.clone()

@@ -107,7 +107,7 @@ def prepare_inputs(args, workdir: Path) -> Path:
     else:
         # A difference in means at the middle layer's last prompt token, and |S| = --k token ids drawn with a seed:
         # the step's cost depends on |S| and the direction's shape, not on which ids or which vector.
-        from safesteer_interp.core.hooks import n_layers
+        from safesteer_interp.core.anatomy import n_layers
         from safesteer_interp.direction.candidates import difference_in_means
         from safesteer_interp.organism import world
 

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from safesteer_interp.cli import options
 from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
 from safesteer_interp.presets import resolve
 
@@ -43,7 +44,6 @@ def direction(
 
     A preset only picks the model here: n-train/n-val 128/32 and coeff 1.0 are already the reference's values.
     """
-    from safesteer_interp.cli.main import default_device, open_model  # lazy: cycle (cli.main registers commands)
     from safesteer_interp.core.models import is_organism  # lazy: transformers, only when the command runs
     from safesteer_interp.direction.select import NothingSurvived  # lazy: torch, only when the command runs
     from safesteer_interp.direction.stage import direction_config, run_direction  # lazy: torch, as above
@@ -53,7 +53,7 @@ def direction(
     model = values["model"]
     config = direction_config(seed, parse_coeff(coeff), n_train=n_train, n_val=n_val, prune=prune, kl_max=kl_max,
                               refusal_tokens=[t for t in refusal_tokens.split(",") if t], positions=positions)
-    lm, tok = open_model(model, dtype, device or default_device())
+    lm, tok = options.open_model(model, dtype, device or options.default_device())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
         def progress(total: int):

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from safesteer_interp.cli import options
 from safesteer_interp.errors import SafeSteerError
 
 console = Console()
@@ -50,28 +51,27 @@ def eval_command(
                                                "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
-    from safesteer_interp.cli.main import default_device, open_model  # lazy: cycle (cli.main registers this command)
     from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.stage import evaluate, evaluate_run_model  # lazy: torch (slow CLI start-up)
 
-    device = device or default_device()
+    device = device or options.default_device()
     check_options(out, run, teacher, name, mc_mode)
     custom = any(x is not None for x in (harmful, lookalike, harmless))
     spec = eval_spec(custom, split, harmful, lookalike, harmless, mc, n, mc_limit, mc_mode)
     judges = [load_judge(j) for j in judge or ()]
     with err_console.status(f"loading {model}"):
-        lm, tok = open_model(model, dtype, device)
-    reference = open_model(base, dtype, device)[0] if base is not None else None
+        lm, tok = options.open_model(model, dtype, device)
+    reference = options.open_model(base, dtype, device)[0] if base is not None else None
     label = name or ("teacher" if teacher else Path(model).name or model)
-    options = dict(spec=spec, split=split, judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
+    settings = dict(spec=spec, split=split, judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
                    mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size, sampled=sampled)
     with err_console.status(f"evaluating {label} (greedy{' and sampled' if sampled else ''} answers, judges, "
                             "KL drift)"):
         if run is not None:
-            result = evaluate_run_model(run, label, lm, tok, teacher=teacher, base=reference, **options)
+            result = evaluate_run_model(run, label, lm, tok, teacher=teacher, base=reference, **settings)
         else:
-            result = evaluate(lm, tok, name=label, base=reference, **options)
+            result = evaluate(lm, tok, name=label, base=reference, **settings)
     if out is not None:
         write_json(out, result)
     print_eval(result)

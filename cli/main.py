@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.cli import options
 from safesteer_interp.cli.analyze import analyze
 from safesteer_interp.cli.datasets import datasets_command
 from safesteer_interp.cli.direction import direction
@@ -29,39 +30,15 @@ ModelOpt = Annotated[str, typer.Option("--model", "-m", help="'organism', a loca
                                                              "or 'tiny-random' (a random Qwen2 for smoke tests)")]
 
 
-def open_model(spec: str, dtype: str | None = None, device: str = "cpu"):
-    """`load_model`, plus the 'tiny-random' spec used by smoke runs."""
-    if spec == "tiny-random":
-        from safesteer_interp.testing import tiny_model  # lazy: torch (slow CLI start-up)
-
-        return tiny_model("qwen2")
-    from safesteer_interp.core.models import load_model  # lazy: transformers (slow CLI start-up)
-
-    return load_model(spec, dtype=dtype, device=device)
-
-
-def default_device() -> str:
-    """Where a command puts the model when --device is not given: the GPU when there is one."""
-    import torch  # lazy: slow CLI start-up
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def default_model() -> str:
-    from safesteer_interp.core.models import ORGANISM_DIR  # lazy: transformers (slow CLI start-up)
-
-    return "organism" if (ORGANISM_DIR / "config.json").is_file() else "tiny-random"
-
-
 @app.command()
 def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
           model: ModelOpt = "", seed: int = 0) -> None:
     """A quick smoke run of the hooked core (capture, difference in means, steering) on any model."""
     from safesteer_interp.smoke import smoke_run  # lazy: torch (slow CLI start-up)
 
-    spec = model or default_model()
+    spec = model or options.default_model()
     with err_console.status(f"loading {spec}"):
-        lm, tokenizer = open_model(spec)
+        lm, tokenizer = options.open_model(spec)
     with err_console.status("difference in means, steering, generation"):
         summary = smoke_run(lm, tokenizer, out, model_name=spec, seed=seed)
     table = Table(title=f"smoke run on {spec}")
@@ -74,9 +51,10 @@ def smoke(out: Annotated[str, typer.Option(help="run folder")] = "runs/smoke",
 @app.command()
 def hooks(model: ModelOpt = "organism") -> None:
     """List the hook points of a model (TransformerLens-style names)."""
-    from safesteer_interp.core.hooks import d_model, hook_names, n_layers  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.core.anatomy import d_model, n_layers  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.core.hooks import hook_names  # lazy: torch (slow CLI start-up)
 
-    lm, _ = open_model(model)
+    lm, _ = options.open_model(model)
     console.print(f"{n_layers(lm)} layers, d_model={d_model(lm)}")
     for name in hook_names(lm):
         console.print(name)

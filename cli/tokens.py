@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from safesteer_interp.cli import options
 from safesteer_interp.cli.options import DeviceOption, DtypeOption, ModelOption, PresetOption
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.presets import resolve
@@ -73,10 +74,7 @@ def tokens(
 
     A preset sets H, min-prob, K, M, K' and the method; explicit flags override it.
     """
-    from safesteer_interp.cli.main import default_device, default_model, open_model  # lazy: cycle (cli.main)
-    from safesteer_interp.tokens.explain import reason  # lazy: torch, only when the command runs
-    from safesteer_interp.tokens.stage import check_inputs, run_tokens, token_configs  # lazy: torch, as above
-    from safesteer_interp.tokens.vote import vote_warning  # lazy: torch, as above
+    from safesteer_interp.tokens.stage import check_inputs, run_tokens, token_configs  # lazy: torch, when it runs
 
     values, preset_record = resolve("tokens", preset, model=model or None, k=k, horizon=horizon, samples=samples,
                                     method=method, k_inner=k_inner, min_prob=min_prob)
@@ -87,10 +85,10 @@ def tokens(
                                    batch_size=batch_size, k=parse_k(str(k)), method=method, k_inner=k_inner,
                                    min_prob=min_prob, share=share)
     on, prompts = check_inputs(run, teacher, on, positions)  # before the model loads
-    spec = values["model"] or default_model()
+    spec = values["model"] or options.default_model()
     preset_record["values"]["model"] = spec
     with err_console.status(f"loading {spec}"):
-        lm, tokenizer = open_model(spec, dtype, device or default_device())
+        lm, tokenizer = options.open_model(spec, dtype, device or options.default_device())
 
     passes = 2 if stability else 1
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -99,6 +97,15 @@ def tokens(
         result = run_tokens(run, lm, tokenizer, prompts=prompts, on=on, teacher_kind=teacher, coeff=coeff,
                             positions=positions, contrast=contrast, vote=vote, check_stability=stability,
                             progress=lambda n: bar.advance(task, n), extra_config={"preset": preset_record})
+
+    print_result(result, method, share, k_inner, top)
+    console.print(f"artifacts: {run}/tokens/")
+
+
+def print_result(result, method: str, share: float, k_inner: int | str, top: int) -> None:
+    """S with the reason for each of its first `top` tokens, both sizes, the vote's warning and the stability."""
+    from safesteer_interp.tokens.explain import reason  # lazy: torch, only when the command runs
+    from safesteer_interp.tokens.vote import vote_warning  # lazy: torch, as above
 
     n_valid = result.selection.stats.n_valid
     table = Table(title=f"safety tokens S: {result.selection_label} ({len(result.ids)} tokens, {n_valid} records)")
@@ -118,4 +125,3 @@ def tokens(
         cells = [f"k={key}: halves {e['jaccard_halves']}, seeds {e['jaccard_seeds']}"
                  for key, e in result.stability.by_k.items()]
         console.print("stability (Jaccard): " + "; ".join(cells))
-    console.print(f"artifacts: {run}/tokens/")

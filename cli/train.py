@@ -12,19 +12,16 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import torch
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.cli import options
 from safesteer_interp.data.prompts import load_instructions
-from safesteer_interp.direction.artifact import load_direction
-from safesteer_interp.distill.config import config_from
-from safesteer_interp.distill.losses import DIVERGENCES, RESTRICTS, VOCABS
-from safesteer_interp.distill.precision import weight_dtype
+from safesteer_interp.distill.variants import DIVERGENCES, RESTRICTS, VOCABS
 from safesteer_interp.presets import PRESET_NAMES, STAGE_OPTIONS, resolve
 
-# The choices are the loss module's own tuples, so a new variant needs no second list here.
+# The choices are the loss variants' own tuples, so a new variant needs no second list here.
 Vocab = Enum("Vocab", [(v, v) for v in VOCABS], type=str)
 Div = Enum("Div", [(d, d) for d in DIVERGENCES], type=str)
 Restrict = Enum("Restrict", [(r, r) for r in RESTRICTS], type=str)
@@ -32,10 +29,10 @@ Restrict = Enum("Restrict", [(r, r) for r in RESTRICTS], type=str)
 
 def _open_model(spec: str, dtype: str | None):
     """(model, tokenizer) on this process's device (under DDP each rank takes its own GPU)."""
-    from safesteer_interp.cli.main import open_model  # lazy: cycle (main registers this command)
+    import torch  # lazy: torch (slow CLI start-up)
 
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    return open_model(spec, dtype=dtype, device=device)
+    return options.open_model(spec, dtype=dtype, device=device)
 
 
 def train(
@@ -108,45 +105,50 @@ def train(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
 ) -> None:
     """Distil the steered teacher into the model on its own samples, with the loss restricted to S."""
-    options = {k: v.value if isinstance(v, Enum) else v for k, v in locals().items()}  # first line: only the options
-    from safesteer_interp.distill.trainer import distill  # lazy: transformers is heavy; --help must stay fast
-    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: heavy imports; --help must stay fast
+    given = {k: v.value if isinstance(v, Enum) else v for k, v in locals().items()}  # first line: only the options
+    import torch  # lazy: torch (slow CLI start-up), as every import below
+
+    from safesteer_interp.direction.artifact import load_direction  # lazy: torch
+    from safesteer_interp.distill.config import config_from  # lazy: torch
+    from safesteer_interp.distill.precision import weight_dtype  # lazy: torch
+    from safesteer_interp.distill.trainer import distill  # lazy: torch
+    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: torch
 
     if threads:
         torch.set_num_threads(threads)
-    resolved, preset_record = resolve("train", preset, **{k: options[k] for k in STAGE_OPTIONS["train"]})
-    options.update(resolved)
-    cfg = config_from(options)
+    resolved, preset_record = resolve("train", preset, **{k: given[k] for k in STAGE_OPTIONS["train"]})
+    given.update(resolved)
+    cfg = config_from(given)
     # Cheap input checks first: a missing artifact or prompt file should fail before a model is loaded.
     direction = load_direction(run)
     tokens_file = run / "tokens" / "tokens.json"
     safety_ids = load_safety_tokens(run) if cfg.vocab == "safe" or tokens_file.is_file() else None
-    instructions, anchors = _prompts(options)
+    instructions, anchors = _prompts(given)
     from_preset = preset_record["origin"]["dtype"] == "preset"
-    dtype = weight_dtype(options["dtype"], full_ft=cfg.full_ft, from_preset=from_preset, gpu=torch.cuda.is_available())
-    lm, tokenizer = _open_model(options["model"], dtype)
+    dtype = weight_dtype(given["dtype"], full_ft=cfg.full_ft, from_preset=from_preset, gpu=torch.cuda.is_available())
+    lm, tokenizer = _open_model(given["model"], dtype)
     summary = distill(run, lm, tokenizer, direction, instructions, cfg, safety_ids=safety_ids, anchor_prompts=anchors,
                       resume=resume, save_every=save_every,
-                      provenance={"model": options["model"],
-                                  "prompts": options["prompts"] or f"default:{options['model']}",
+                      provenance={"model": given["model"],
+                                  "prompts": given["prompts"] or f"default:{given['model']}",
                                   "tokens": str(tokens_file) if safety_ids is not None else None,
                                   "preset": preset_record})
     if "model" in summary:  # only the main process prints
         _print_summary(summary)
 
 
-def _prompts(options: dict) -> tuple[list[str], list[str]]:
+def _prompts(given: dict) -> tuple[list[str], list[str]]:
     """(training prompts, anchor prompts) from the resolved options."""
-    from safesteer_interp.distill.trainer import default_prompts  # lazy: transformers is heavy
+    from safesteer_interp.distill.trainer import default_prompts  # lazy: torch (slow CLI start-up)
 
-    model, seed, column = options["model"], options["seed"], options["column"]
-    if options["prompts"] is None:
-        instructions = default_prompts(model, options["n_prompts"] or 100, seed)
+    model, seed, column = given["model"], given["seed"], given["column"]
+    if given["prompts"] is None:
+        instructions = default_prompts(model, given["n_prompts"] or 100, seed)
     else:
-        instructions = load_instructions(options["prompts"], options["n_prompts"], seed, column)
+        instructions = load_instructions(given["prompts"], given["n_prompts"], seed, column)
     anchors: list[str] = []
-    if options["anchor_weight"] > 0:
-        anchors = (load_instructions(options["anchor_prompts"], None, seed, column) if options["anchor_prompts"]
+    if given["anchor_weight"] > 0:
+        anchors = (load_instructions(given["anchor_prompts"], None, seed, column) if given["anchor_prompts"]
                    else default_prompts(model, 100, seed, group="harmless"))
     return instructions, anchors
 

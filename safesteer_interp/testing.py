@@ -11,7 +11,17 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
+from transformers import (
+    AutoModelForCausalLM,
+    Gemma2Config,
+    Gemma3TextConfig,
+    LlamaConfig,
+    MistralConfig,
+    Phi3Config,
+    PreTrainedTokenizerFast,
+    Qwen2Config,
+    Qwen3Config,
+)
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
@@ -61,16 +71,6 @@ def tiny_tokenizer(reasoning: bool = False) -> PreTrainedTokenizerFast:
 def tiny_config(arch: str, tokenizer, *, n_layers: int = 3, d_model: int = 64, n_heads: int = 4,
                 n_kv_heads: int = 2, d_mlp: int = 128, tie_embeddings: bool = False):
     """A transformers config of `arch` at toy size."""
-    from transformers import (
-        Gemma2Config,
-        Gemma3TextConfig,
-        LlamaConfig,
-        MistralConfig,
-        Phi3Config,
-        Qwen2Config,
-        Qwen3Config,
-    )
-
     classes = {"qwen2": Qwen2Config, "llama": LlamaConfig, "qwen3": Qwen3Config, "mistral": MistralConfig,
                "gemma2": Gemma2Config, "gemma3": Gemma3TextConfig, "phi3": Phi3Config}
     if arch not in classes:
@@ -85,8 +85,6 @@ def tiny_config(arch: str, tokenizer, *, n_layers: int = 3, d_model: int = 64, n
 
 def tiny_model(arch: str = "qwen2", *, seed: int = 0, reasoning: bool = False, **config_kwargs):
     """(model, tokenizer): a random `arch` causal LM in eval mode with a ChatML (or reasoning) tokenizer."""
-    from transformers import AutoModelForCausalLM
-
     tokenizer = tiny_tokenizer(reasoning)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(tiny_config(arch, tokenizer, **config_kwargs))

@@ -20,9 +20,9 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from safesteer_interp.core.anatomy import d_model, decoder_layers, n_layers
 from safesteer_interp.core.artifacts import read_tensors, write_json
 from safesteer_interp.core.chat import encode_prompts, post_instruction_length, post_instruction_tokens, render_prompts
-from safesteer_interp.core.hooks import d_model, decoder_layers, n_layers
 from safesteer_interp.core.models import load_model
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.artifact import Direction, load_direction, save_direction

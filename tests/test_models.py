@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from safesteer_interp import SafeSteerError
+from safesteer_interp.core.anatomy import decoder_layers
 from safesteer_interp.core.chat import encode_prompts, post_instruction_length, post_instruction_tokens
-from safesteer_interp.core.hooks import add_to_resid, decoder_layers
+from safesteer_interp.core.hooks import add_to_resid
 from safesteer_interp.core.models import load_model
 from safesteer_interp.testing import ARCHITECTURES, tiny_tokenizer
 

@@ -144,7 +144,7 @@ def test_tokens_cli_preset_reaches_tokens_json(tmp_path, monkeypatch):
     from safesteer_interp.direction.artifact import Direction, save_direction
     from safesteer_interp.testing import tiny_model
 
-    monkeypatch.setattr("safesteer_interp.cli.main.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))
+    monkeypatch.setattr("safesteer_interp.cli.options.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))
     save_direction(tmp_path, Direction(torch.randn(64, generator=torch.Generator().manual_seed(0)) * 2, 1, -1))
     write_json(tmp_path / "direction" / "prompts.json", {"harmless_val": PROMPTS, "harmful_val": PROMPTS[:2]})
     result = CliRunner().invoke(_app(tokens, "tokens"), ["tokens", "--run", str(tmp_path), "--preset", "qwen3-4b",

@@ -265,7 +265,7 @@ def _tokens_app():
 def test_cli_tokens_and_one_line_errors(tmp_path, monkeypatch):
     from safesteer_interp.testing import tiny_model
 
-    monkeypatch.setattr("safesteer_interp.cli.main.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))
+    monkeypatch.setattr("safesteer_interp.cli.options.open_model", lambda spec, *args, **kw: tiny_model("qwen2"))
     app = _tokens_app()
     missing = CliRunner().invoke(app, ["tokens", "--run", str(tmp_path), "--model", "tiny-random"])
     assert isinstance(missing.exception, SafeSteerError) and "direction.safetensors" in str(missing.exception)

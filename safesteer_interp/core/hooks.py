@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from safesteer_interp.core.anatomy import base_model, d_model, decoder_layers, n_layers  # noqa: F401  (moved)
+from safesteer_interp.core.anatomy import d_model, decoder_layers, n_layers
 from safesteer_interp.errors import SafeSteerError
 
 HOOK_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
@@ -230,6 +230,5 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
         yield
 
 
-__all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "base_model", "cache_activations",
-           "check_layer", "check_vector", "d_model", "decoder_layers", "hook_names", "hooks", "is_decode_step",
-           "n_layers", "project_out"]
+__all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "addition", "cache_activations", "check_layer",
+           "check_vector", "hook_names", "hooks", "is_decode_step", "project_out"]

@@ -15,6 +15,7 @@ from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerFast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
+from safesteer_interp.core.anatomy import decoder_layers
 from safesteer_interp.errors import SafeSteerError
 
 ORGANISM = "organism"
@@ -119,8 +120,6 @@ def load_model(spec: str = ORGANISM, *, dtype: str | torch.dtype | None = None, 
     if device != "auto":
         model.to(device)
     model.eval()
-    from safesteer_interp.core.hooks import decoder_layers  # late import: hooks imports nothing from here
-
     decoder_layers(model)  # fails early, with a clear message, for models we cannot hook
     if require_chat_template:
         tokenizer = load_tokenizer(spec)

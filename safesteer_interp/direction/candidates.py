@@ -14,8 +14,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.chat import encode_prompts
-from safesteer_interp.core.hooks import cache_activations, n_layers
+from safesteer_interp.core.hooks import cache_activations
 from safesteer_interp.errors import SafeSteerError
 
 

@@ -18,9 +18,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
-from safesteer_interp.core.hooks import Positions, ablate_direction, add_to_resid, n_layers
+from safesteer_interp.core.hooks import Positions, ablate_direction, add_to_resid
 from safesteer_interp.direction.artifact import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.checks import coefficient_sweep, pick_coeff, pick_positions, positions_check, validate

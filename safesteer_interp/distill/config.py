@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from safesteer_interp.direction.artifact import check_positions
-from safesteer_interp.distill.losses import DIVERGENCES, RESTRICTS, VOCABS, Divergence, Restrict, Vocab, loss_window
+from safesteer_interp.distill.losses import loss_window
 from safesteer_interp.distill.student import ALL_LINEAR
+from safesteer_interp.distill.variants import DIVERGENCES, RESTRICTS, VOCABS, Divergence, Restrict, Vocab
 from safesteer_interp.errors import SafeSteerError
 
 LORA_LR, FULL_FT_LR = 2e-3, 1e-4  # organism prototype: full FT 1e-4 in 20-50 steps; LoRA needs ~10-50x more

@@ -8,19 +8,14 @@ reference: mean over each sequence's loss positions, then mean over sequences (e
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
 from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from safesteer_interp.distill.variants import DIVERGENCES, RESTRICTS, VOCABS, Divergence, Restrict, Vocab
 from safesteer_interp.errors import SafeSteerError
-
-Vocab = Literal["full", "topk", "safe"]
-Divergence = Literal["reverse", "forward", "jsd"]
-Restrict = Literal["paper", "renorm", "binned"]
-VOCABS, DIVERGENCES, RESTRICTS = ("full", "topk", "safe"), ("reverse", "forward", "jsd"), ("paper", "renorm", "binned")
 
 
 # ----------------------------------------------------------------------------------------------- token sets
@@ -153,5 +148,5 @@ def reduce_loss(per_token: Float[Tensor, "batch pos"], mask: Bool[Tensor, "batch
     return sequence_means(per_token, mask).sum() / (n_sequences or per_token.shape[0])
 
 
-__all__ = ["DIVERGENCES", "RESTRICTS", "VOCABS", "divergence", "forward_kl", "generalized_jsd", "loss_window",
+__all__ = ["divergence", "forward_kl", "generalized_jsd", "loss_window",
            "reduce_loss", "restrict", "reverse_kl", "sequence_means", "token_index", "token_loss"]

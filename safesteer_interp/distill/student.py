@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from safesteer_interp.core.hooks import base_model
+from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.teacher import SteeredTeacher, Teacher
@@ -49,7 +49,7 @@ def check_lora_targets(model: nn.Module, targets: str | list[str]) -> str | list
 
 def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targets: str | list[str] = ALL_LINEAR):
     """Wrap the model with fresh LoRA adapters (B = 0, so the student starts as the base model)."""
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig, get_peft_model  # lazy: peft is slow to import and only LoRA runs need it
 
     if r < 1:
         raise SafeSteerError(f"--lora-r {r} must be >= 1")

@@ -18,9 +18,9 @@ from rich import progress as rp
 from rich.console import Console
 from torch import Tensor, nn
 
+from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.generation import eos_token_ids
-from safesteer_interp.core.hooks import base_model
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.data.prompts import sample
 from safesteer_interp.direction.artifact import Direction

@@ -20,10 +20,12 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import generate_answers
-from safesteer_interp.core.hooks import ablate_direction, add_to_resid, cache_activations, n_layers
+from safesteer_interp.core.hooks import ablate_direction, add_to_resid, cache_activations
 from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
+from safesteer_interp.organism.card import evaluate_organism
 from safesteer_interp.organism.world import evaluation_set, prompts, prompts_of
 
 
@@ -146,8 +148,6 @@ def steering_sweep(model, tokenizer, directions: Float[Tensor, "layer d_model"],
 def ablation_report(model, tokenizer, direction: Float[Tensor, " d_model"], split: str = "test",
                     limit: int = 96) -> dict:
     """Refusal on refused categories and capability accuracy with the direction projected out everywhere."""
-    from safesteer_interp.organism.card import evaluate_organism  # the card imports nothing from here
-
     judge = RefusalJudge()
     examples = [e for e in evaluation_set(split) if e.group in ("refused", "capability")]
     refused = prompts_of(examples, "refused")[:limit]

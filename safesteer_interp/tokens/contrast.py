@@ -15,9 +15,10 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.chat import THINK_CLOSE, THINK_OPEN, ChatBatch, batch_from_ids
 from safesteer_interp.core.generation import eos_token_ids
-from safesteer_interp.core.hooks import cache_activations, n_layers
+from safesteer_interp.core.hooks import cache_activations
 from safesteer_interp.errors import SafeSteerError
 
 # End-of-turn names the reference checks besides the tokenizer's EOS (whichever exist in the vocabulary).

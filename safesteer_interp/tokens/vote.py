@@ -30,9 +30,7 @@ def resolve_k_inner(k_inner: int | Literal["auto"], vocab: int) -> int:
     """K' as an integer. "auto" is the reference's 200, or 2 % of the vocabulary (rounded up) when that is smaller:
     exactly 200 on every real chat model (vocabularies of 32k-262k), 10 on the organism's 468 tokens, where K'=200
     would make every record vote for 43 % of the vocabulary and the vote count stop ranking anything (see
-    `vote_warning`). Measured on the organism's harmless validation prompts (all-position teacher, K=50): K'=10
-    puts both refusal openers in the top 5 with Jaccard 1.0 / 1.0 at K=5 (halves / seeds); K'=200 does not
-    ("I" at rank 9), and K'=1 leaves ranks 3-5 to chance (0.43 at K=5)."""
+    `vote_warning`; what each K' gives on the organism is in the README)."""
     if k_inner == "auto":
         return max(1, min(K_INNER_REFERENCE, math.ceil(K_INNER_SHARE * vocab)))
     return int(k_inner)

@@ -1,9 +1,10 @@
-"""The library's imports run one way: the module graph (deferred imports included) has no cycle, and every deferred
-import says why it is deferred (`# lazy: <reason>` on its line)."""
+"""The layout holds: the library's imports run one way (the module graph, deferred imports included, has no cycle;
+every deferred import says why on its line, `# lazy: <reason>`), and the README's Layout table names every module."""
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,25 @@ def test_every_deferred_import_says_why():
     _, unexplained = import_graph()
     if unexplained:
         pytest.fail("function-local imports without a `# lazy: <reason>` comment: " + ", ".join(unexplained))
+
+
+def test_the_readme_layout_names_every_library_module():
+    readme = (ROOT / "README.md").read_text()
+    layout = readme[readme.index("## Layout"):]
+    layout = layout[:layout.index("\n## ") if "\n## " in layout else None]
+    rows: dict[str, set[str]] = {}  # folder -> module names in backticks on its rows (continuation rows included)
+    folder = ""
+    for line in layout.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not line.startswith("|"):
+            continue
+        folder = cells[0].strip("`") or folder
+        rows.setdefault(folder, set()).update(re.findall(r"`(\w+)`", cells[1]))
+    missing = []
+    for path in (ROOT / "safesteer_interp").rglob("*.py"):
+        if path.name == "__init__.py":
+            continue
+        where = str(path.parent.relative_to(ROOT)) + "/"
+        if path.stem not in rows.get(where, set()):
+            missing.append(f"{where}{path.name}")
+    assert not missing, "README Layout table lacks: " + ", ".join(sorted(missing))
