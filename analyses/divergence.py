@@ -13,6 +13,8 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import vocab_size
+
 from .common import RunInputs, Writer, as_float, score
 from .sparsity import in_set, kl_terms
 
@@ -89,7 +91,7 @@ def render_html(samples: list[dict], title: str) -> str:
 def analyze(inputs: RunInputs, *, n_answers: int = 3, max_new_tokens: int = 24, seed: int = 0) -> dict:
     """Per-token KL strips for a few harmful and one harmless prompt, before and after training."""
     prompts = inputs.prompts["harmful"][:n_answers] + inputs.prompts["harmless"][:1]
-    names = inputs.token_strings(range(inputs.base.get_output_embeddings().weight.shape[0]))
+    names = inputs.token_strings(range(vocab_size(inputs.base)))
     samples, summary = [], {}
     stages = [("before (base model as student)", "base")]
     if inputs.student is not None:

@@ -16,7 +16,7 @@ from einops import einsum, rearrange
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm
+from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm, unembed
 from safesteer_interp.core.artifacts import read_json
 from safesteer_interp.core.chat import position_ids_from_mask
 from safesteer_interp.core.hooks import hooks
@@ -116,7 +116,7 @@ def component_attribution(inputs: RunInputs, scored: Scored, horizon: int) -> di
                     model(**feed)
             runs[name] = dict(store)
     _, gain = final_norm_parts(model)
-    w_u = model.get_output_embeddings().weight.detach().float()
+    w_u = unembed(model).weight.detach().float()
     rms = runs["steered"]["rms"]
     layers = decoder_layers(model)
     config = base_model(model).config

@@ -16,11 +16,17 @@ from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
+from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.stage import direction_config, run_direction
+from safesteer_interp.distill.config import DistillConfig
+from safesteer_interp.distill.sft import sft
+from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
+from safesteer_interp.teacher import SteeredTeacher
+from safesteer_interp.tokens.artifact import load_safety_tokens
 from safesteer_interp.tokens.stage import run_tokens, token_configs
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
@@ -142,8 +148,6 @@ def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
 
 
 def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper", divergence: str = "reverse"):
-    from safesteer_interp.distill.config import DistillConfig  # lazy: torch is heavy (a stage imports what it runs)
-
     return DistillConfig(vocab=vocab, restrict=restrict, divergence=divergence, samples=cfg.samples,
                          max_new_tokens=cfg.max_new_tokens, lr=cfg.lr, prompts_per_step=cfg.prompts_per_step,
                          top_k=cfg.k if isinstance(cfg.k, int) else 50, seed=cfg.seed, **cfg.distill)
@@ -152,12 +156,6 @@ def distill_config(cfg: RunConfig, vocab: str = "safe", restrict: str = "paper",
 def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str, divergence: str, trainer: str,
               resume: bool) -> dict:
     """Train one student into target/train/ (SafeSteer itself: target = run)."""
-    from safesteer_interp.direction.artifact import load_direction  # lazy: torch is heavy (as every stage here)
-    from safesteer_interp.distill.sft import sft  # lazy: torch is heavy
-    from safesteer_interp.distill.trainer import default_prompts, distill  # lazy: transformers is heavy
-    from safesteer_interp.teacher import SteeredTeacher  # lazy: torch is heavy
-    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: torch is heavy
-
     model, tok = _load(cfg)
     direction = load_direction(run)
     prompts = default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)

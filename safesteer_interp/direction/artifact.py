@@ -7,7 +7,6 @@ record. `save_direction` writes both; every later stage reads them through `load
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,11 +88,5 @@ def load_direction(run: str | Path) -> Direction:
     return Direction(vector, layer, pos, coeff, positions)
 
 
-def describe(direction: Direction) -> str:
-    return json.dumps({"layer": direction.layer, "pos": direction.pos, "coeff": direction.coeff,
-                       "positions": direction.positions,
-                       "norm": round(float(direction.vector.norm()), 4)})
-
-
-__all__ = ["TEACHER_POSITIONS", "Direction", "check_positions", "describe", "direction_dir", "load_direction",
+__all__ = ["TEACHER_POSITIONS", "Direction", "check_positions", "direction_dir", "load_direction",
            "save_direction"]

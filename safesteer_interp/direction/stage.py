@@ -21,7 +21,7 @@ from torch import Tensor
 from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
-from safesteer_interp.core.hooks import Positions, ablate_direction, add_to_resid
+from safesteer_interp.core.hooks import Positions, add_to_resid
 from safesteer_interp.direction.artifact import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.checks import coefficient_sweep, pick_coeff, pick_positions, positions_check, validate
@@ -74,11 +74,6 @@ def add_direction(model, direction: Direction | Tensor, layer: int | None = None
             raise SafeSteerError("positions='post-instruction' needs the tokenizer to find the template tokens")
         positions = post_instruction_length(tokenizer)
     return add_to_resid(model, vector, layer, coeff, positions)
-
-
-def ablate(model, direction: Direction | Tensor) -> AbstractContextManager:
-    """Directional ablation of a direction at every layer and position."""
-    return ablate_direction(model, direction.vector if isinstance(direction, Direction) else direction)
 
 
 # ----------------------------------------------------------------------------------------------- the stage

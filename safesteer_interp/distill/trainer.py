@@ -18,7 +18,7 @@ from rich import progress as rp
 from rich.console import Console
 from torch import Tensor, nn
 
-from safesteer_interp.core.anatomy import base_model
+from safesteer_interp.core.anatomy import base_model, vocab_size
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.generation import eos_token_ids
 from safesteer_interp.core.models import is_organism
@@ -76,8 +76,7 @@ class Distiller:
         check_inputs(cfg, self.instructions, safety_ids, anchor_prompts)
         self.train_dir = Path(run) / "train"
         self.acc = self._accelerator()
-        vocab_size = base_model(model).get_output_embeddings().weight.shape[0]
-        self.safety_ids = None if safety_ids is None else check_safety_ids(safety_ids, vocab_size)
+        self.safety_ids = None if safety_ids is None else check_safety_ids(safety_ids, vocab_size(model))
         self.anchor_prompts = list(anchor_prompts)
         self.plan = step_plan(len(self.instructions), cfg)
         if cfg.prompts_per_step % self.acc.num_processes:

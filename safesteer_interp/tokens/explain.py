@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.core.anatomy import final_norm
+from safesteer_interp.core.anatomy import final_norm, unembed
 from safesteer_interp.tokens.contrast import ContrastRecords, context_text, flatten_valid
 from safesteer_interp.tokens.vote import Selection, VoteConfig, rank_tokens, stats_for
 
@@ -35,7 +35,7 @@ def direct_logit_attribution(model, vector: Float[Tensor, " d_model"], coeff: fl
         v = v - v.mean()
     if gain is not None:
         v = v * gain.to(v.device)
-    w_u = model.get_output_embeddings().weight.detach()
+    w_u = unembed(model).weight.detach()
     v = v.to(w_u.device)
     # Row blocks in float32 on the unembedding's own device: no fp32 copy of a 150k x d_model matrix at once.
     logits = torch.cat([(w_u[i:i + 16384].float() @ v).cpu() for i in range(0, w_u.shape[0], 16384)]) / rms
