@@ -141,3 +141,12 @@ def test_the_readme_layout_names_every_library_module():
         if path.stem not in rows.get(where, set()):
             missing.append(f"{where}{path.name}")
     assert not missing, "README Layout table lacks: " + ", ".join(sorted(missing))
+
+
+def test_pyproject_ships_every_subpackage():
+    """The package list in pyproject.toml is written by hand: a new stage folder missing there would be left out
+    of a (non-editable) install."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    declared = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "safesteer_interp").rglob("__init__.py")}
+    assert found - declared == set(), f"pyproject.toml [tool.setuptools] packages lacks {sorted(found - declared)}"

@@ -90,7 +90,7 @@ def rollout_stats(student_logp: Float[Tensor, "batch pos vocab"], teacher_logp: 
         sums["entropy"] += float((-(p * s).sum(-1) * w).sum())
         if ids is not None:
             mass_s, mass_t = p[..., ids].sum(-1), t[..., ids].exp().sum(-1)
-            sums["kl_on_S"] += float(((p[..., ids] * (s[..., ids] - t[..., ids])).sum(-1) * w).sum())
+            sums["kl_on_S"] += float((reverse_kl(s[..., ids], t[..., ids]) * w).sum())  # the `paper` loss's terms
             sums["mass_S_student"] += float((mass_s * w).sum())
             sums["mass_S_teacher"] += float((mass_t * w).sum())
             first_s, first_t = first_s + float(mass_s[:, 0].sum()), first_t + float(mass_t[:, 0].sum())
