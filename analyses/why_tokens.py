@@ -17,10 +17,10 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm, unembed
-from safesteer_interp.core.artifacts import read_json
 from safesteer_interp.core.chat import position_ids_from_mask
 from safesteer_interp.core.hooks import hooks
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.tokens.artifact import read_tokens
 
 from .common import RunInputs, Scored, Writer, as_float, score
 
@@ -174,7 +174,7 @@ def plot(names: list[str], delta: Tensor, attribution: dict, lens_s: Tensor, len
 # ----------------------------------------------------------------------------------------------- run
 def analyze(inputs: RunInputs, *, samples: int = 2, max_new_tokens: int = 12, seed: int = 0) -> dict:
     """Per-token explanation of S on base-model rollouts to harmful prompts (the student at step 0)."""
-    tokens_json = read_json(inputs.run / "tokens" / "tokens.json", "safety tokens")
+    tokens_json = read_tokens(inputs.run)
     horizon = int(tokens_json.get("config", {}).get("horizon", 5))
     scored = score(inputs, inputs.prompts["harmful"], sampler="base", samples=samples,
                    max_new_tokens=max(max_new_tokens, horizon), seed=seed)

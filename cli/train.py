@@ -112,7 +112,7 @@ def train(
     from safesteer_interp.distill.config import config_from  # lazy: torch
     from safesteer_interp.distill.precision import weight_dtype  # lazy: torch
     from safesteer_interp.distill.trainer import distill  # lazy: torch
-    from safesteer_interp.tokens.artifact import load_safety_tokens  # lazy: torch
+    from safesteer_interp.tokens.artifact import load_safety_tokens, tokens_file  # lazy: torch
 
     if threads:
         torch.set_num_threads(threads)
@@ -121,8 +121,7 @@ def train(
     cfg = config_from(given)
     # Cheap input checks first: a missing artifact or prompt file should fail before a model is loaded.
     direction = load_direction(run)
-    tokens_file = run / "tokens" / "tokens.json"
-    safety_ids = load_safety_tokens(run) if cfg.vocab == "safe" or tokens_file.is_file() else None
+    safety_ids = load_safety_tokens(run) if cfg.vocab == "safe" or tokens_file(run).is_file() else None
     instructions, anchors = _prompts(given)
     from_preset = preset_record["origin"]["dtype"] == "preset"
     dtype = weight_dtype(given["dtype"], full_ft=cfg.full_ft, from_preset=from_preset, gpu=torch.cuda.is_available())
@@ -131,7 +130,7 @@ def train(
                       resume=resume, save_every=save_every,
                       provenance={"model": given["model"],
                                   "prompts": given["prompts"] or f"default:{given['model']}",
-                                  "tokens": str(tokens_file) if safety_ids is not None else None,
+                                  "tokens": str(tokens_file(run)) if safety_ids is not None else None,
                                   "preset": preset_record})
     if "model" in summary:  # only the main process prints
         _print_summary(summary)

@@ -20,7 +20,7 @@ from safesteer_interp.distill.student import ALL_LINEAR
 from safesteer_interp.distill.variants import DIVERGENCES, RESTRICTS, VOCABS, Divergence, Restrict, Vocab
 from safesteer_interp.errors import SafeSteerError
 
-LORA_LR, FULL_FT_LR = 2e-3, 1e-4  # organism prototype: full FT 1e-4 in 20-50 steps; LoRA needs ~10-50x more
+LORA_LR, FULL_FT_LR = 2e-3, 1e-4  # without --lr; LoRA adapters start at zero and need a much larger step
 
 
 @dataclass

@@ -166,18 +166,27 @@ def write_report(out: Path, result: TokenResult, tokenizer) -> Path:
     return out
 
 
-def load_safety_tokens(run: str | Path) -> Int[Tensor, " k"]:
-    """The safety-token set S of a run (RUN/tokens/tokens.json, best first): the reader of `write_report`'s file."""
-    path = Path(run) / "tokens" / "tokens.json"
+def tokens_file(run: str | Path) -> Path:
+    return Path(run) / "tokens" / "tokens.json"
+
+
+def read_tokens(run: str | Path) -> dict:
+    """`RUN/tokens/tokens.json` as written by `write_report` (S with its explanations, sizes, stability, config)."""
+    path = tokens_file(run)
     if not path.is_file():
         raise SafeSteerError(f"no safety tokens at {path}; run `safesteer-interp tokens --run {run}` first, or "
                              "train with --vocab topk/full")
-    entries = read_json(path, "safety tokens").get("tokens")
+    return read_json(path, "safety tokens")
+
+
+def load_safety_tokens(run: str | Path) -> Int[Tensor, " k"]:
+    """The ids of the safety-token set S of a run, best first."""
+    path, entries = tokens_file(run), read_tokens(run).get("tokens")
     if not entries or not all(isinstance(e, dict) and isinstance(e.get("id"), int) for e in entries):
         raise SafeSteerError(f"{path} has no usable 'tokens' list (objects with an integer 'id'); rerun the tokens "
                              "stage")
     return torch.tensor([e["id"] for e in entries], dtype=torch.long)
 
 
-__all__ = ["load_safety_tokens", "markdown", "plot_mass_curve", "plot_probs", "plot_votes", "trace_record",
-           "write_report"]
+__all__ = ["load_safety_tokens", "markdown", "plot_mass_curve", "plot_probs", "plot_votes", "read_tokens",
+           "tokens_file", "trace_record", "write_report"]
