@@ -102,7 +102,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.mark.skipif(not CHROMIUM.is_file(), reason="Chromium not installed at /usr/bin/chromium "
                                                    "(apt-get install -y chromium to run the browser check)")
 def test_strips_render_in_chromium(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "report"))
     from test_report import chromium  # the report test's headless helper (flags, fresh profile)
 
     rows = [{"position": j + 1, "token": w, "id": j, "in_S": j == 0, "kl_full": float(j), "kl_S": 0.1 * j,
