@@ -17,7 +17,6 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model, decoder_layers, final_norm, unembed
-from safesteer_interp.core.chat import position_ids_from_mask
 from safesteer_interp.core.hooks import hooks
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.tokens.artifact import read_tokens
@@ -104,8 +103,7 @@ def component_attribution(inputs: RunInputs, scored: Scored, horizon: int) -> di
     use[:, horizon:] = False
     rows, j = use.nonzero(as_tuple=True)
     cols = rollout.prompt_length - 1 + j  # the column whose logits predict answer token j
-    feed = dict(input_ids=rollout.sequences, attention_mask=rollout.attention_mask,
-                position_ids=position_ids_from_mask(rollout.attention_mask), use_cache=False, logits_to_keep=n_new + 1)
+    feed = dict(**rollout.as_batch().inputs(), use_cache=False, logits_to_keep=n_new + 1)
     runs = {}
     for name, ctx in (("steered", inputs.teacher().active), ("base", None)):
         with record_components(model, rows, cols) as store:

@@ -49,8 +49,7 @@ def sft(run: str | Path, model, tokenizer, teacher: Teacher, prompts: Sequence[s
     student = lora_student(model, cfg.lora_r, cfg.lora_alpha)
     params = trainable(student)
     optimizer = torch.optim.AdamW(params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sequences = [(g.sequences[i], g.attention_mask[i], answer_columns(g)[i]) for g in generations
-                 for i in range(g.sequences.shape[0])]
+    sequences = [row for g in generations for row in zip(g.sequences, g.attention_mask, answer_columns(g))]
     per_step = cfg.prompts_per_step * cfg.samples
     total = cfg.max_steps or cfg.epochs * math.ceil(len(sequences) / per_step)
     generator = torch.Generator().manual_seed(cfg.seed)

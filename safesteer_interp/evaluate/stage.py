@@ -129,7 +129,7 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
     if records:
         with policy.active():
             answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
         for record, answer in zip(records, answers):
             record.update(answer=answer, refused=judge.is_refusal(answer))
     metrics = score_requests(records)
@@ -151,7 +151,8 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
         return {}
     with policy.active():
         answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True, seed=seed)
+                                              max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
+                                              seed=seed)
     by_group = defaultdict(list)
     for row, answer in zip(rows, answers, strict=True):
         by_group[row["group"]].append(judge.is_refusal(answer))

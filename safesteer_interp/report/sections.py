@@ -155,7 +155,7 @@ def best_context(item: dict) -> str:
 def section_tokens(run: Path) -> list:
     folder = run / "tokens"
     blocks: list = [Heading("Stage 2: safety tokens S")]
-    # the whole tokens.json (S with its evidence); tokens.artifact.load_safety_tokens returns only the ids
+    # read_artifact, not tokens.artifact.read_tokens: a missing or unreadable file becomes a "not run" note here
     data = read_artifact(folder / "tokens.json", "safety tokens", "safety-token stage", "tokens.json",
                          f"run `safesteer-interp tokens --run {run}`", list_key="tokens")
     if isinstance(data, NotRun):

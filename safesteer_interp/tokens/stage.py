@@ -16,7 +16,7 @@ from safesteer_interp.core.artifacts import read_json
 from safesteer_interp.core.hooks import Positions
 from safesteer_interp.direction.artifact import check_positions, direction_dir, load_direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.teacher import SteeredTeacher, TeacherKind, make_teacher
+from safesteer_interp.teacher import Teacher, TeacherKind, make_teacher
 from safesteer_interp.tokens.artifact import write_report
 from safesteer_interp.tokens.contrast import ContrastConfig, score_contrast, special_token_mask
 from safesteer_interp.tokens.explain import (
@@ -76,7 +76,7 @@ def token_configs(**values) -> tuple[ContrastConfig, VoteConfig]:
             VoteConfig(**{k: v for k, v in values.items() if k in vote}))
 
 
-def select_safety_tokens(teacher: SteeredTeacher, prompts: Sequence[str], contrast: ContrastConfig = ContrastConfig(),
+def select_safety_tokens(teacher: Teacher, prompts: Sequence[str], contrast: ContrastConfig = ContrastConfig(),
                          vote: VoteConfig = VoteConfig(), *, check_stability: bool = True,
                          stability_ks: tuple[int, ...] = (5, 20, 50),
                          progress: Callable[[int], None] | None = None) -> TokenResult:
