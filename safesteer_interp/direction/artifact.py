@@ -60,7 +60,9 @@ def save_direction(run: str | Path, direction: Direction, record: dict | None = 
     Returns metadata.json's content.
     """
     folder = direction_dir(run)
-    write_tensors(folder / "direction.safetensors", {"direction": direction.vector.float()}, {"axes": "d_model"})
+    write_tensors(folder / "direction.safetensors", {"direction": direction.vector.float()},
+                  {"axes": "d_model", "what": "raw difference in means (harmful - harmless) at the selected cell",
+                   "where": "metadata.json beside this file: layer, pos, coeff, positions, hook"})
     where = {"layer": direction.layer, "pos": direction.pos, "coeff": direction.coeff,
              "positions": direction.positions, "hook": direction.hook}
     metadata = {**(record or {}), **where}
