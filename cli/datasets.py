@@ -18,12 +18,13 @@ def datasets_command(
                                                                     "the hub version")] = False,
 ) -> None:
     """List the dataset names (hub id, config, split, columns, filter) and the NAME=PATH local-copy syntax."""
-    grid = Table(title="datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc)")
-    for column in ("name", "hub id", "config", "split", "needs columns", "keeps", "maps"):
+    grid = Table(title="datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc; "
+                              "capability-*: eval --capability)")
+    for column in ("name", "from", "config", "split", "needs columns", "keeps", "maps"):
         grid.add_column(column, overflow="fold")
     rows = table()
     for row in rows:
-        grid.add_row(row["name"], row["hub_id"], row["config"] or "-", row["split"], ", ".join(row["columns"]),
+        grid.add_row(row["name"], row["from"], row["config"] or "-", row["split"], ", ".join(row["columns"]),
                      row["keeps"], row["maps"])
     console.print(grid)
     console.print(f"Offline, pass a local copy with the same columns as NAME{SEPARATOR}PATH, e.g. "

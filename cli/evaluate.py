@@ -3,6 +3,7 @@ JSON, (re)build a run's report, and put several runs on one trade-off table and 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -29,11 +30,15 @@ def eval_command(
                                                   "model spec)")] = None,
     base: Annotated[str | None, typer.Option(help="base model for the harmless KL drift (default: the unsteered "
                                                   "model with --teacher, none otherwise)")] = None,
-    split: Annotated[str, typer.Option(help="organism split: test (report) or val (choices)")] = "test",
+    split: Annotated[str, typer.Option(help="test (report) or val (choices): the organism world's split, or for a "
+                                            "real model the split of its default sets")] = "test",
     harmful: Annotated[str | None, typer.Option(help="real models: harmful prompts (JSON/JSONL/CSV or datasets "
                                                      "name; 'instruction', optional 'category')")] = None,
     lookalike: Annotated[str | None, typer.Option(help="real models: benign look-alike prompts (over-refusal)")] = None,
-    harmless: Annotated[str | None, typer.Option(help="real models: harmless prompts for the KL drift")] = None,
+    harmless: Annotated[str | None, typer.Option(help="real models: harmless prompts (helpfulness, KL drift)")] = None,
+    capability: Annotated[str | None, typer.Option(help="real models: short-answer items (datasets name such as "
+                                                        "capability-test, or a file with instruction, answer, "
+                                                        "optional accept and category)")] = None,
     mc: Annotated[list[str] | None, typer.Option(help="multiple-choice set (file or datasets name[:subset]) with "
                                                       "question/choices/answer; repeatable")] = None,
     mc_limit: Annotated[int | None, typer.Option(help="first N items of each multiple-choice set")] = None,
@@ -42,7 +47,8 @@ def eval_command(
                                                          "repeatable")] = None,
     n: Annotated[int | None, typer.Option(help="real models: first N prompts of each set")] = None,
     n_kl: Annotated[int, typer.Option(min=1, help="harmless prompts for the KL drift")] = 64,
-    max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+    max_new_tokens: Annotated[int | None, typer.Option(min=1, help="answer length (default: 32 on the organism, "
+                                                                   "64 on a real model)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     dtype: Annotated[str | None, typer.Option(help="float32 | bfloat16 | float16")] = None,
     device: Annotated[str | None, typer.Option(help="cpu | cuda | cuda:N | auto (device_map); default: cuda if "
@@ -50,21 +56,30 @@ def eval_command(
     sampled: Annotated[bool, typer.Option(help="also judge one temperature-1 sample per harmful prompt "
                                                "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
 ) -> None:
-    """Evaluate a model: harmful refusal per category, over-refusal, capability, harmless KL drift."""
+    """Evaluate a model: harmful refusal per category, over-refusal, helpfulness, capability, harmless KL drift.
+
+    The organism (and any model with its vocabulary) is evaluated on its world; a real model on the prompt sets
+    given, or by default on HarmBench's standard behaviours and our look-alike, harmless and capability sets
+    (`--split test`: harmbench-test, lookalike-test, harmless-test, capability-test).
+    """
     from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.stage import evaluate, evaluate_run_model  # lazy: torch (slow CLI start-up)
 
+    from safesteer_interp.organism.tokenizer import speaks_organism  # lazy: transformers (slow CLI start-up)
+
     device = device or options.default_device()
     check_options(out, run, teacher, name, mc_mode)
-    custom = any(x is not None for x in (harmful, lookalike, harmless))
-    spec = eval_spec(custom, split, harmful, lookalike, harmless, mc, n, mc_limit, mc_mode)
     judges = [load_judge(j) for j in judge or ()]
     with err_console.status(f"loading {model}"):
         lm, tok = options.open_model(model, dtype, device)
+    custom = any(x is not None for x in (harmful, lookalike, harmless, capability))
+    real = custom or not speaks_organism(tok)
+    spec = eval_spec(custom, real, split, harmful, lookalike, harmless, capability, mc, n, mc_limit, mc_mode)
+    max_new_tokens = max_new_tokens or (64 if real else 32)
     reference = options.open_model(base, dtype, device)[0] if base is not None else None
     label = name or ("teacher" if teacher else Path(model).name or model)
-    settings = dict(spec=spec, split=split, judges=judges, mc=() if custom else tuple(mc or ()), mc_limit=mc_limit,
+    settings = dict(spec=spec, split=split, judges=judges, mc=() if real else tuple(mc or ()), mc_limit=mc_limit,
                    mc_mode=mc_mode, n_kl=n_kl, max_new_tokens=max_new_tokens, batch_size=batch_size, sampled=sampled)
     with err_console.status(f"evaluating {label} (greedy{' and sampled' if sampled else ''} answers, judges, "
                             "KL drift)"):
@@ -92,27 +107,33 @@ def check_options(out: str | None, run: str | None, teacher: bool, name: str | N
         raise SafeSteerError(f"--mc-mode {mc_mode!r} is not one of letter, text")
 
 
-def eval_spec(custom: bool, split: str, harmful: str | None, lookalike: str | None, harmless: str | None,
-              mc: list[str] | None, n: int | None, mc_limit: int | None, mc_mode: str):
-    """The stage's `EvalSpec` for prompt files (a real model), or "organism" for the organism's own world."""
-    from safesteer_interp.evaluate.stage import EvalSpec  # lazy: torch (slow CLI start-up)
+def eval_spec(custom: bool, real: bool, split: str, harmful: str | None, lookalike: str | None,
+              harmless: str | None, capability: str | None, mc: list[str] | None, n: int | None,
+              mc_limit: int | None, mc_mode: str):
+    """The stage's `EvalSpec` for a real model (the sets given, else the default sets of `split`), or "organism"."""
+    from safesteer_interp.evaluate.stage import EvalSpec, real_spec  # lazy: torch (slow CLI start-up)
 
-    if not custom:
+    if not real:
         return "organism"
+    if not custom:
+        return dataclasses.replace(real_spec(split, n), mc=tuple(mc or ()), mc_limit=mc_limit, mc_mode=mc_mode)
     if split != "test":
-        raise SafeSteerError("--split chooses the organism world's split; with --harmful/--lookalike/--harmless "
-                             "the prompt files are the split")
-    return EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode)
+        raise SafeSteerError("--split chooses the split of the default sets; with --harmful/--lookalike/--harmless/"
+                             "--capability the prompt files are the split")
+    return EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode, capability=capability)
 
 
 def print_eval(result: dict) -> None:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("gap_refusal_rate", "gap_refusal_rate_sampled", "refused_category_refusal_rate", "over_refusal_rate",
-                "capability_mean", "capability_unseen_mean", "harmless_kl"):
+    for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "gap_refusal_rate_sampled", "refused_category_refusal_rate",
+                "over_refusal_rate", "helpfulness", "capability_mean", "capability_unseen_mean", "harmless_kl"):
         if key in result:
             table.add_row(key, "–" if result[key] is None else str(result[key]))
+    sampled_strict = (result.get("sampled") or {}).get("gap_refusal_rate_strict")
+    if sampled_strict is not None:
+        table.add_row("gap_refusal_rate_sampled_strict", str(sampled_strict))
     for category, value in (result.get("refusal_rate") or {}).items():
         table.add_row(escape(f"refusal_rate[{category}]"), "–" if value is None else str(value))
     for task, value in (result.get("capability_accuracy") or {}).items():

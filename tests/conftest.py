@@ -39,3 +39,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def manual_greedy(model, batch, steps, eos_ids, edit_for_step):
+    """No-cache reference: recompute the whole sequence every step, argmax, append (EOS banned)."""
+    from safesteer_interp.core.chat import batch_from_ids  # lazy: the offline environment above comes first
+
+    ids, mask = batch.input_ids, batch.attention_mask
+    for _ in range(steps):
+        b = batch_from_ids(ids, mask)
+        with torch.no_grad(), edit_for_step(ids.shape[1]):
+            logits = model(**b.inputs(), use_cache=False).logits[:, -1]
+        logits[:, eos_ids] = float("-inf")
+        nxt = logits.argmax(-1, keepdim=True)
+        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+    return ids

@@ -1,8 +1,9 @@
 """Loading a chat model and its tokenizer, the same way for the organism and for real models.
 
-`load_model("organism")` opens the embedded model organism shipped inside the package; any other spec is a
-local folder (`./ckpt`, `/abs/path`) or a hub name (`Qwen/Qwen2.5-0.5B-Instruct`, read from the local cache:
-nothing here can download). The tokenizer always comes back left-padded with a pad token and a chat template.
+`load_model("organism")` opens the embedded model organism shipped inside the package; a named real model
+(`smollm2-135m-instruct`) or a `.gguf` path is converted once into a cached folder (`gguf_models`); any other spec is
+a local folder or a hub name read from the local cache (nothing here can download). The tokenizer always comes back
+left-padded with a pad token and a chat template.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 from safesteer_interp.core.anatomy import decoder_layers
+from safesteer_interp.core.gguf_models import NAMED_MODELS, gguf_folder, is_gguf_spec
 from safesteer_interp.errors import SafeSteerError
 
 ORGANISM = "organism"
@@ -32,6 +34,8 @@ def resolve_model_path(spec: str) -> str:
             raise SafeSteerError(f"the embedded organism checkpoint is missing at {ORGANISM_DIR}; rebuild it with "
                                  "`safesteer-interp organism train --install`")
         return str(ORGANISM_DIR)
+    if is_gguf_spec(spec):
+        return str(gguf_folder(spec))
     path = Path(spec).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -39,7 +43,8 @@ def resolve_model_path(spec: str) -> str:
                                  "`save_pretrained`")
         return str(path)
     if spec.startswith((".", "/", "~")) or spec.endswith(os.sep) or spec.count("/") > 1:
-        raise SafeSteerError(f"model path '{spec}' does not exist; pass an existing folder, a hub name, or 'organism'")
+        raise SafeSteerError(f"model path '{spec}' does not exist; pass an existing folder, a hub name, 'organism' "
+                             f"or a named model ({', '.join(NAMED_MODELS)})")
     return spec  # a hub name, resolved from the local HF cache
 
 

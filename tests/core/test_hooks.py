@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import PROMPTS
+from conftest import PROMPTS, manual_greedy
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import eos_token_ids, generate
 from safesteer_interp.core.hooks import (
     ablate_direction,
@@ -97,19 +97,6 @@ def test_hooks_come_off_even_on_error(qwen2):
     assert torch.equal(_forward(model, batch), clean)
 
 
-def _manual_greedy(model, batch, steps, eos_ids, edit_for_step):
-    """No-cache reference: recompute the whole sequence every step, argmax, append (EOS banned)."""
-    ids, mask = batch.input_ids, batch.attention_mask
-    for _ in range(steps):
-        b = batch_from_ids(ids, mask)
-        with torch.no_grad(), edit_for_step(ids.shape[1]):
-            logits = model(**b.inputs(), use_cache=False).logits[:, -1]
-        logits[:, eos_ids] = float("-inf")
-        nxt = logits.argmax(-1, keepdim=True)
-        ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-    return ids
-
-
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("mode", ["add_all", "add_last", "ablate"])
 def test_hooked_generate_with_kv_cache_equals_no_cache_loop(arch, mode):
@@ -130,7 +117,7 @@ def test_hooked_generate_with_kv_cache_equals_no_cache_loop(arch, mode):
     with (add_to_resid(model, vector, 1) if mode == "add_all" else ablate_direction(model, vector)
           if mode == "ablate" else add_to_resid(model, vector, 1, positions="last")):
         cached = generate(model, tok, batch, max_new_tokens=6, min_new_tokens=6).sequences
-    reference = _manual_greedy(model, batch, 6, eos_token_ids(model, tok), edit)
+    reference = manual_greedy(model, batch, 6, eos_token_ids(model, tok), edit)
     assert torch.equal(cached, reference)
     assert _no_hooks_left(model)
 
