@@ -65,7 +65,6 @@ def eval_command(
     from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.stage import evaluate, evaluate_run_model  # lazy: torch (slow CLI start-up)
-
     from safesteer_interp.organism.tokenizer import speaks_organism  # lazy: transformers (slow CLI start-up)
 
     device = device or options.default_device()
@@ -127,8 +126,9 @@ def print_eval(result: dict) -> None:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "gap_refusal_rate_sampled", "refused_category_refusal_rate",
-                "over_refusal_rate", "helpfulness", "capability_mean", "capability_unseen_mean", "harmless_kl"):
+    for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "gap_refusal_rate_sampled",
+                "refused_category_refusal_rate", "over_refusal_rate", "harmless_refusal_rate", "helpfulness",
+                "capability_mean", "capability_unseen_mean", "harmless_kl"):
         if key in result:
             table.add_row(key, "–" if result[key] is None else str(result[key]))
     sampled_strict = (result.get("sampled") or {}).get("gap_refusal_rate_strict")

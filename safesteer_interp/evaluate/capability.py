@@ -12,6 +12,9 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from safesteer_interp.data.files import read_rows
+from safesteer_interp.data.sources import load_source, lookup
+from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import final_answer
 
 OPENING_CHARS = 200  # the answer's claim: a short answer gives it up front; what follows is explanation or babble
@@ -111,4 +114,28 @@ def score_capability(records: Iterable[Mapping]) -> dict:
     return {**summary(everything), "by_category": {cat: summary(flags) for cat, flags in sorted(hits.items())}}
 
 
-__all__ = ["OPENING_CHARS", "answered_number", "as_number", "is_correct", "opening", "score_capability"]
+def load_capability(source: str) -> list[dict]:
+    """Items {prompt, instruction, expected, accept, category, id} of a short-answer set: a name (`capability-test`,
+    `NAME=PATH`) or a .json/.jsonl/.csv file with `instruction` and `answer` (optional `accept` list, `category`)."""
+    named = lookup(source)
+    if named is not None:
+        rows, where = load_source(*named, want="short_answer")
+    else:
+        rows, where = read_rows(source, "capability file"), f"capability file {source}"
+    items = []
+    for number, row in enumerate(rows, 1):
+        empty = not isinstance(row, dict) or not str(row.get("instruction") or "").strip()
+        if empty or row.get("answer") in (None, ""):
+            raise SafeSteerError(f"{where} row {number} needs a non-empty 'instruction' and 'answer'")
+        accept = row.get("accept") or []
+        if not isinstance(accept, list):
+            raise SafeSteerError(f"{where} row {number}: 'accept' must be a list of strings, got {accept!r}")
+        instruction = str(row["instruction"]).strip()
+        items.append({"id": row.get("id", number), "prompt": instruction, "instruction": instruction,
+                      "expected": str(row["answer"]), "accept": [str(a) for a in accept],
+                      "category": str(row.get("category") or "all")})
+    return items
+
+
+__all__ = ["OPENING_CHARS", "answered_number", "as_number", "is_correct", "load_capability", "opening",
+           "score_capability"]

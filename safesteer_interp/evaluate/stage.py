@@ -20,8 +20,8 @@ from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
 from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.capability import is_correct, load_capability, score_capability
 from safesteer_interp.evaluate.classifier_judge import judge_records
-from safesteer_interp.evaluate.capability import load_capability, score_capability
 from safesteer_interp.evaluate.drift import harmless_kl
 from safesteer_interp.evaluate.judges import CoherentRefusalJudge, RefusalJudge, is_helpful
 from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
@@ -155,10 +155,13 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
         record["helpful"] = is_helpful(record["answer"])
     metrics["helpfulness"] = rate([r["helpful"] for r in harmless])
     capability = [r for r in records if r["group"] == "capability"]
+    for record in capability:
+        record["correct"] = is_correct(record["answer"], record["expected"], record["accept"],
+                                       instruction=record["instruction"])
     if capability:
-        scores = score_capability(capability)  # marks each record `correct`
-        metrics.update(capability_accuracy=scores["by_category"], capability_mean=scores["accuracy"],
-                       capability_items=scores["n"])
+        scores = score_capability(capability)
+        metrics.update(capability_accuracy={c: round(v["accuracy"], 4) for c, v in scores["by_category"].items()},
+                       capability_mean=round(scores["accuracy"], 4), capability_items=scores["n"])
     return metrics, records
 
 

@@ -16,8 +16,8 @@ import torch
 from conftest import manual_greedy
 
 from safesteer_interp.core.chat import encode_prompts
-from safesteer_interp.core.gguf_models import CONVERSION_FILE, named_gguf
 from safesteer_interp.core.generation import eos_token_ids, generate
+from safesteer_interp.core.gguf_models import CONVERSION_FILE, named_gguf
 from safesteer_interp.core.hooks import add_to_resid, cache_activations, hook_names
 from safesteer_interp.core.models import load_model, resolve_model_path
 from safesteer_interp.data.prompts import read_instructions
