@@ -119,7 +119,8 @@ def eval_spec(custom: bool, real: bool, split: str, harmful: str | None, lookali
     if split != "test":
         raise SafeSteerError("--split chooses the split of the default sets; with --harmful/--lookalike/--harmless/"
                              "--capability the prompt files are the split")
-    return EvalSpec(harmful, lookalike, harmless, tuple(mc or ()), n, mc_limit, mc_mode, capability=capability)
+    return EvalSpec(harmful=harmful, lookalike=lookalike, harmless=harmless, capability=capability, mc=tuple(mc or ()),
+                    n=n, mc_limit=mc_limit, mc_mode=mc_mode)
 
 
 def print_eval(result: dict) -> None:

@@ -29,7 +29,7 @@ from safesteer_interp.direction.artifact import Direction, load_direction, save_
 from safesteer_interp.direction.select import CandidateConfig, NothingSurvived
 from safesteer_interp.direction.sets import split_sets
 from safesteer_interp.direction.stage import DirectionConfig, find_direction
-from safesteer_interp.evaluate.judges import RefusalJudge, final_answer, starts_with_wording
+from safesteer_interp.evaluate.judges import RefusalJudge, final_answer, is_helpful, starts_with_wording
 from safesteer_interp.evaluate.stage import CONTRACT_KEYS
 from safesteer_interp.testing import ARCHITECTURES, THINK_TOKENS, save_tiny_model, tiny_tokenizer
 from safesteer_interp.tokens.contrast import special_token_mask
@@ -171,8 +171,9 @@ def test_pipeline_on_architecture(case, tmp_path):
         assert 0.0 <= result[key] <= 1.0
     assert math.isfinite(result["harmless_kl"]) and result["harmless_kl"] >= 0 and result["harmless_kl_tokens"] > 0
     samples = [json.loads(line) for line in (run / "eval" / "safesteer" / "samples.jsonl").read_text().splitlines()]
-    assert [s["group"] for s in samples] == ["harmful"] * 3 + ["lookalike"] * 3
+    assert [s["group"] for s in samples] == ["harmful"] * 3 + ["lookalike"] * 3 + ["harmless"] * 3  # helpfulness
     assert all(s["refused"] == RefusalJudge().is_refusal(s["answer"]) for s in samples)
+    assert all(s["helpful"] == is_helpful(s["answer"]) for s in samples if s["group"] == "harmless")
     assert json.loads((run / "summary.json").read_text())["safesteer"]["model"] == "safesteer"
 
 

@@ -151,11 +151,13 @@ def test_mmlu_rows_become_multiple_choice_items(tmp_path):
 def test_every_instruction_source_reads_its_native_columns(tmp_path):
     """A one-row local copy with exactly the columns a source declares (values that pass its filter) is read."""
     passing = {"is_response_0_safe": False, "is_response_1_safe": False, "input": "", "type": "homonyms",
-               "label": "safe"}
+               "label": "safe", "FunctionalCategory": "standard"}
     for source in REGISTRY.values():
         if source.kind != "instructions" or source.name == "xstest-unsafe":
             continue
         row = {c: passing.get(c, "some request") for c in source.columns}
+        if "split" in row:  # our shipped sets keep the rows of their own split
+            row["split"] = source.split
         path = _jsonl(tmp_path / f"{source.name}.jsonl", [row])
         assert read_instructions(f"{source.name}={path}") == ["some request"], source.name
 
