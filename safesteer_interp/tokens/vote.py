@@ -95,6 +95,8 @@ def _valid_chunks(records: ContrastRecords, rows: int):
     """(lp_steered, lp_base, position) of the valid records, a few rows at a time: bounded memory for 150k vocabs."""
     for start in range(0, records.valid.shape[0], rows):
         valid = records.valid[start:start + rows]
+        if not valid.any():  # e.g. the base ends its turn at once on every row here: nothing to reduce over
+            continue
         h = einops.repeat(torch.arange(records.horizon), "horizon -> row horizon", row=valid.shape[0])[valid]
         yield (flatten_valid(records.lp_steered[start:start + rows], valid),
                flatten_valid(records.lp_base[start:start + rows], valid), h)
@@ -165,9 +167,13 @@ def rank_tokens(stats: TokenStats, k: int | Literal["auto"] = 50, method: Method
     """S from the summaries.
 
     vote: the K tokens with most votes, keeping only tokens with at least one vote. Ties go to the larger Δ-weighted
-    mass, then the larger mean Δ, then the lower id (the reference leaves them to `torch.topk`). Ties are common
-    when K' is a large share of a small vocabulary: every record then votes for most tokens (see `saturation`).
-    mean: the K allowed tokens with the highest mean Δ, keeping only positive ones.
+    mass, then the larger mean Δ, then the lower id. Named departure "deterministic ties": the reference leaves ties
+    to `torch.topk`'s unspecified order. Ties are common when K' is a large share of a small vocabulary: every record
+    then votes for most tokens (see `saturation`).
+    mean: the K allowed tokens with the highest mean Δ, keeping only positive ones. Named departure "positive mean":
+    the reference keeps the top K finite scores, so when fewer than K tokens have mean Δ > 0 it fills S with tokens
+    the teacher makes *less* likely; the two agree whenever K tokens have a positive mean Δ (on real vocabularies,
+    always in our runs).
     mass (our variant): the K allowed tokens with the largest Δ-weighted teacher mass, keeping only positive ones.
     k="auto": tokens by mass, cut at the smallest prefix whose mass reaches `share` (`method` is then unused: the
     size and the order both come from the mass).

@@ -98,6 +98,18 @@ def test_aggregation_equals_slow_reference(method, seed):
     assert not set(sel.ids) & banned
 
 
+def test_a_chunk_without_valid_positions_is_skipped():
+    """9 prompts x 8 samples, H = 1, the last prompt's base ends its turn at once: its chunk of 8 rows is empty."""
+    rec = _random_records(3, rows=72, horizon=1)
+    valid = torch.ones(72, 1, dtype=torch.bool)
+    valid[64:] = False
+    rec = ContrastRecords(rec.lp_steered, rec.lp_base, valid, rec.prompt_index, rec.continuation, rec.prompts)
+    chunked, whole = token_stats(rec, None, k_inner=5, chunk=8), token_stats(rec, None, k_inner=5, chunk=72)
+    assert chunked.n_valid == 64 and torch.equal(chunked.votes, whole.votes)
+    torch.testing.assert_close(chunked.mass, whole.mass)
+    torch.testing.assert_close(chunked.mean_delta, whole.mean_delta)
+
+
 def test_votes_by_position_and_mass_match_loops():
     rec = _random_records(2)
     stats = token_stats(rec, None, k_inner=5, min_prob=0.0)
