@@ -36,6 +36,10 @@ def direction(
     = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",
+    refusal_path: Annotated[str, typer.Option(help="auto | reference | latent: 'latent' (named variant) is for a "
+                                                   "model that refuses nothing yet: harmful prompts unfiltered, "
+                                                   "selection by steering; 'auto' takes it when the reference's "
+                                                   "filter keeps < 25% of the harmful prompts")] = "auto",
     model: ModelOption = None,
     dtype: DtypeOption = None,
     device: DeviceOption = None,
@@ -52,7 +56,8 @@ def direction(
     values, preset_record = resolve("direction", preset, model=model)
     model = values["model"]
     config = direction_config(seed, parse_coeff(coeff), n_train=n_train, n_val=n_val, prune=prune, kl_max=kl_max,
-                              refusal_tokens=[t for t in refusal_tokens.split(",") if t], positions=positions)
+                              refusal_tokens=[t for t in refusal_tokens.split(",") if t], positions=positions,
+                              refusal_path=refusal_path)
     lm, tok = options.open_model(model, dtype, device or options.default_device())
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True) as bar:
@@ -104,6 +109,7 @@ def print_summary(meta: dict, out: str) -> None:
             "teacher positions": meta["positions"] + (f" (auto: {_check(meta['positions_check'])})"
                                                       if meta.get("positions_check") else ""),
             "norm": meta["norm"], "refusal tokens": ", ".join(meta["refusal_tokens"]["tokens"]),
+            "path": f"{meta['refusal_path']['path']} ({meta['refusal_path']['why']})",
             "filtered (after/before)": ", ".join(f"{k} {v['after']}/{v['before']}"
                                                  for k, v in meta["filter_counts"].items()),
             "survivors": f"{meta['selection']['survivors']}/{meta['selection']['candidates']}",

@@ -25,8 +25,12 @@ from safesteer_interp.errors import SafeSteerError
 class RefusalTokens:
     ids: list[int]
     tokens: list[str]
-    source: str  # "derived" (from the model's refusals) or "override"
+    source: str  # "derived" (from the model's refusals), "override" or "judge-openers" (the latent path)
     counts: dict[str, int]  # how many judged refusals opened with each token
+
+
+class NoRefusals(SafeSteerError):
+    """The model refused none of the harmful prompts: its refusal tokens cannot be read off its own answers."""
 
 
 def derive_refusal_tokens(model, tokenizer, harmful: Sequence[str], judge, *, max_new_tokens: int = 24,
@@ -41,7 +45,7 @@ def derive_refusal_tokens(model, tokenizer, harmful: Sequence[str], judge, *, ma
                 firsts[int(row)] += 1
     total = sum(firsts.values())
     if total == 0:
-        raise SafeSteerError(f"the model refused none of {len(harmful)} harmful prompts, so no refusal tokens can be "
+        raise NoRefusals(f"the model refused none of {len(harmful)} harmful prompts, so no refusal tokens can be "
                              "derived; pass them with --refusal-tokens (e.g. 'I,Sorry')")
     ids = [i for i, n in firsts.most_common() if n / total >= min_share]
     return RefusalTokens(ids, tokenizer.convert_ids_to_tokens(ids), "derived",
@@ -61,6 +65,17 @@ def refusal_tokens_from_strings(tokenizer, words: Sequence[str]) -> RefusalToken
             found = encoded[0]
         ids.append(int(found))
     return RefusalTokens(ids, tokenizer.convert_ids_to_tokens(ids), "override", {})
+
+
+def judge_openers(tokenizer, phrases: Sequence[str]) -> RefusalTokens:
+    """The first token of each refusal phrase of the judge ("I'm sorry" -> "I", "As an AI" -> "As"), as an answer
+    would open with it: refusal tokens for a model that has no refusals of its own to read them from."""
+    firsts = (tokenizer(phrase, add_special_tokens=False)["input_ids"][:1] for phrase in phrases)
+    ids = list(dict.fromkeys(first[0] for first in firsts if first and first[0] != tokenizer.unk_token_id))
+    if not ids:
+        raise SafeSteerError("none of the judge's refusal phrases starts with a token of this vocabulary; pass "
+                             "--refusal-tokens")
+    return RefusalTokens(ids, tokenizer.convert_ids_to_tokens(ids), "judge-openers", {})
 
 
 def log_odds(probs: Float[Tensor, "batch vocab"], ids: Sequence[int], eps: float = 1e-8) -> Float[Tensor, " batch"]:

@@ -4,7 +4,8 @@ Each candidate r[p, l] gets three scores on validation prompts: the refusal scor
 ablated at every layer (lower = ablation removes refusal), the refusal score of harmless prompts with +coeff*r added
 at layer l (higher = addition induces refusal), and the last-position KL(base || ablated) on harmless prompts
 (lower = ablation leaves harmless behaviour alone). Filters drop late layers, high KL and non-inducing candidates;
-the lowest ablation score wins. When nothing survives, a report says which filter removed what.
+the lowest ablation score wins (`rank_by="steering"`, the latent path: the highest steering score, since a model that
+refuses nothing has no refusal for ablation to remove). When nothing survives, a report says which filter removed what.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class CandidateConfig:
     induce_min: float = 0.0  # drop candidates whose addition leaves the mean harmless refusal score below this
     coeff: float = 1.0  # addition coefficient used for the steering score
     batch_size: int = 32
+    rank_by: str = "ablation"  # "ablation" (reference: lowest wins) or "steering" (latent path: highest wins)
 
 
 ZERO_NORM = 1e-8
@@ -104,6 +106,8 @@ def select_candidate(scores: dict[str, Tensor], n_layers: int, config: Candidate
               "score_ranges": ranges, "config": config.__dict__}
     if not alive.any():
         raise NothingSurvived(report)
-    masked = torch.where(alive, ablation, torch.full_like(ablation, math.inf))
-    flat = int(masked.argmin())
+    if config.rank_by == "steering":
+        flat = int(torch.where(alive, steering, torch.full_like(steering, -math.inf)).argmax())
+    else:
+        flat = int(torch.where(alive, ablation, torch.full_like(ablation, math.inf)).argmin())
     return flat // n_layer, flat % n_layer, report

@@ -77,18 +77,29 @@ def instruction_sets(model_spec: str, n_train: int, n_val: int, seed: int, harmf
     return split_sets(load_instructions(harmful), load_instructions(harmless), n_train, n_val, seed), None
 
 
-def filter_sets(model, tokenizer, sets: InstructionSets, ids: Sequence[int]) -> tuple[InstructionSets, dict]:
-    """Keep harmful prompts the model leans to refuse (score > 0) and harmless ones it leans to answer (< 0)."""
+MIN_KEPT = 0.25  # the latent path takes over when the filter keeps less than this share of a harmful split
+
+
+def filter_sets(model, tokenizer, sets: InstructionSets, ids: Sequence[int],
+                min_kept: float = 0.0) -> tuple[InstructionSets, dict]:
+    """Keep harmful prompts the model leans to refuse (score > 0) and harmless ones it leans to answer (< 0).
+
+    min_kept > 0 (the latent path, for a model whose refusal is latent: it refuses almost nothing yet): a harmful
+    split of which the filter would keep less than this share stays whole, and counts[split]["skipped"] says so.
+    """
     kept, counts = {}, {}
     for name, sign in zip(SPLITS, (1, -1, 1, -1), strict=True):
         prompts = getattr(sets, name)
         scores = refusal_scores(model, tokenizer, prompts, ids)
         kept[name] = [p for p, s in zip(prompts, scores.tolist(), strict=True) if sign * s > 0]
         counts[name] = {"before": len(prompts), "after": len(kept[name])}
+        if sign > 0 and len(kept[name]) < min_kept * len(prompts):
+            counts[name].update(after=len(prompts), skipped=True, would_keep=len(kept[name]))
+            kept[name] = list(prompts)
         if not kept[name]:
             raise SafeSteerError(f"filtering by refusal score left no {name} prompts ({len(prompts)} before); the "
                                  "model does not separate harmful from harmless here — check the prompt sets or "
-                                 "--refusal-tokens")
+                                 "--refusal-tokens, or pass --refusal-path latent for a model that does not refuse")
     return InstructionSets(**kept, held_out=sets.held_out), counts
 
 

@@ -3,11 +3,13 @@
 `find_direction` reads like the paper: refusal tokens -> keep the prompts the base model already refuses / answers
 -> difference in means of resid_pre at every post-instruction position and layer -> score every candidate
 (ablation, addition, KL) -> select -> coefficient and positions on validation -> validate on held-out prompts.
+A model that refuses (almost) nothing takes the named *latent* path (`REFUSAL_PATHS`), recorded in metadata.json.
 Everything lands in RUN/direction/: candidates, direction, scores, heatmaps, logit lens, metadata.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -26,13 +28,26 @@ from safesteer_interp.direction.artifact import Direction, check_positions, dire
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.checks import coefficient_sweep, pick_coeff, pick_positions, positions_check, validate
 from safesteer_interp.direction.plots import heatmap, logit_lens
-from safesteer_interp.direction.refusal_score import RefusalTokens, derive_refusal_tokens, refusal_tokens_from_strings
+from safesteer_interp.direction.refusal_score import (
+    NoRefusals,
+    RefusalTokens,
+    derive_refusal_tokens,
+    judge_openers,
+    refusal_tokens_from_strings,
+)
 from safesteer_interp.direction.select import CandidateConfig, score_candidates, select_candidate
-from safesteer_interp.direction.sets import InstructionSets, filter_sets, instruction_sets, unfiltered
+from safesteer_interp.direction.sets import MIN_KEPT, InstructionSets, filter_sets, instruction_sets, unfiltered
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import RefusalJudge
 
 Progress = Callable[[int], Callable[[], None]]  # given the number of candidates, returns a per-candidate tick
+
+# How stage 1 treats a model that does not refuse yet (e.g. SmolLM2-135M-Instruct: 1 of 159 HarmBench requests):
+# "reference": the reference's recipe, an error when its filter leaves no harmful prompt; "latent" (named variant):
+# refusal tokens from the judge's phrases when the model has no refusals to read them from, harmful prompts kept
+# unfiltered, and the candidate that most raises the harmless refusal score wins (there is no refusal for ablation
+# to remove); "auto": the reference where its filter keeps >= MIN_KEPT of the harmful prompts, else latent.
+REFUSAL_PATHS = ("auto", "reference", "latent")
 
 
 @dataclass(frozen=True)
@@ -46,6 +61,11 @@ class DirectionConfig:
     max_new_tokens: int = 24
     filter_prompts: bool = True  # the reference filters by refusal score; off only for diagnostics and tests
     positions: str = "all"  # where the teacher steers: "all" (reference), "prompt", "last", or "auto" (validation)
+    refusal_path: str = "auto"  # see REFUSAL_PATHS
+
+    def __post_init__(self):
+        if self.refusal_path not in REFUSAL_PATHS:
+            raise SafeSteerError(f"refusal path {self.refusal_path!r} is not one of {', '.join(REFUSAL_PATHS)}")
 
 
 def direction_config(seed: int = 42, coeff: float | str = 1.0, *, prune: float | None = None,
@@ -98,12 +118,13 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     pos_labels = post_instruction_tokens(tokenizer)
     # 1. Refusal tokens, then the prompts the base model already refuses (harmful) or answers (harmless)
     refusal = choose_refusal_tokens(model, tokenizer, sets, config, judge)
-    filtered, counts = filter_sets(model, tokenizer, sets, refusal.ids) if config.filter_prompts else unfiltered(sets)
+    filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config)
     # 2. Candidates r[pos, layer], their scores on validation prompts, and the selected one
     candidates = candidate_directions(model, tokenizer, filtered, folder)
     scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, config.selection, pos_labels, folder,
                        progress)
-    p, layer, report = select_and_report(scores, n_layers(model), config.selection, folder)
+    selection = path_selection(config.selection, path, scores)
+    p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
     direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config))
     direction, check, sweep = tune(model, tokenizer, direction, filtered.harmless_val, config, judge, coherent)
@@ -117,7 +138,7 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
         "positions_check": check, "hook": direction.hook,
         "norm": round(float(direction.vector.norm()), 4),
         "candidate_norms": [[round(float(x), 3) for x in row] for row in candidates.norm(dim=-1)],
-        "refusal_tokens": asdict(refusal), "filter_counts": counts, "selection": report,
+        "refusal_tokens": asdict(refusal), "refusal_path": path, "filter_counts": counts, "selection": report,
         "coefficient_sweep": sweep, "seed": config.seed, "n_train": config.n_train, "n_val": config.n_val,
         "validation": validation, "seconds": round(time.perf_counter() - start, 2), **(extra or {}),
     }
@@ -126,10 +147,46 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
 
 # ----------------------------------------------------------------------------------------------- its steps
 def choose_refusal_tokens(model, tokenizer, sets: InstructionSets, config: DirectionConfig, judge) -> RefusalTokens:
-    """The tokens whose probability is the refusal score: given, or the openers of the model's own refusals."""
+    """The tokens whose probability is the refusal score: given, or the openers of the model's own refusals (on
+    the latent path, of the judge's phrases when the model refused nothing)."""
     if config.refusal_tokens:
         return refusal_tokens_from_strings(tokenizer, config.refusal_tokens)
-    return derive_refusal_tokens(model, tokenizer, sets.harmful_train, judge)
+    try:
+        return derive_refusal_tokens(model, tokenizer, sets.harmful_train, judge)
+    except NoRefusals:
+        if config.refusal_path == "reference":
+            raise
+        return judge_openers(tokenizer, judge.phrases)
+
+
+def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalTokens,
+                   config: DirectionConfig) -> tuple[InstructionSets, dict, dict]:
+    """The filtered sets, their counts, and which path ran and why ({path, requested, why})."""
+    requested = config.refusal_path
+    if not config.filter_prompts:
+        return *unfiltered(sets), {"path": "unfiltered", "requested": requested, "why": "filter_prompts is off"}
+    min_kept = {"reference": 0.0, "auto": MIN_KEPT, "latent": math.inf}[requested]
+    filtered, counts = filter_sets(model, tokenizer, sets, refusal.ids, min_kept)
+    skipped = [name for name, c in counts.items() if c.get("skipped")]
+    if requested == "latent":
+        why = "requested"
+    elif refusal.source == "judge-openers":
+        why = "the model refused none of the harmful train prompts (refusal tokens from the judge's phrases)"
+    elif skipped:
+        why = (f"the reference's filter kept less than {MIN_KEPT:.0%} of "
+               + ", ".join(f"{n} ({counts[n]['would_keep']}/{counts[n]['before']})" for n in skipped))
+    else:
+        return filtered, counts, {"path": "reference", "requested": requested, "why": "the filter kept enough prompts"}
+    return filtered, counts, {"path": "latent", "requested": requested, "why": why}
+
+
+def path_selection(selection: CandidateConfig, path: dict, scores: dict[str, Tensor]) -> CandidateConfig:
+    """The latent path ranks by steering and asks only that addition raise the harmless refusal score above the
+    unsteered one (an unaligned model's log-odds start far below the reference's threshold of 0)."""
+    if path["path"] != "latent":
+        return selection
+    floor = min(selection.induce_min, float(scores["baseline_harmless"]))
+    return replace(selection, rank_by="steering", induce_min=floor)
 
 
 def candidate_directions(model, tokenizer, sets: InstructionSets, folder: Path) -> Float[Tensor, "pos layer d_model"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -63,6 +64,41 @@ def test_select_applies_filters_in_order_and_picks_lowest_ablation():
     with pytest.raises(NothingSurvived) as err:
         select_candidate(scores, 4, CandidateConfig(kl_max=0.0))
     assert err.value.report["survivors"] == 0 and "\n" not in str(err.value)
+
+
+def test_select_by_steering_on_the_latent_path():
+    scores = {"ablation": torch.tensor([[-3.0, -5.0, -9.0]], dtype=torch.float64),
+              "steering": torch.tensor([[-7.0, -2.0, -4.0]], dtype=torch.float64),
+              "kl": torch.tensor([[0.01, 0.01, 0.01]], dtype=torch.float64)}
+    assert select_candidate(scores, 3, CandidateConfig(prune=0.0, induce_min=-1e9))[:2] == (0, 2)  # lowest ablation
+    latent = CandidateConfig(prune=0.0, induce_min=-5.0, rank_by="steering")
+    pos, layer, report = select_candidate(scores, 3, latent)
+    assert (pos, layer) == (0, 1) and report["removed_by"]["does_not_induce_refusal"] == 1  # -7 < -5
+
+
+def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkeypatch, tmp_path):
+    """A model that refuses nothing: the reference's filter would keep no harmful prompt; `auto` goes on, unfiltered,
+    says why in metadata.json, and ranks candidates by how much addition raises the harmless refusal score."""
+    model, tok = qwen2
+    monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
+                        lambda m, t, prompts, ids: torch.full((len(prompts),), -5.0, dtype=torch.float64))
+    judge = RefusalJudge(phrases=("sorry i cannot", "zzz", "cannot do that"))  # "zzz" is unknown to the tokenizer
+    monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: False)  # it refuses nothing
+    config = DirectionConfig(filter_prompts=True, max_new_tokens=4,
+                             selection=CandidateConfig(kl_max=1e9, prune=0.0))
+    with pytest.raises(SafeSteerError, match="refused none"):
+        find_direction(model, tok, _sets(), tmp_path / "ref", replace(config, refusal_path="reference"), judge,
+                       model_name="tiny")
+    meta = find_direction(model, tok, _sets(), tmp_path / "auto", config, judge, model_name="tiny")
+    assert meta["refusal_tokens"]["source"] == "judge-openers"
+    assert meta["refusal_tokens"]["tokens"] == ["sorry", "cannot"]
+    assert meta["refusal_path"]["path"] == "latent" and "refused none" in meta["refusal_path"]["why"]
+    assert meta["filter_counts"]["harmful_train"] == {"before": 4, "after": 4, "skipped": True, "would_keep": 0}
+    assert meta["filter_counts"]["harmless_val"] == {"before": 2, "after": 2}
+    assert meta["selection"]["config"]["rank_by"] == "steering"
+    scores = json.loads((tmp_path / "auto" / "direction" / "scores.json").read_text())
+    steering = [v for row in scores["steering_refusal_harmless_val"] for v in row if v is not None]
+    assert scores["steering_refusal_harmless_val"][meta["pos"] + 3][meta["layer"]] == max(steering)
 
 
 def _sets():
