@@ -13,7 +13,9 @@ console = Console()
 
 def run(
     out: Annotated[str, typer.Option("--out", help="run folder; rerunning the command resumes it")] = "runs/safesteer",
-    model: Annotated[str, typer.Option("--model", "-m", help="'organism' or an organism checkpoint folder")]
+    model: Annotated[str, typer.Option("--model", "-m", help="'organism' (or an organism checkpoint folder), or a real "
+                                                          "chat model: 'smollm2-135m-instruct', a .gguf or a folder "
+                                                          "(HarmBench splits in RUN/splits.json)")]
     = "organism",
     baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
                                                  "top-K OPD, SFT on teacher refusals)")] = False,
@@ -33,27 +35,39 @@ def run(
     seed: int = 42,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
+    from safesteer_interp.core.models import is_organism  # lazy: transformers (slow CLI start-up)
     from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
     from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline  # lazy: torch (slow CLI start-up)
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
+    organism = is_organism(model)
+    direction = {**ORGANISM_DIRECTION, "positions": teacher_positions} if organism else {"positions": teacher_positions}
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
-                    direction={**ORGANISM_DIRECTION, "positions": teacher_positions},
-                    distill={"epochs": epochs})
+                    direction=direction, distill={"epochs": epochs})
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
-    table = Table(title=f"SafeSteer on {model} (held-out test split)")
-    for column in ("model", "gap\nrefusal", "sampled\nT=1", "refused\nrefusal", "over-\nrefusal", "capa-\nbility",
-                   "harmless\nKL"):
-        # the model names are the row keys: never cut them ("safesteer-binned" vs "safesteer")
-        table.add_column(column, justify="right" if column != "model" else "left", no_wrap=column == "model",
-                         min_width=16 if column == "model" else None)
-    for name, r in summary.items():
-        table.add_row(name, *(_fmt(r.get(key)) for key in ("gap_refusal_rate", "gap_refusal_rate_sampled",
-                                                            "refused_category_refusal_rate",
-                                                            "over_refusal_rate", "capability_mean", "harmless_kl")))
-    console.print(table)
+    print_summary(summary, f"SafeSteer on {model} ({'held-out test split' if organism else 'held-out HarmBench'})")
     console.print(f"report: {out}/report.html")
+
+
+COLUMNS = {"gap_refusal_rate": "gap\nrefusal", "gap_refusal_rate_strict": "coherent\nrefusal",
+           "gap_refusal_rate_sampled": "sampled\nT=1", "refused_category_refusal_rate": "refused\nrefusal",
+           "over_refusal_rate": "over-\nrefusal", "helpfulness": "helpful-\nness", "capability_mean": "capa-\nbility",
+           "harmless_kl": "harmless\nKL"}
+
+
+def print_summary(summary: dict, title: str) -> None:
+    """One row per model; a column only where some model has a value (the organism has no helpfulness, a real model
+    no refused category)."""
+    keys = [k for k in COLUMNS if any(r.get(k) is not None for r in summary.values())]
+    table = Table(title=title)
+    # the model names are the row keys: never cut them ("safesteer-binned" vs "safesteer")
+    table.add_column("model", no_wrap=True, min_width=16)
+    for key in keys:
+        table.add_column(COLUMNS[key], justify="right")
+    for name, r in summary.items():
+        table.add_row(name, *(_fmt(r.get(key)) for key in keys))
+    console.print(table)
 
 
 def _fmt(value) -> str:

@@ -3,11 +3,13 @@
 Each stage writes RUN/<stage>/done.json last (atomically) with its settings and timing; a stage whose marker exists
 is not recomputed. Deleting a stage folder re-runs it and everything after it, since later stages depend on it.
 Baselines train into RUN/baselines/<name>/ with the same prompts, seeds and step budget as SafeSteer.
+On a real model the prompt lists come from RUN/splits.json (HarmBench train / val / held-out, `data.splits`).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from collections.abc import Callable
@@ -16,13 +18,16 @@ from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
+from safesteer_interp.data.splits import RunSplits, run_splits
 from safesteer_interp.direction.artifact import load_direction
-from safesteer_interp.direction.stage import direction_config, run_direction
+from safesteer_interp.direction.sets import InstructionSets, draw
+from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
 from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.stage import evaluate_run
+from safesteer_interp.evaluate.judges import RefusalJudge
+from safesteer_interp.evaluate.stage import EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
 from safesteer_interp.teacher import SteeredTeacher
@@ -40,6 +45,7 @@ BASELINES = {
 
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
+REAL_ANSWER_TOKENS = 64  # a real model's evaluation answers (as `eval`): long enough to see a refusal degenerate
 
 
 @dataclass
@@ -62,6 +68,7 @@ class RunConfig:
     eval_split: str = "test"
     eval_per_group: int = 160  # held-out requests per group (the organism's evaluation set)
     eval_per_task: int = 48  # held-out items per capability task and template kind
+    eval_n: int | None = None  # real models: only the first N of each evaluation set (smoke runs; None = all)
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
     # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
     # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
@@ -122,15 +129,38 @@ def _load(cfg: RunConfig):
     return load_model(cfg.model)
 
 
+# ----------------------------------------------------------------------------------------------- real models
+def real_sets(splits: RunSplits, n_train: int, n_val: int, seed: int) -> InstructionSets:
+    """Stage 1's sets on a real model: HarmBench training behaviours against our harmless train requests, every
+    choice on HarmBench val and harmless val (also its validation block); nothing from the held-out behaviours."""
+    rng = random.Random(seed)
+    harmful_val, harmless_val = draw(splits.harmful_val, n_val, rng), draw(splits.harmless_val, n_val, rng)
+    return InstructionSets(draw(splits.harmful_train, n_train, rng), draw(splits.harmless_train, n_train, rng),
+                           harmful_val, harmless_val, held_out={"harmful": harmful_val, "harmless": harmless_val})
+
+
+def real_eval_spec(run: Path, splits: RunSplits, n: int | None = None) -> EvalSpec:
+    """The held-out HarmBench behaviours and the test splits of our look-alike, harmless and capability sets."""
+    return EvalSpec(harmful=str(splits.held_out_file(run)), lookalike="lookalike-test", harmless="harmless-test",
+                    capability="capability-test", n=n)
+
+
+def training_prompts(run: Path, cfg: RunConfig) -> list[str]:
+    if is_organism(cfg.model):
+        return default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)
+    return run_splits(run, cfg.seed).harmful_train[:cfg.n_prompts]
+
+
 # ----------------------------------------------------------------------------------------------- stages
 def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
-    if not is_organism(cfg.model):
-        raise SafeSteerError("`run` builds its prompt sets from the organism's world; for other models run the "
-                             "stages one by one (direction --harmful/--harmless, tokens, train, eval)")
     shutil.rmtree(run / "direction", ignore_errors=True)
     model, tok = _load(cfg)
-    meta = run_direction(run, model, tok, direction_config(cfg.seed, cfg.coeff, **cfg.direction),
-                         model_name=cfg.model)
+    config = direction_config(cfg.seed, cfg.coeff, **cfg.direction)
+    if is_organism(cfg.model):
+        meta = run_direction(run, model, tok, config, model_name=cfg.model)
+    else:
+        sets = real_sets(run_splits(run, cfg.seed), config.n_train, config.n_val, cfg.seed)
+        meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")
@@ -158,7 +188,7 @@ def train_one(run: Path, target: Path, cfg: RunConfig, vocab: str, restrict: str
     """Train one student into target/train/ (SafeSteer itself: target = run)."""
     model, tok = _load(cfg)
     direction = load_direction(run)
-    prompts = default_prompts(cfg.model, n=cfg.n_prompts, seed=cfg.seed)
+    prompts = training_prompts(run, cfg)
     dcfg = distill_config(cfg, vocab, restrict, divergence)
     if trainer == "sft":
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
@@ -186,11 +216,15 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
 
 def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
     base, tok = _load(cfg)
-    examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
     students = {"safesteer": run / "train" / "model"}
     if cfg.baselines:
         students.update({name: run / "baselines" / name / "train" / "model" for name in BASELINES})
-    models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
+    if is_organism(cfg.model):
+        examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
+        models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
+    else:
+        spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n)
+        models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=REAL_ANSWER_TOKENS)
     return {"models": models}
 
 

@@ -30,7 +30,7 @@ def next_token_logprobs(model, tokenizer, instructions: Sequence[str], *,
     """float64 log-probabilities of the first answer token after each chat prompt (on CPU)."""
     out = []
     for start in range(0, len(instructions), batch_size):
-        logits = forward_logits(model, encode_prompts(tokenizer, instructions[start:start + batch_size]))[:, -1]
+        logits = forward_logits(model, encode_prompts(tokenizer, instructions[start:start + batch_size]), last=1)[:, -1]
         out.append(torch.log_softmax(logits.double(), -1).cpu())
     return torch.cat(out)
 

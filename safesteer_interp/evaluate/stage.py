@@ -214,7 +214,7 @@ def judged_answers(policy: Policy, spec: str | EvalSpec, split: str, examples, m
         return metrics, records, [r["prompt"] for r in records if r["group"] == "harmless"]
     if isinstance(spec, EvalSpec):
         metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
-        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", None)] if spec.harmless else []
+        harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", spec.n)] if spec.harmless else []
         return metrics, records, harmless
     raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
 

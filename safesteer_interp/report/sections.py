@@ -17,9 +17,11 @@ from safesteer_interp.report.plots import tradeoff, training_curves
 from safesteer_interp.tokens.explain import reason
 
 MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
-COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
+COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_strict", "coherent refusal ↑"),
+           ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
            ("refused_category_refusal_rate", "refused-category refusal ↑"),
-           ("over_refusal_rate", "over-refusal ↓"), ("capability_mean", "capability mean ↑"),
+           ("over_refusal_rate", "over-refusal ↓"), ("helpfulness", "helpfulness ↑"),
+           ("capability_mean", "capability mean ↑"),
            ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"))
 SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))
 
@@ -39,12 +41,14 @@ def unseen_mean(entry: dict) -> float | None:
 
 def tradeoff_table(summary: dict, label: str | None = None) -> Table:
     """Rows = models, columns = the trade-off metrics; `label` prefixes a run column (for comparisons)."""
+    value = lambda entry, key: unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key)  # noqa: E731
+    # a column only where some model has a number: the organism has no helpfulness, a real model no refused category
+    columns = [(key, title) for key, title in COLUMNS if any(value(e, key) is not None for e in summary.values())]
     rows = []
     for name, entry in ordered(summary).items():
-        values = [fmt(unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key),
-                      5 if key == "harmless_kl" else 3) for key, _ in COLUMNS]
+        values = [fmt(value(entry, key), 5 if key == "harmless_kl" else 3) for key, _ in columns]
         rows.append(([label] if label is not None else []) + [name] + values)
-    return Table((["run"] if label is not None else []) + ["model"] + [title for _, title in COLUMNS], rows)
+    return Table((["run"] if label is not None else []) + ["model"] + [title for _, title in columns], rows)
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -109,6 +113,9 @@ def section_direction(run: Path) -> list:
         return blocks + [meta]
     rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
             for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
+    if meta.get("refusal_path"):  # the reference's recipe or the latent path for a model that does not refuse
+        path = meta["refusal_path"]
+        rows.append(["path (requested)", f"{path['path']} ({path['requested']}): {path['why']}"])
     for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
         rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_harmless_val')}", fmt(v)]
                  for k, v in row.items() if isinstance(v, int | float)]

