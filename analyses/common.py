@@ -31,7 +31,8 @@ from safesteer_interp.organism import world  # noqa: E402
 from safesteer_interp.teacher import SteeredTeacher  # noqa: E402
 from safesteer_interp.tokens.artifact import load_safety_tokens  # noqa: E402
 
-HARMFUL_GROUPS = ("gap", "refused")  # the organism's harmful requests (complied-with first: the safety gap)
+HARMFUL_GROUPS = ("gap", "refused", "harmful")  # the organism's harmful requests (complied-with first: the safety
+# gap), then a real model's (its held-out HarmBench behaviours)
 HARMLESS_GROUPS = ("harmless",)
 
 
