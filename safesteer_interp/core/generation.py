@@ -7,6 +7,7 @@ prefill and on every decoding step.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts
 
 
@@ -75,15 +77,44 @@ def answer_mask(answers: Int[Tensor, "batch new"], eos_ids: Sequence[int]) -> Bo
     return eos_before == 0
 
 
+def kv_cache(model, cache=None) -> dict:
+    """`{name: cache}` for a forward or `generate` call: a fresh `DynamicCache` unless one is given, under the
+    keyword this transformers version reads (`cache` since 5.x renamed `past_key_values`)."""
+    from transformers import DynamicCache  # lazy: transformers is heavy; only cached forwards need it
+
+    hf = base_model(model)
+    name = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
+    return {name: DynamicCache(config=hf.config) if cache is None else cache}
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, batch: ChatBatch, repeats: int) -> dict:
+    """Keys and values of every prompt but its last column, computed once and repeated for each of its `repeats`
+    samples (`generate` then runs only the last prompt column in its first step): 1/repeats of the prefill.
+
+    Only for a model without hooks that tell the prefill from decoding (the first step is not a prefill here)."""
+    cached = kv_cache(model)
+    device = next(model.parameters()).device
+    prefix = ChatBatch(*(x[:, :-1].to(device) for x in (batch.input_ids, batch.attention_mask, batch.position_ids)))
+    model(**prefix.inputs(), use_cache=True, logits_to_keep=1, **cached)
+    next(iter(cached.values())).batch_repeat_interleave(repeats)
+    return cached
+
+
 @torch.no_grad()
 def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0,
-             num_return_sequences: int = 1, seed: int | None = None) -> Generation:
-    """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens."""
+             num_return_sequences: int = 1, seed: int | None = None, share_prompt: bool = False) -> Generation:
+    """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens.
+
+    `share_prompt`: run each prompt once for its `num_return_sequences` samples (`shared_prompt_cache`); the same
+    tokens up to float rounding, for a model without prefill-only hooks."""
     device = next(model.parameters()).device
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                   num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=eos_token_ids(model, tokenizer))
+    if share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1:
+        kwargs.update(shared_prompt_cache(model, batch, num_return_sequences))  # generate expands tensors only
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:
