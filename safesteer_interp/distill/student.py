@@ -87,29 +87,36 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
 
 @contextmanager
 def merged_adapters(model: nn.Module) -> Iterator[None]:
-    """Inside the block a LoRA student runs as one weight matrix per layer: each adapted layer's base weight is
-    swapped for a merged copy W + delta and the adapters are off; the original tensors are put back afterwards.
+    """Inside the block a LoRA student runs as plain layers: each adapted layer is replaced by its base layer holding
+    a merged copy W + delta; the LoRA layers and the original weight tensors are put back afterwards.
 
-    For sampling: decoding feeds one token per row at a time, where peft's two extra small matmuls per layer cost
-    as much as the layer itself. The copies last for the block (one more copy of the adapted weights); putting the
-    original tensors back, rather than unmerging by subtraction, leaves the teacher's base weights bit-exact.
-    A plain model, or adapters peft does not merge as W + delta (e.g. DoRA), runs as it is.
+    For sampling: decoding feeds one token per row at a time, where peft's two extra small matmuls and its Python
+    wrapper per layer cost about as much as the layer itself. The copies last for the block (one more copy of the
+    adapted weights); putting the original tensors back, rather than unmerging by subtraction, leaves the teacher's
+    base weights bit-exact. A plain model, or adapters peft does not merge as W + delta (e.g. DoRA), runs as it is.
     """
     from peft.tuners.lora import LoraLayer  # lazy: peft is slow to import and only LoRA runs need it
 
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers or any(m.merged or m.lora_variant for m in layers):
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    if not layers or any(m.merged or m.lora_variant for _, m in layers):
         yield
         return
-    swapped = []
+    swapped = []  # (parent, attribute, LoRA layer, base layer, base weight)
+
+    def restore() -> None:
+        for parent, attribute, layer, base, weight in swapped:
+            base.weight = weight
+            setattr(parent, attribute, layer)
+
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())
-        stack.callback(lambda: [setattr(base, "weight", weight) for base, weight in swapped])
-        for layer in layers:
+        stack.callback(restore)
+        for name, layer in layers:
+            parent, _, attribute = name.rpartition(".")
             base = layer.get_base_layer()
-            swapped.append((base, base.weight))
+            swapped.append((model.get_submodule(parent), attribute, layer, base, base.weight))
             base.weight = nn.Parameter(_merged_weight(layer, base), requires_grad=False)
-        stack.enter_context(model.disable_adapter())
+            setattr(swapped[-1][0], attribute, base)
         yield
 
 

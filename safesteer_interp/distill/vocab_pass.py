@@ -45,9 +45,11 @@ def chunk_loss(s_logits: Float[Tensor, "n vocab"], t_logp: Float[Tensor, "n voca
     return per_token, s_logp
 
 
-def _upcast(logits: Tensor) -> Tensor:
-    """Logits for the softmax: float32 at least (bf16 under autocast), float64 kept."""
-    return logits if logits.dtype == torch.float64 else logits.float()
+def _upcast(logits: Tensor, temperature: float) -> Tensor:
+    """Logits for the softmax: float32 at least (bf16 under autocast; float64 kept), divided by the temperature (a
+    full-vocabulary pass skipped at 1, where it changes nothing)."""
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return logits if temperature == 1.0 else logits / temperature
 
 
 class _GradientsKnown(torch.autograd.Function):
@@ -96,9 +98,9 @@ def vocab_pass(student, teacher, student_states: Float[Tensor, "batch new d_mode
             t_states, c, w, first, sampled = (x[part] for x in targets)
             with torch.no_grad():
                 t_logits = logits_from_states(teacher, t_states.to(next(teacher.parameters()).device))
-                t_logp = torch.log_softmax(_upcast(t_logits.to(device)) / spec.temperature, -1)
+                t_logp = torch.log_softmax(_upcast(t_logits.to(device), spec.temperature), -1)
             with torch.enable_grad():
-                s_logits = _upcast(logits_from_states(student, h)) / spec.temperature
+                s_logits = _upcast(logits_from_states(student, h), spec.temperature)
                 per_token, s_logp = chunk_loss(s_logits, t_logp, spec)
                 value = (per_token * c).sum()
                 found = torch.autograd.grad(value, [h, *params], allow_unused=True)

@@ -160,9 +160,10 @@ def test_shared_prefill_and_merged_adapters_sample_the_same_tokens():
     plain = generate(student, tok, batch, max_new_tokens=8, do_sample=True, num_return_sequences=4, seed=3)
     shared = sample_rollout(student, tok, HARMFUL, samples=4, max_new_tokens=8, seed=3)
     assert torch.equal(plain.sequences, shared.sequences) and torch.equal(plain.prompt_index, shared.prompt_index)
-    with merged_adapters(student):
+    with merged_adapters(student):  # plain layers holding W + delta: no LoRA module left to call
         merged = dict(student.named_parameters())
-        assert any(not torch.equal(merged[n], before[n]) for n in base)  # the adapters are in the weights
+        assert not any("lora_" in n for n in merged)
+        assert any(not torch.equal(merged[n.replace(".base_layer", "")], before[n]) for n in base if "base_layer" in n)
     after = dict(student.named_parameters())
     assert all(after[n] is p and torch.equal(p, before[n]) for n, p in base.items())  # the very tensors, bit-exact
     assert plain.answer_mask.sum() > len(plain)  # answers longer than one token were compared
