@@ -22,6 +22,9 @@ the refusal direction added at one layer:
   and `beta=1.0`: its `generalized_jsd_loss` takes the `beta == 1` branch, `F.kl_div(teacher_logp, student_logp,
   log_target=True)` = sum p_s (log p_s - log p_t) = KL(student || teacher), i.e. reverse KL, on full logits.
 
+`--vocab safe,topk,full` runs one child of ours per token set and round against the same TRL children; `--before
+DIR` adds our step from an older checkout (PYTHONPATH) as one more side, for before/after in one run.
+
 Method: each side runs in its own child process (peak memory only grows within a process, so sides must not share
 one), one warm-up step and then --steps timed steps; --rounds repeats both children, alternating which goes first,
 because the box may be shared. A step is everything between two optimizer updates: sampling, teacher and student
@@ -577,6 +580,11 @@ def main() -> None:
         out = {"config": {k: v for k, v in vars(args).items() if k not in ("side", "inputs", "result")},
                "versions": {"trl": trl_version, "transformers": transformers.__version__, "torch": torch.__version__},
                "sides": summary, "ratios": compared, "profile": profile, "rounds": runs}
+        if first:  # the keys gpu_smoke.sh reads: ours at the first vocabulary against TRL
+            out.update(ours=summary[f"ours-{args.vocab[0]}"], trl=summary["trl"],
+                       speedup_trl_over_ours=first["step_time"],
+                       tokens_per_s_ratio=first["tokens_per_s (ours / other)"],
+                       peak_memory_ratio_trl_over_ours=first["peak_memory"])
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")
