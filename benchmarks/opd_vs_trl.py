@@ -22,6 +22,9 @@ the refusal direction added at one layer:
   and `beta=1.0`: its `generalized_jsd_loss` takes the `beta == 1` branch, `F.kl_div(teacher_logp, student_logp,
   log_target=True)` = sum p_s (log p_s - log p_t) = KL(student || teacher), i.e. reverse KL, on full logits.
 
+`--vocab safe,topk,full` runs one child of ours per token set and round against the same TRL children; `--before
+DIR` adds our step from an older checkout (PYTHONPATH) as one more side, for before/after in one run.
+
 Method: each side runs in its own child process (peak memory only grows within a process, so sides must not share
 one), one warm-up step and then --steps timed steps; --rounds repeats both children, alternating which goes first,
 because the box may be shared. A step is everything between two optimizer updates: sampling, teacher and student
@@ -191,11 +194,7 @@ def run_ours(args, inputs: dict) -> dict:
                         top_k=args.k, seed=args.seed)
     # The plan is recomputed by Distiller from the same prompts and seed, so it matches inputs["plan"].
     phases = Phases()
-    step_module.sample_rollout = phases.wrap("generation (student samples)", step_module.sample_rollout)
-    step_module.answer_logprobs = phases.wrap_by_grad("teacher forward", "student forward",
-                                                      step_module.answer_logprobs)
-    step_module.token_loss = phases.wrap("loss", step_module.token_loss)
-    step_module.rollout_stats = phases.wrap("step statistics", step_module.rollout_stats)
+    wrap_our_phases(step_module, phases)
     with tempfile.TemporaryDirectory() as run:
         distiller = Distiller(run, model, tok, direction, inputs["prompts"], cfg,
                               safety_ids=inputs["safety"] if args.vocab == "safe" else None)
@@ -221,6 +220,20 @@ def run_ours(args, inputs: dict) -> dict:
     return finish("ours", args, steps, before, weights, trainable, profile,
                   design="one weight copy (teacher = adapters off + hook)" if not args.full_ft
                   else "two copies (student + frozen steered teacher)")
+
+
+def wrap_our_phases(step_module, phases: Phases) -> None:
+    """Time the functions one of our steps calls, under their current names or a `--before` checkout's."""
+    by_grad = {"answer_states": "forward", "answer_logprobs": "forward"}  # final states / log-probs of one model
+    single = {"sample_rollout": "generation (student samples)", "vocab_pass": "loss + statistics (vocabulary pass)",
+              "token_loss": "loss", "rollout_stats": "step statistics"}
+    for name, phase in by_grad.items():
+        if hasattr(step_module, name):
+            setattr(step_module, name, phases.wrap_by_grad(f"teacher {phase}", f"student {phase}",
+                                                           getattr(step_module, name)))
+    for name, phase in single.items():
+        if hasattr(step_module, name):
+            setattr(step_module, name, phases.wrap(phase, getattr(step_module, name)))
 
 
 def profile_ours(distiller, step: int, phases: Phases) -> dict:
@@ -357,11 +370,12 @@ def finish(side, args, steps, rss_before, weights, trainable, profile, design) -
 def child(args) -> None:
     import peft  # noqa: F401  (every library is imported before the memory baseline, by both sides)
     import torch
-    import trl.trainer.distillation_trainer  # noqa: F401
     from transformers.utils import logging as hf_logging
 
     import safesteer_interp.distill.trainer  # noqa: F401
 
+    if args.trl != "none":
+        import trl.trainer.distillation_trainer  # noqa: F401
     if args.trl == "gkd":
         import trl.experimental.gkd  # noqa: F401
 
@@ -374,21 +388,37 @@ def child(args) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- parent
-def spawn(args, side: str, inputs: Path, workdir: Path, tag: str, profile: bool = False) -> dict:
+def spawn(args, side: str, inputs: Path, workdir: Path, tag: str, profile: bool = False, vocab: str | None = None,
+          code: str | None = None) -> dict:
+    """One child: `side` ours or trl; ours at one `vocab`, importing safesteer_interp from `code` if given."""
     result = workdir / f"{tag}.json"
+    skip = ("json", "side", "inputs", "result", "run", "before", "vocab")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-             if v is not None and not isinstance(v, bool) and k not in ("json", "side", "inputs", "result", "run")]
+             if v is not None and not isinstance(v, bool) and k not in skip]
     flags += [f"--{k.replace('_', '-')}" for k, v in vars(args).items() if v is True and k != "profile"]
-    argv = [sys.executable, __file__, "--side", side, "--inputs", str(inputs), "--result", str(result), *flags]
+    argv = [sys.executable, __file__, "--side", side, "--inputs", str(inputs), "--result", str(result),
+            f"--vocab={vocab or 'safe'}", *flags]
     if profile:
         argv.append("--profile")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "TOKENIZERS_PARALLELISM": "false", "TRL_EXPERIMENTAL_SILENCE": "1"}
+    if code:  # an older checkout's package shadows the editable install (PYTHONPATH comes first)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-25:])
         raise SystemExit(f"{side} child failed (exit {done.returncode}):\n{tail}")
     return json.loads(result.read_text())
+
+
+def plan_sides(args) -> list[tuple[str, str, str | None, str | None]]:
+    """(label, side, vocab, code) of every child of a round: ours per --vocab, --before's, TRL's."""
+    sides = [(f"ours-{v}", "ours", v, None) for v in args.vocab]
+    if args.before:
+        sides.append((f"before-{args.vocab[0]}", "ours", args.vocab[0], args.before))
+    if args.trl != "none":
+        sides.append(("trl", "trl", None, None))
+    return sides
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -421,11 +451,49 @@ def _lr(text: str) -> float | None:
     return None if text == "ours" else float(text)
 
 
+def _vocabs(text: str) -> list[str]:
+    vocabs = text.split(",")
+    if not vocabs or any(v not in ("safe", "topk", "full") for v in vocabs):
+        raise argparse.ArgumentTypeError(f"--vocab {text!r}: a comma-separated list of safe, topk, full")
+    return vocabs
+
+
+def ratios(summary: dict[str, dict], args) -> dict[str, dict]:
+    """TRL over each of our vocabularies, and --before over ours at the first vocabulary (> 1: ours is better)."""
+    pairs = [(label, "trl") for label in summary if label.startswith("ours-") and "trl" in summary]
+    if args.before:
+        pairs.append((f"ours-{args.vocab[0]}", f"before-{args.vocab[0]}"))
+    out = {}
+    for ours, other in pairs:
+        a, b = summary[ours], summary[other]
+        out[f"{other} / {ours}"] = {
+            "step_time": round(b["median_step_s"] / a["median_step_s"], 3),
+            "tokens_per_s (ours / other)": round(a["tokens_per_s"] / b["tokens_per_s"], 3),
+            "peak_memory": round(b["peak_MiB"] / a["peak_MiB"], 3) if a["peak_MiB"] > 0 else float("nan")}
+    return out
+
+
+def report(summary: dict[str, dict], compared: dict[str, dict], args) -> None:
+    header = ("side", "design", "weights_held_M", "trainable_M", "median_step_s", "min_step_s",
+              "answer_tokens_per_step", "tokens_per_s", "peak_MiB")
+    print()
+    print(" | ".join(header))
+    for label, row in summary.items():
+        print(" | ".join([label] + [str(row[k]) for k in header[1:]]))
+    print()
+    for pair, r in compared.items():
+        print(f"{pair}: median step {r['step_time']:.2f}x, tokens/s (ours / other) "
+              f"{r['tokens_per_s (ours / other)']:.2f}x, peak memory {r['peak_memory']:.2f}x")
+    print(f"[peak memory: {next(iter(summary.values()))['peak_measure']}]")
+    for label, row in summary.items():
+        print_phases(f"{label}, median seconds per phase of a timed step:", row["median_phases_s"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="organism", help="organism | tiny-qwen2 | a local model folder")
-    parser.add_argument("--trl", choices=["distillation", "gkd"], default="distillation",
-                        help="TRL trainer: DistillationTrainer (stable) or experimental GKDTrainer")
+    parser.add_argument("--model", default="organism", help="organism | tiny-qwen2 | a local model folder or name")
+    parser.add_argument("--trl", choices=["distillation", "gkd", "none"], default="distillation",
+                        help="TRL trainer: DistillationTrainer (stable) or experimental GKDTrainer; none: ours only")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per side and round (after 1 warm-up)")
     parser.add_argument("--rounds", type=int, default=2, help="children per side, alternating which runs first")
     parser.add_argument("--prompts", type=int, default=4, help="prompts per step (the pipeline's default)")
@@ -440,9 +508,13 @@ def main() -> None:
                              "throughout (trained, TRL's full-vocabulary loss shortens the organism's answers within "
                              "3 steps and the sides no longer do the same work); 'ours' = 2e-3 LoRA, 1e-4 full FT")
     parser.add_argument("--grad-checkpointing", action="store_true", help="on both sides")
-    parser.add_argument("--vocab", choices=["safe", "topk", "full"], default="safe",
-                        help="our loss's token set (safe = SafeSteer; full = the same loss as TRL's)")
-    parser.add_argument("--k", type=int, default=50, help="|S| when no --run is given")
+    parser.add_argument("--vocab", type=_vocabs, default=["safe"],
+                        help="our loss's token set(s), comma-separated, one child each per round: safe (SafeSteer), "
+                             "topk, full (the same loss as TRL's)")
+    parser.add_argument("--before", default=None,
+                        help="a checkout of an older commit (e.g. `git archive REV | tar -x -C DIR`): its step runs "
+                             "as one more side, at the first --vocab, for before/after in one run")
+    parser.add_argument("--k", type=int, default=50, help="|S| when no --run is given, and K of --vocab topk")
     parser.add_argument("--run", default=None, help="take the direction and S from a pipeline run folder")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
@@ -452,16 +524,18 @@ def main() -> None:
     parser.add_argument("--inputs", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    try:
-        import trl  # noqa: F401
-    except ImportError:
-        print(INSTALL_HINT, file=sys.stderr)
-        raise SystemExit(2) from None
+    if args.trl != "none":
+        try:
+            import trl  # noqa: F401
+        except ImportError:
+            print(INSTALL_HINT, file=sys.stderr)
+            raise SystemExit(2) from None
     if args.lr is None:  # --lr ours
         from safesteer_interp.distill.config import FULL_FT_LR, LORA_LR
 
         args.lr = FULL_FT_LR if args.full_ft else LORA_LR
     if args.side:
+        args.vocab = args.vocab[0]
         child(args)
         return
 
@@ -473,51 +547,44 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     student = "full fine-tuning" if args.full_ft else f"LoRA r {args.lora_r} (all linear)"
+    trl_version = "-" if args.trl == "none" else __import__("trl").__version__
     print(f"model={args.model}, {args.prompts} prompts x {args.samples} samples, {args.new_tokens} new tokens, "
           f"{student}, grad checkpointing {'on' if args.grad_checkpointing else 'off'}, {args.threads} thread(s), "
           f"{args.rounds} round(s) x {args.steps} timed steps after 1 warm-up, lr {args.lr:g}; "
-          f"ours vocab={args.vocab}, TRL {args.trl} (reverse KL, beta=1); trl {trl.__version__}, "
+          f"ours vocab={','.join(args.vocab)}, TRL {args.trl} (reverse KL, beta=1); trl {trl_version}, "
           f"transformers {transformers.__version__}, torch {torch.__version__}")
+    sides = plan_sides(args)
     with tempfile.TemporaryDirectory(prefix="opd_vs_trl_") as tmp:
         workdir = Path(tmp)
         inputs = prepare_inputs(args, workdir)
         print(f"teacher direction / S: {load_inputs(str(inputs))['source']}")
-        runs: dict[str, list[dict]] = {"ours": [], "trl": []}
+        runs: dict[str, list[dict]] = {label: [] for label, *_ in sides}
         for r in range(args.rounds):
-            for side in (("ours", "trl") if r % 2 == 0 else ("trl", "ours")):
+            for label, side, vocab, code in (sides if r % 2 == 0 else sides[::-1]):
                 started = time.perf_counter()
-                runs[side].append(spawn(args, side, inputs, workdir, f"{side}-{r}"))
-                print(f"  round {r + 1}: {side:4s} steps {runs[side][-1]['step_s']} s "
+                runs[label].append(spawn(args, side, inputs, workdir, f"{label}-{r}", vocab=vocab, code=code))
+                print(f"  round {r + 1}: {label:12s} steps {runs[label][-1]['step_s']} s "
                       f"(child {time.perf_counter() - started:.0f} s)", flush=True)
-        ours, theirs = summarise(runs["ours"]), summarise(runs["trl"])
-        speedup = theirs["median_step_s"] / ours["median_step_s"]
-        memory = theirs["peak_MiB"] / ours["peak_MiB"] if ours["peak_MiB"] > 0 else float("nan")
-        header = ("side", "design", "weights_held_M", "trainable_M", "median_step_s", "min_step_s",
-                  "answer_tokens_per_step", "tokens_per_s", "peak_MiB")
-        print()
-        print(" | ".join(header))
-        for row in (ours, theirs):
-            print(" | ".join(str(row[k]) for k in header))
-        print(f"\nspeed-up (TRL median step / ours): {speedup:.2f}x   "
-              f"tokens/s ratio (ours / TRL): {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x   "
-              f"peak memory (TRL / ours): {memory:.2f}x [{ours['peak_measure']}]")
-        print_phases("ours, median seconds per phase of a timed step:", ours["median_phases_s"])
-        print_phases(f"TRL {args.trl}, median seconds per phase of a timed step:", theirs["median_phases_s"])
+        summary = {label: summarise(found) for label, found in runs.items()}
+        compared = ratios(summary, args)
+        report(summary, compared, args)
+        first = compared.get(f"trl / ours-{args.vocab[0]}")
         profile = None
-        if args.profile or speedup < TARGET_SPEEDUP or memory < 1.0:
+        if args.profile or (first and (first["step_time"] < TARGET_SPEEDUP or first["peak_memory"] < 1.0)):
             print(f"\nours is not >= {TARGET_SPEEDUP}x faster at no more memory (or --profile): profiling one step")
-            profile = spawn(args, "ours", inputs, workdir, "profile", profile=True)["profile"]
+            profile = spawn(args, "ours", inputs, workdir, "profile", profile=True, vocab=args.vocab[0])["profile"]
             print_phases(f"ours, profiled step ({profile['seconds']} s):", profile["phases"])
             print("cProfile, top functions by own time:")
             print("\n".join("  " + line for line in profile["top_tottime"]))
     if args.json:
         out = {"config": {k: v for k, v in vars(args).items() if k not in ("side", "inputs", "result")},
-               "versions": {"trl": trl.__version__, "transformers": transformers.__version__,
-                            "torch": torch.__version__},
-               "ours": ours, "trl": theirs, "speedup_trl_over_ours": round(speedup, 3),
-               "tokens_per_s_ratio": round(ours["tokens_per_s"] / theirs["tokens_per_s"], 3),
-               "peak_memory_ratio_trl_over_ours": round(memory, 3), "profile": profile,
-               "rounds": runs}
+               "versions": {"trl": trl_version, "transformers": transformers.__version__, "torch": torch.__version__},
+               "sides": summary, "ratios": compared, "profile": profile, "rounds": runs}
+        if first:  # the keys gpu_smoke.sh reads: ours at the first vocabulary against TRL
+            out.update(ours=summary[f"ours-{args.vocab[0]}"], trl=summary["trl"],
+                       speedup_trl_over_ours=first["step_time"],
+                       tokens_per_s_ratio=first["tokens_per_s (ours / other)"],
+                       peak_memory_ratio_trl_over_ours=first["peak_memory"])
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"\nwrote {args.json}")

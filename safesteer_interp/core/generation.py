@@ -7,6 +7,8 @@ prefill and on every decoding step.
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +16,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts
 
 
@@ -75,15 +78,73 @@ def answer_mask(answers: Int[Tensor, "batch new"], eos_ids: Sequence[int]) -> Bo
     return eos_before == 0
 
 
+def kv_cache(model, cache=None) -> dict:
+    """`{name: cache}` for a forward or `generate` call: a fresh `DynamicCache` unless one is given, under the
+    keyword this transformers version reads (`cache` since 5.x renamed `past_key_values`)."""
+    from transformers import DynamicCache  # lazy: transformers is heavy; only cached forwards need it
+
+    hf = base_model(model)
+    name = "cache" if "cache" in inspect.signature(type(hf).forward).parameters else "past_key_values"
+    return {name: DynamicCache(config=hf.config) if cache is None else cache}
+
+
+@functools.cache
+def _growing_layer() -> type:
+    """A cache layer that decodes into spare room: each step's keys and values are written after the filled part
+    and views of it are returned, where `DynamicLayer` concatenates, copying the whole cache at every step."""
+    from transformers.cache_utils import DynamicLayer  # lazy: transformers is heavy; only sampling needs it
+
+    class GrowingLayer(DynamicLayer):
+        room: list[Tensor] | None = None
+
+        def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            old = self.get_seq_length()
+            new = old + key_states.shape[-2]
+            moved = old and self.room is not None and self.room[0].data_ptr() != self.keys.data_ptr()
+            if self.room is None or self.room[0].shape[-2] < new or moved:  # e.g. after batch_repeat_interleave
+                self.room = [x.new_empty((*x.shape[:-2], 2 * new, x.shape[-1])) for x in (key_states, value_states)]
+                if old:
+                    self.room[0][..., :old, :], self.room[1][..., :old, :] = self.keys, self.values
+            self.room[0][..., old:new, :], self.room[1][..., old:new, :] = key_states, value_states
+            self.keys, self.values = self.room[0][..., :new, :], self.room[1][..., :new, :]
+            return self.keys, self.values
+
+    return GrowingLayer
+
+
+@torch.no_grad()
+def shared_prompt_cache(model, batch: ChatBatch, repeats: int) -> dict:
+    """Keys and values of every prompt but its last column, computed once and repeated for each of its `repeats`
+    samples (`generate` then runs only the last prompt column in its first step): 1/repeats of the prefill. Its
+    full-attention layers decode into spare room (`_growing_layer`) instead of concatenating at every step.
+
+    Only for a model without hooks that tell the prefill from decoding (the first step is not a prefill here)."""
+    cached = kv_cache(model)
+    cache, growing = next(iter(cached.values())), _growing_layer()
+    cache.layers = [growing() if type(layer) is growing.__base__ else layer for layer in cache.layers]
+    device = next(model.parameters()).device
+    prefix = ChatBatch(*(x[:, :-1].to(device) for x in (batch.input_ids, batch.attention_mask, batch.position_ids)))
+    model(**prefix.inputs(), use_cache=True, logits_to_keep=1, **cached)
+    cache.batch_repeat_interleave(repeats)
+    return cached
+
+
 @torch.no_grad()
 def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0,
-             num_return_sequences: int = 1, seed: int | None = None) -> Generation:
-    """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens."""
+             num_return_sequences: int = 1, seed: int | None = None, share_prompt: bool = False) -> Generation:
+    """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens.
+
+    `share_prompt`: run each prompt once for its `num_return_sequences` samples (`shared_prompt_cache`); the same
+    tokens up to float rounding, for a model without prefill-only hooks."""
     device = next(model.parameters()).device
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                   num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=eos_token_ids(model, tokenizer))
+    if share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1:
+        kwargs.update(shared_prompt_cache(model, batch, num_return_sequences))  # generate expands tensors only
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
     else:

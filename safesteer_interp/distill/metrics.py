@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from safesteer_interp.core.generation import Generation
@@ -65,39 +65,52 @@ class StepStats:
 
 
 @torch.no_grad()
-def rollout_stats(student_logp: Float[Tensor, "batch pos vocab"], teacher_logp: Float[Tensor, "batch pos vocab"],
-                  rollout: Generation, mask: Bool[Tensor, "batch pos"], safety_ids: Tensor | None,
-                  eos_ids: Sequence[int], rows_per_chunk: int = 1) -> dict:
-    """Sums over the loss positions of one micro-batch (see `StepStats.summary` for the means).
-
-    The full-vocabulary terms (reverse KL, entropy, mass on S) are built `rows_per_chunk` sequences at a time: at
-    152k tokens x 512 positions each temporary is 0.3 GB per sequence, 5 GB for a micro-batch of 16.
-    """
-    m = mask.to(student_logp.dtype)
-    sampled = rollout.answers.unsqueeze(-1)
-    log_ratio = (teacher_logp.gather(-1, sampled) - student_logp.gather(-1, sampled)).squeeze(-1)
+def position_sums(s: Float[Tensor, "*rows vocab"], t: Float[Tensor, "*rows vocab"], sampled: Int[Tensor, " *rows"],
+                  weight: Float[Tensor, " *rows"], first: Bool[Tensor, " *rows"], ids: Tensor | None) -> dict:
+    """The per-position sums of some answer positions: student and teacher log-probs `s`, `t` there, the sampled
+    tokens, the loss-window weight of each position (1 inside, 0 outside) and which are first answer positions."""
+    log_ratio = (t.gather(-1, sampled[..., None]) - s.gather(-1, sampled[..., None]))[..., 0]
     k3 = log_ratio.exp() - 1 - log_ratio  # unbiased for KL(student || teacher) under student samples, always >= 0
+    p = s.exp()
+    kl, entropy = torch.linalg.vecdot(p, s - t), -torch.linalg.vecdot(p, s)  # row dot products: fewer [.., vocab] temps
+    sums = {"tokens": float(weight.sum()), "kl_k3": float((k3 * weight).sum()),
+            "kl_full": float((kl * weight).sum()), "entropy": float((entropy * weight).sum())}
+    if ids is not None:
+        mass_s, mass_t = p[..., ids].sum(-1), t[..., ids].exp().sum(-1)
+        sums.update(kl_on_S=float((reverse_kl(s[..., ids], t[..., ids]) * weight).sum()),  # the `paper` loss's terms
+                    mass_S_student=float((mass_s * weight).sum()), mass_S_teacher=float((mass_t * weight).sum()),
+                    first_mass_S_student=float(mass_s[first].sum()), first_mass_S_teacher=float(mass_t[first].sum()))
+    return sums
+
+
+def rollout_sums(rollout: Generation, eos_ids: Sequence[int], has_s: bool) -> dict:
+    """The per-answer sums: sequences, lengths (up to and including EOS) and how many answers ended."""
     lengths = rollout.answer_mask.sum(-1)
     eos = torch.tensor(list(eos_ids), device=rollout.answers.device)
     finished = (torch.isin(rollout.answers, eos) & rollout.answer_mask).any(-1)
-    sums = dict.fromkeys(("kl_full", "entropy", "kl_on_S", "mass_S_student", "mass_S_teacher"), 0.0)
-    first_s, first_t = 0.0, 0.0
+    return {"sequences": float(len(rollout)), "length": float(lengths.sum()), "finished": float(finished.sum()),
+            "lengths": lengths.tolist(), "has_s": has_s}
+
+
+def add_sums(total: dict, part: dict) -> dict:
+    for key, value in part.items():
+        total[key] = total.get(key, 0.0) + value
+    return total
+
+
+@torch.no_grad()
+def rollout_stats(student_logp: Float[Tensor, "batch pos vocab"], teacher_logp: Float[Tensor, "batch pos vocab"],
+                  rollout: Generation, mask: Bool[Tensor, "batch pos"], safety_ids: Tensor | None,
+                  eos_ids: Sequence[int], rows_per_chunk: int = 1) -> dict:
+    """Sums over the loss positions of one micro-batch from full log-prob tensors (see `StepStats.summary` for the
+    means); `rows_per_chunk` sequences at a time. The step itself adds `position_sums` chunk by chunk as it goes
+    (`distill.vocab_pass`), without ever holding these tensors."""
     ids = None if safety_ids is None else safety_ids.to(student_logp.device)
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    part = rollout_sums(rollout, eos_ids, safety_ids is not None)
     for start in range(0, student_logp.shape[0], rows_per_chunk):
-        s, t, w = (x[start:start + rows_per_chunk] for x in (student_logp, teacher_logp, m))
-        p = s.exp()
-        sums["kl_full"] += float((reverse_kl(s, t) * w).sum())
-        sums["entropy"] += float((-(p * s).sum(-1) * w).sum())
-        if ids is not None:
-            mass_s, mass_t = p[..., ids].sum(-1), t[..., ids].exp().sum(-1)
-            sums["kl_on_S"] += float((reverse_kl(s[..., ids], t[..., ids]) * w).sum())  # the `paper` loss's terms
-            sums["mass_S_student"] += float((mass_s * w).sum())
-            sums["mass_S_teacher"] += float((mass_t * w).sum())
-            first_s, first_t = first_s + float(mass_s[:, 0].sum()), first_t + float(mass_t[:, 0].sum())
-    part = {"tokens": float(m.sum()), "kl_k3": float((k3 * m).sum()), "kl_full": sums["kl_full"],
-            "entropy": sums["entropy"], "sequences": float(len(rollout)), "length": float(lengths.sum()),
-            "finished": float(finished.sum()), "lengths": lengths.tolist(), "has_s": safety_ids is not None}
-    if ids is not None:
-        part.update(kl_on_S=sums["kl_on_S"], mass_S_student=sums["mass_S_student"],
-                    mass_S_teacher=sums["mass_S_teacher"], first_mass_S_student=first_s, first_mass_S_teacher=first_t)
+        rows = slice(start, start + rows_per_chunk)
+        add_sums(part, position_sums(student_logp[rows], teacher_logp[rows], rollout.answers[rows],
+                                     mask[rows].to(student_logp.dtype), first[rows], ids))
     return part

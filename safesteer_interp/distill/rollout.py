@@ -2,7 +2,8 @@
 
 A rollout is a `Generation`: a left-padded prompt block followed by right-padded answers, `samples` consecutive rows
 per prompt. Scoring it (`core.scoring.answer_logprobs`) reuses the sampler's attention mask and positions, so the
-student's scores are the very distributions it sampled from, and the teacher scores exactly the same tokens.
+student's scores are the very distributions it sampled from (up to float rounding: each prompt is prefilled once for
+its samples, and a LoRA student samples with merged weights), and the teacher scores exactly the same tokens.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import Generation, generate
+from safesteer_interp.distill.student import merged_adapters
 
 
 @torch.no_grad()
@@ -23,8 +25,10 @@ def sample_rollout(model, tokenizer, instructions: Sequence[str], *, samples: in
     model.eval()  # sampling never sees dropout or gradient checkpointing
     try:
         batch = encode_prompts(tokenizer, instructions)
-        return generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, do_sample=True,
-                        temperature=temperature, top_p=top_p, num_return_sequences=samples, seed=seed)
+        with merged_adapters(model):  # the student samples without hooks: both shortcuts are safe
+            return generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, do_sample=True,
+                            temperature=temperature, top_p=top_p, num_return_sequences=samples, seed=seed,
+                            share_prompt=True)
     finally:
         model.train(was_training)
 

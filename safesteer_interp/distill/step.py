@@ -1,16 +1,16 @@
 """One optimizer step of localized on-policy distillation, top to bottom.
 
-Sample answers with the current weights -> score them with the frozen teacher (no grad) -> score them with the
-student -> divergence on S -> backward, in micro-batches whose losses add up to the step's batch mean; then clip,
-set the scheduled learning rate and step. The anchor baseline adds a second term on harmless prompts.
+Sample answers with the current weights -> the frozen teacher's final states on them (no grad) -> the student's ->
+divergence on S, a chunk of positions at a time (`vocab_pass`) -> backward, in micro-batches whose losses add up to
+the step's batch mean; then clip, set the scheduled learning rate and step. The anchor baseline adds a second term.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any, Protocol
 
 import torch
@@ -18,11 +18,12 @@ from jaxtyping import Float
 from torch import Tensor, nn
 
 from safesteer_interp.core.generation import Generation
-from safesteer_interp.core.scoring import answer_logprobs
+from safesteer_interp.core.scoring import View, answer_states
 from safesteer_interp.distill.config import DistillConfig, lr_at, step_seed
-from safesteer_interp.distill.losses import loss_window, reduce_loss, token_loss
-from safesteer_interp.distill.metrics import StepStats, rollout_stats
+from safesteer_interp.distill.losses import loss_window
+from safesteer_interp.distill.metrics import StepStats, rollout_sums
 from safesteer_interp.distill.rollout import sample_rollout
+from safesteer_interp.distill.vocab_pass import LossSpec, vocab_pass
 from safesteer_interp.teacher import Teacher, adapters_disabled
 
 
@@ -94,42 +95,41 @@ def rollouts(t: StepState, step: int) -> list[tuple[Generation, bool, int]]:
 def distill_term(t: StepState, rollout: Generation, n_sequences: int, sync: bool, stats: StepStats) -> None:
     """SafeSteer's loss on one micro-batch: the divergence to the steered teacher on S; backward of its share."""
     cfg, teacher = t.cfg, t.teacher
-    teacher_logp = frozen_logprobs(t, rollout, lambda moved: teacher.active(
-        teacher.scoring_positions(moved.sequences, moved.prompt_length)))  # a prompt-only teacher steers no answer
+    teacher_states = frozen_states(t, rollout, lambda ids, prompt_columns: teacher.active(
+        teacher.scoring_positions(ids, prompt_columns)))  # a prompt-only teacher steers no answer column
+    mask = loss_window(rollout.answer_mask, cfg.loss_skip, cfg.loss_keep)
+    spec = LossSpec(cfg.vocab, cfg.divergence, cfg.restrict, t.safety_ids, cfg.top_k, cfg.alpha, cfg.temperature)
     with student_pass(t, sync):
-        student_logp = answer_logprobs(t.model, rollout, cfg.temperature)
-        mask = loss_window(rollout.answer_mask, cfg.loss_skip, cfg.loss_keep)
-        per_token = token_loss(student_logp, teacher_logp, vocab=cfg.vocab, kind=cfg.divergence,
-                               how=cfg.restrict, safety_ids=t.safety_ids, top_k=cfg.top_k, alpha=cfg.alpha)
-        loss = reduce_loss(per_token, mask, n_sequences)  # pre-divided by the step's sequences: grads add up
+        student_states = answer_states(t.model, rollout, share_prompt=not cfg.grad_checkpointing)
+        loss, sums = vocab_pass(t.acc.unwrap_model(t.model), teacher.model, student_states, teacher_states,
+                                rollout, mask, n_sequences, spec)  # pre-divided by the step's sequences: grads add up
         t.acc.backward(loss)
     stats.loss += float(loss.detach())
-    stats.add(rollout_stats(student_logp.detach(), teacher_logp, rollout, mask, t.safety_ids, t.eos))
+    stats.add({**rollout_sums(rollout, t.eos, t.safety_ids is not None), **sums})
 
 
 def anchor_term(t: StepState, rollout: Generation, n_sequences: int, sync: bool) -> float:
     """The anchor BASELINE's general-data term on harmless answers: full-vocabulary reverse KL to the unsteered
     base model (adapters off, no steering), weighted by `anchor_weight`; backward of its share, returns its value."""
-    base_logp = frozen_logprobs(t, rollout, lambda moved: adapters_disabled(t.teacher.model))
+    base_states = frozen_states(t, rollout, lambda _ids, _prompt_columns: adapters_disabled(t.teacher.model))
+    spec = LossSpec(vocab="full", kind="reverse", temperature=t.cfg.temperature)
     with student_pass(t, sync):
-        student_logp = answer_logprobs(t.model, rollout, t.cfg.temperature)
-        per_token = token_loss(student_logp, base_logp, vocab="full", kind="reverse")
-        loss = t.cfg.anchor_weight * reduce_loss(per_token, rollout.answer_mask, n_sequences)
+        student_states = answer_states(t.model, rollout, share_prompt=not t.cfg.grad_checkpointing)
+        loss, _ = vocab_pass(t.acc.unwrap_model(t.model), t.teacher.model, student_states, base_states, rollout,
+                             rollout.answer_mask, n_sequences, spec, stats=False)
+        loss = t.cfg.anchor_weight * loss
         t.acc.backward(loss)
     return float(loss.detach())
 
 
-def frozen_logprobs(t: StepState, rollout: Generation, view: Callable[[Generation], AbstractContextManager],
-                    ) -> Float[Tensor, "batch new vocab"]:
-    """Log-probs of the teacher's weights under `view(rollout)` (steered, or the plain base), without gradients.
+def frozen_states(t: StepState, rollout: Generation, view: View) -> Float[Tensor, "batch new d_model"]:
+    """Final states of the teacher's weights under `view` (steered, or the plain base), without gradients.
 
-    A --full-ft teacher copy may live on another device: the rollout goes there and the log-probs come back.
+    A --full-ft teacher copy may live on another device: its states come to the student's (`vocab_pass` takes each
+    chunk back to the teacher's head).
     """
-    scorer = t.teacher.model
-    scorer_device = next(scorer.parameters()).device
-    moved = rollout.to(scorer_device)
-    with torch.no_grad(), view(moved), t.acc.autocast():
-        return answer_logprobs(scorer, moved, t.cfg.temperature).to(t.acc.device)
+    with torch.no_grad(), t.acc.autocast():
+        return answer_states(t.teacher.model, rollout, view).to(t.acc.device)
 
 
 @contextmanager

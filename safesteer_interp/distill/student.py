@@ -11,6 +11,8 @@ import copy
 import os
 import shutil
 import warnings
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -83,6 +85,53 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
     return student, SteeredTeacher(student, tokenizer, direction, positions=teacher_positions)
 
 
+@contextmanager
+def merged_adapters(model: nn.Module) -> Iterator[None]:
+    """Inside the block a LoRA student runs as plain layers: each adapted layer is replaced by its base layer holding
+    a merged copy W + delta; the LoRA layers and the original weight tensors are put back afterwards.
+
+    For sampling: decoding feeds one token per row at a time, where peft's two extra small matmuls and its Python
+    wrapper per layer cost about as much as the layer itself. The copies last for the block (one more copy of the
+    adapted weights); putting the original tensors back, rather than unmerging by subtraction, leaves the teacher's
+    base weights bit-exact. A plain model, or adapters peft does not merge as W + delta (e.g. DoRA), runs as it is.
+    """
+    from peft.tuners.lora import LoraLayer  # lazy: peft is slow to import and only LoRA runs need it
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer)]
+    if not layers or any(m.merged or m.lora_variant for _, m in layers):
+        yield
+        return
+    swapped = []  # (parent, attribute, LoRA layer, base layer, base weight)
+
+    def restore() -> None:
+        for parent, attribute, layer, base, weight in swapped:
+            base.weight = weight
+            setattr(parent, attribute, layer)
+
+    with ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
+        stack.callback(restore)
+        for name, layer in layers:
+            parent, _, attribute = name.rpartition(".")
+            base = layer.get_base_layer()
+            swapped.append((model.get_submodule(parent), attribute, layer, base, base.weight))
+            base.weight = nn.Parameter(_merged_weight(layer, base), requires_grad=False)
+            setattr(swapped[-1][0], attribute, base)
+        yield
+
+
+def _merged_weight(layer, base: nn.Module) -> torch.Tensor:
+    """W + delta of one LoRA layer: one fused W + scaling * B @ A for a plain linear layer and one adapter (as fast
+    as a copy of W), else peft's own delta."""
+    names = [a for a in layer.active_adapters if a in layer.lora_A.keys()]
+    w = base.weight
+    if len(names) == 1 and isinstance(base, nn.Linear) and not getattr(layer, "fan_in_fan_out", False):
+        a, b = layer.lora_A[names[0]].weight, layer.lora_B[names[0]].weight
+        if a.dtype == b.dtype == w.dtype:
+            return torch.addmm(w, b, a, alpha=layer.scaling[names[0]])
+    return w + sum(layer.get_delta_weight(name) for name in names).to(w.dtype)
+
+
 def trainable(model: nn.Module) -> dict[str, torch.Tensor]:
     """name -> parameter for everything the optimizer updates (tied weights appear once)."""
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
@@ -124,5 +173,5 @@ def save_final(student: nn.Module, tokenizer, out: Path) -> tuple[nn.Module, dic
     return merged, written
 
 
-__all__ = ["ALL_LINEAR", "check_lora_targets", "disable_dropout", "lora_student", "make_pair", "save_final",
-           "trainable"]
+__all__ = ["ALL_LINEAR", "check_lora_targets", "disable_dropout", "lora_student", "make_pair", "merged_adapters",
+           "save_final", "trainable"]

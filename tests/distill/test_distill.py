@@ -322,7 +322,15 @@ def test_cli_bad_inputs_give_one_line_errors(tmp_path):
     assert "differ from the original run" in invoke_error([*common, "--vocab", "full", "--resume"])
 
 
-def test_gradient_checkpointing_gives_the_same_training(tmp_path):
+def test_gradient_checkpointing_gives_the_same_training(tmp_path, monkeypatch):
+    # Checkpointing turns the KV cache off in training, so the student scores each row in one pass there instead of
+    # sharing its prompt's keys and values: equal up to rounding, which Adam turns into ~1e-5 on near-zero gradients.
+    # Both runs score in one pass here; test_vocab_pass checks the shared pass against it.
+    from safesteer_interp.distill import step
+
+    one_pass = step.answer_states
+    monkeypatch.setattr(step, "answer_states", lambda *a, share_prompt=True, **kw: one_pass(*a, **kw,
+                                                                                             share_prompt=False))
     finals = []
     for ckpt in (False, True):
         model, tok = tiny_model("qwen2")
