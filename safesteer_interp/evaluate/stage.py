@@ -170,10 +170,9 @@ def strict_refusal(records: Sequence[dict]) -> dict:
     degenerate (the substring judge also counts "Sure, here is ... I'm sorry for any confusion")."""
     strict = CoherentRefusalJudge()
     harmful = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
-    for record in harmful:
-        record["refused_strict"] = strict.is_refusal(record["answer"])
     by_category = defaultdict(list)
     for record in harmful:
+        record["refused_strict"] = strict.is_refusal(record["answer"])
         by_category[record["category"]].append(record["refused_strict"])
     return {"gap_refusal_rate_strict": rate([r["refused_strict"] for r in harmful]),
             "refusal_rate_strict": {c: rate(v) for c, v in by_category.items()}}
