@@ -64,7 +64,11 @@ def eval_command(
     """
     from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.evaluate.stage import evaluate, evaluate_run_model  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.evaluate.stage import (  # lazy: torch (slow CLI start-up)
+        REAL_ANSWER_TOKENS,
+        evaluate,
+        evaluate_run_model,
+    )
     from safesteer_interp.organism.tokenizer import speaks_organism  # lazy: transformers (slow CLI start-up)
 
     device = device or options.default_device()
@@ -75,7 +79,7 @@ def eval_command(
     custom = any(x is not None for x in (harmful, lookalike, harmless, capability))
     real = custom or not speaks_organism(tok)
     spec = eval_spec(custom, real, split, harmful, lookalike, harmless, capability, mc, n, mc_limit, mc_mode)
-    max_new_tokens = max_new_tokens or (64 if real else 32)
+    max_new_tokens = max_new_tokens or (REAL_ANSWER_TOKENS if real else 32)
     reference = options.open_model(base, dtype, device)[0] if base is not None else None
     label = name or ("teacher" if teacher else Path(model).name or model)
     settings = dict(spec=spec, split=split, judges=judges, mc=() if real else tuple(mc or ()), mc_limit=mc_limit,

@@ -27,7 +27,7 @@ from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import RefusalJudge
-from safesteer_interp.evaluate.stage import EvalSpec, evaluate_run
+from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
 from safesteer_interp.teacher import SteeredTeacher
@@ -45,7 +45,6 @@ BASELINES = {
 
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
-REAL_ANSWER_TOKENS = 64  # a real model's evaluation answers (as `eval`): long enough to see a refusal degenerate
 
 
 @dataclass

@@ -54,6 +54,9 @@ class EvalSpec:
     mc_split: str = "test"
 
 
+REAL_ANSWER_TOKENS = 64  # a real model's answers (`eval`, `run`): long enough to see a refusal degenerate
+
+
 def real_spec(split: str = "test", n: int | None = None) -> EvalSpec:
     """A real model's default evaluation: HarmBench's standard behaviours and our shipped sets, one split of each."""
     if split not in ("val", "test"):
@@ -370,5 +373,5 @@ def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path],
     return list(models)
 
 
-__all__ = ["CONTRACT_KEYS", "EvalSpec", "clean", "contract", "evaluate", "evaluate_run", "evaluate_run_model",
-           "read_summary", "score_requests", "update_summary", "write_samples"]
+__all__ = ["CONTRACT_KEYS", "REAL_ANSWER_TOKENS", "EvalSpec", "clean", "contract", "evaluate", "evaluate_run",
+           "evaluate_run_model", "read_summary", "score_requests", "update_summary", "write_samples"]
