@@ -15,7 +15,7 @@ from conftest import manual_greedy, require_real
 
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import eos_token_ids, generate
-from safesteer_interp.core.gguf_models import CONVERSION_FILE, named_gguf
+from safesteer_interp.core.gguf_models import CONVERSION_FILE, file_sha256, named_gguf
 from safesteer_interp.core.hooks import add_to_resid, cache_activations, hook_names
 from safesteer_interp.core.models import load_model, resolve_model_path
 from safesteer_interp.data.prompts import read_instructions
@@ -42,8 +42,9 @@ def test_named_model_loads_as_the_real_smollm2(smollm):
     assert "You are a helpful AI assistant named SmolLM" in tok.apply_chat_template(
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
     record = json.loads((Path(resolve_model_path(NAME)) / CONVERSION_FILE).read_text())
-    assert record["architecture"] == "llama" and len(record["sha256"]) == 64
-    assert Path(record["source"]) == named_gguf(NAME)
+    # the cache is keyed by content: another install of the same file (another clone's venv) reuses the conversion
+    assert record["architecture"] == "llama" and record["sha256"] == file_sha256(named_gguf(NAME))
+    assert Path(resolve_model_path(NAME)).name.endswith(record["sha256"][:12])
 
 
 def test_left_padded_hooked_forward_equals_unpadded_forwards(smollm):
