@@ -18,8 +18,12 @@ def run(
                                                           "(HarmBench splits in RUN/splits.json)")]
     = "organism",
     baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
-                                                 "top-K OPD, SFT on teacher refusals)")] = False,
-    k: Annotated[str, typer.Option(help="|S|: the reference's fixed K (50) or 'auto'")] = "50",
+                                                 "top-K OPD (organism only), SFT on teacher refusals, and the "
+                                                 "general-data anchor)")] = False,
+    k: Annotated[str | None, typer.Option(help="|S|: a fixed K or 'auto' (default: the reference's 50 on the "
+                                               "organism, 20 on a real model)")] = None,
+    method: Annotated[str | None, typer.Option(help="how S is elected: 'vote' (the reference), 'mean' or 'mass' "
+                                                    "(default: vote on the organism, mass on a real model)")] = None,
     coeff: Annotated[str, typer.Option(help="teacher steering coefficient: 'auto' (the smallest that makes >= 90% "
                                             "of harmless validation prompts refuse) or a number (the reference: 1)")]
     = "auto",
@@ -37,12 +41,21 @@ def run(
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
     from safesteer_interp.core.models import is_organism  # lazy: transformers (slow CLI start-up)
     from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.pipeline import ORGANISM_DIRECTION, RunConfig, run_pipeline  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.pipeline import (  # lazy: torch (slow CLI start-up)
+        ORGANISM_DIRECTION,
+        REAL_TOKENS,
+        RunConfig,
+        run_pipeline,
+    )
+    from safesteer_interp.tokens.vote import VoteConfig  # lazy: torch (slow CLI start-up)
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
     organism = is_organism(model)
     direction = {**ORGANISM_DIRECTION, "positions": teacher_positions} if organism else {"positions": teacher_positions}
-    cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=k if k == "auto" else int(k),
+    tokens = {"method": "vote", "k": 50} if organism else dict(REAL_TOKENS)
+    tokens.update({"method": method} if method else {}, **({"k": k if k == "auto" else _int(k, "--k")} if k else {}))
+    VoteConfig(k=tokens["k"], method=tokens["method"])  # a bad --k / --method fails before the run folder is touched
+    cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=tokens["k"], method=tokens["method"],
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
                     direction=direction, distill={"epochs": epochs})
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
@@ -68,6 +81,13 @@ def print_summary(summary: dict, title: str) -> None:
     for name, r in summary.items():
         table.add_row(name, *(_fmt(r.get(key)) for key in keys))
     console.print(table)
+
+
+def _int(value: str, option: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not an integer or 'auto'", param_hint=option) from None
 
 
 def _fmt(value) -> str:

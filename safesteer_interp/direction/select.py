@@ -6,6 +6,8 @@ at layer l (higher = addition induces refusal), and the last-position KL(base ||
 (lower = ablation leaves harmless behaviour alone). Filters drop late layers, high KL and non-inducing candidates;
 the lowest ablation score wins (`rank_by="steering"`, the latent path: the highest steering score, since a model that
 refuses nothing has no refusal for ablation to remove). When nothing survives, a report says which filter removed what.
+Ranked by steering, scoring can be lazy and still exact: steering for every unpruned candidate, then ablation and KL
+only in descending steering order until a few candidates pass every filter (the first of them is the winner).
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class CandidateConfig:
     coeff: float = 1.0  # addition coefficient used for the steering score
     batch_size: int = 32
     rank_by: str = "ablation"  # "ablation" (reference: lowest wins) or "steering" (latent path: highest wins)
+    # rank_by="steering" only: score ablation and KL lazily, in descending steering order, until this many candidates
+    # pass every filter (0: score the whole grid). The winner is the same; unscored cells stay NaN ("not_scored").
+    lazy_survivors: int = 0
 
 
 ZERO_NORM = 1e-8
@@ -59,27 +64,55 @@ def kl_last_position(base: Float[Tensor, "batch vocab"],
 def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_model"], harmful_val: Sequence[str],
                      harmless_val: Sequence[str], refusal_ids: Sequence[int], config: CandidateConfig,
                      progress: Callable[[], None] = lambda: None) -> dict[str, Float[Tensor, "pos layer"]]:
-    """The three scores of every candidate, plus the unsteered baselines."""
+    """The three scores of every candidate (lazily: see the module docstring), plus the unsteered baselines."""
     n_pos, n_layer, _ = candidates.shape
     lp = lambda prompts: next_token_logprobs(model, tokenizer, prompts, batch_size=config.batch_size)  # noqa: E731
     base_harmless = lp(harmless_val)
     scores = {k: torch.full((n_pos, n_layer), math.nan, dtype=torch.float64) for k in ("ablation", "steering", "kl")}
     scores["norm"] = candidates.norm(dim=-1)
-    for p in range(n_pos):
-        for layer in range(n_layer):
-            r = candidates[p, layer].float()
-            if scores["norm"][p, layer] <= ZERO_NORM:  # e.g. layer 0 of a fixed template token: embeddings only
-                progress()
-                continue
-            with ablate_direction(model, r):
-                scores["ablation"][p, layer] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
-                scores["kl"][p, layer] = kl_last_position(base_harmless, lp(harmless_val)).mean()
-            with add_to_resid(model, r, layer, config.coeff, positions="all"):
-                scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
-            progress()
     scores["baseline_harmful"] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
     scores["baseline_harmless"] = log_odds(base_harmless.exp(), refusal_ids).mean()
+
+    def ablate(p: int, layer: int) -> None:
+        with ablate_direction(model, candidates[p, layer].float()):
+            scores["ablation"][p, layer] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
+            scores["kl"][p, layer] = kl_last_position(base_harmless, lp(harmless_val)).mean()
+
+    lazy = config.rank_by == "steering" and config.lazy_survivors > 0
+    cells = [(p, layer) for p in range(n_pos) for layer in range(n_layer)
+             if scores["norm"][p, layer] > ZERO_NORM  # e.g. layer 0 of a fixed template token: embeddings only
+             and not (lazy and layer >= pruned_from(n_layer, config))]
+    for p, layer in cells:
+        with add_to_resid(model, candidates[p, layer].float(), layer, config.coeff, positions="all"):
+            scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
+        if not lazy:
+            ablate(p, layer)
+        progress()
+    for _ in range(n_pos * n_layer - len(cells)):  # zero-norm and (lazy) pruned cells, so the bar ends full
+        progress()
+    if lazy:
+        found = 0
+        for p, layer in sorted(cells, key=lambda c: -float(scores["steering"][c])):
+            if scores["steering"][p, layer] < induce_floor(config, scores):
+                break  # every later candidate fails the same filter
+            ablate(p, layer)
+            found += bool(scores["kl"][p, layer] <= config.kl_max)
+            if found == config.lazy_survivors:
+                break
     return scores
+
+
+def pruned_from(n_layers: int, config: CandidateConfig) -> int:
+    """The first layer the prune filter drops (the reference: the last 20 % of layers)."""
+    return int(n_layers * (1 - config.prune))
+
+
+def induce_floor(config: CandidateConfig, scores: dict[str, Tensor]) -> float:
+    """The steering score a candidate needs: induce_min, or on the latent path (rank by steering) no more than the
+    unsteered harmless score (an unaligned model's log-odds start far below the reference's threshold of 0)."""
+    if config.rank_by != "steering":
+        return config.induce_min
+    return min(config.induce_min, float(scores["baseline_harmless"]))
 
 
 def select_candidate(scores: dict[str, Tensor], n_layers: int, config: CandidateConfig) -> tuple[int, int, dict]:
@@ -88,22 +121,24 @@ def select_candidate(scores: dict[str, Tensor], n_layers: int, config: Candidate
     n_pos, n_layer = ablation.shape
     layer_idx = torch.arange(n_layer).expand(n_pos, n_layer)
     norm = scores.get("norm", torch.ones_like(ablation))
-    filters = {  # applied in this order; each candidate is counted by the first filter that removes it
-        "zero_norm": norm <= ZERO_NORM,
-        "nan": torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl),
-        "pruned_layer": layer_idx >= int(n_layers * (1 - config.prune)),
-        "kl_above_max": kl > config.kl_max,
-        "does_not_induce_refusal": steering < config.induce_min,
-    }
+    floor = induce_floor(config, scores)
+    # applied in this order; each candidate is counted by the first filter that removes it
+    filters = {"zero_norm": norm <= ZERO_NORM, "pruned_layer": layer_idx >= pruned_from(n_layers, config)}
+    if config.rank_by == "steering":  # lazy scoring stops at the floor: below it, ablation and KL were never scored
+        filters["does_not_induce_refusal"] = steering < floor
+        filters["not_scored"] = ~torch.isnan(steering) & (torch.isnan(ablation) | torch.isnan(kl))
+    filters["nan"] = torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl)
+    filters["kl_above_max"] = kl > config.kl_max
+    filters.setdefault("does_not_induce_refusal", steering < floor)
     alive = torch.ones(n_pos, n_layer, dtype=torch.bool)
     removed = {}
     for name, mask in filters.items():
         removed[name] = int((alive & mask).sum())
         alive &= ~mask
     ranges = {k: [round(float(v.nan_to_num(0).min()), 4), round(float(v.nan_to_num(0).max()), 4)]
-              for k, v in (("ablation", ablation), ("steering", steering), ("kl", kl))}
+              for k, v in (("ablation", ablation), ("steering", steering), ("kl", kl))}  # NaN (not scored) as 0
     report = {"candidates": n_pos * n_layer, "survivors": int(alive.sum()), "removed_by": removed,
-              "score_ranges": ranges, "config": config.__dict__}
+              "score_ranges": ranges, "induce_floor": round(floor, 4), "config": config.__dict__}
     if not alive.any():
         raise NothingSurvived(report)
     if config.rank_by == "steering":

@@ -48,6 +48,7 @@ Progress = Callable[[int], Callable[[], None]]  # given the number of candidates
 # unfiltered, and the candidate that most raises the harmless refusal score wins (there is no refusal for ablation
 # to remove); "auto": the reference where its filter keeps >= MIN_KEPT of the harmful prompts, else latent.
 REFUSAL_PATHS = ("auto", "reference", "latent")
+LAZY_SURVIVORS = 5  # the latent path scores ablation and KL until this many candidates pass (report context)
 
 
 @dataclass(frozen=True)
@@ -121,9 +122,8 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config)
     # 2. Candidates r[pos, layer], their scores on validation prompts, and the selected one
     candidates = candidate_directions(model, tokenizer, filtered, folder)
-    scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, config.selection, pos_labels, folder,
-                       progress)
-    selection = path_selection(config.selection, path, scores)
+    selection = path_selection(config.selection, path)
+    scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, selection, pos_labels, folder, progress)
     p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
     direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config))
@@ -180,13 +180,12 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
     return filtered, counts, {"path": "latent", "requested": requested, "why": why}
 
 
-def path_selection(selection: CandidateConfig, path: dict, scores: dict[str, Tensor]) -> CandidateConfig:
-    """The latent path ranks by steering and asks only that addition raise the harmless refusal score above the
-    unsteered one (an unaligned model's log-odds start far below the reference's threshold of 0)."""
+def path_selection(selection: CandidateConfig, path: dict) -> CandidateConfig:
+    """The latent path ranks by steering (its floor: `select.induce_floor`) and scores ablation and KL lazily, which
+    picks the same candidate as the whole grid at about a third of the cost."""
     if path["path"] != "latent":
         return selection
-    floor = min(selection.induce_min, float(scores["baseline_harmless"]))
-    return replace(selection, rank_by="steering", induce_min=floor)
+    return replace(selection, rank_by="steering", lazy_survivors=selection.lazy_survivors or LAZY_SURVIVORS)
 
 
 def candidate_directions(model, tokenizer, sets: InstructionSets, folder: Path) -> Float[Tensor, "pos layer d_model"]:

@@ -113,6 +113,7 @@ def markdown(result: TokenResult) -> str:
         for key, entry in result.stability.by_k.items():
             lines.append(f"| k={key} | {entry['size']} | {entry['jaccard_halves']} | {entry['jaccard_seeds']} |")
         lines.append("")
+    lines += methods_table(result.methods)
     lines += ["| # | token | why |", "|---|---|---|"]
     for item in result.explanations[:20]:
         lines.append(f"| {item['rank']} | `{item['text']!r}` | {reason(item, n_valid)} |")
@@ -124,6 +125,23 @@ def markdown(result: TokenResult) -> str:
                          f"\"{ex['prompt']}\" → \"{ex['prefix']}\"")
     lines += ["", "Plots: `votes.png`, `probs.png`, `mass_curve.png`. Everything else: `tokens.json`.", ""]
     return "\n".join(lines)
+
+
+def methods_table(methods: dict | None) -> list[str]:
+    """Every selection method on the same records: what S would carry at answer positions 1-3, and its stability."""
+    if not methods:
+        return []
+    openers = ", ".join(repr(o["token"]) for o in methods["openers"])
+    lines = [f"Selection methods on these records (teacher openers: {openers}):", "",
+             "| method | size | contrast share | at positions " + "/".join(map(str, methods["positions"]))
+             + " | first-token p teacher / base | openers in S | Jaccard halves / seeds |",
+             "|---|---|---|---|---|---|---|"]
+    for label, row in methods["methods"].items():
+        lines.append(f"| {label} | {row['size']} | {row['contrast_share']:.3f} | "
+                     + " / ".join(f"{x:.3f}" for x in row["contrast_share_by_position"])
+                     + f" | {row['p_teacher_first']:.3f} / {row['p_base_first']:.3f} | {len(row['openers_in_s'])}"
+                     f"/{len(methods['openers'])} | {row['jaccard_halves']} / {row['jaccard_seeds']} |")
+    return [*lines, ""]
 
 
 def write_report(out: Path, result: TokenResult, tokenizer) -> Path:
@@ -146,6 +164,8 @@ def write_report(out: Path, result: TokenResult, tokenizer) -> Path:
         "dla": result.dla_info,
     }
     write_json(out / "tokens.json", tokens_json)
+    if result.methods is not None:
+        write_json(out / "methods.json", result.methods)
     trace = [trace_record("main", result.selection, tokenizer, horizon)]
     trace.append(trace_record("auto" if result.selection.k != "auto" else "fixed",
                               result.auto if result.selection.k != "auto" else result.fixed, tokenizer, horizon))

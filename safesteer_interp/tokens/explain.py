@@ -198,6 +198,7 @@ class TokenResult:
     records: ContrastRecords
     config: dict
     dla_info: dict | None
+    methods: dict | None = None  # every selection method on the same records (`tokens.methods`), for the choice
 
     @property
     def ids(self) -> list[int]:

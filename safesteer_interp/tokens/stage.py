@@ -26,6 +26,7 @@ from safesteer_interp.tokens.explain import (
     stability,
     typical_final_rms,
 )
+from safesteer_interp.tokens.methods import compare_methods
 from safesteer_interp.tokens.vote import VoteConfig, rank_tokens, resolve_k_inner, stats_for
 
 PromptSet = Literal["harmless", "harmful"]
@@ -97,15 +98,16 @@ def select_safety_tokens(teacher: Teacher, prompts: Sequence[str], contrast: Con
                     "coeff": teacher.coeff, "final_rms": round(rms, 4), "layer": teacher.direction.layer}
     explanations = explain_tokens(main, records, teacher.tokenizer, dla)
 
-    stab = None
+    stab = other = None
     if check_stability:
         other = score_contrast(teacher, prompts, replace(contrast, seed=contrast.seed + 1), progress=progress)
         stab = stability(records, other, special, vote, stability_ks)
+    methods = compare_methods(records, other, special, vote, teacher.tokenizer)
     config = {**asdict(contrast), **asdict(vote), "k_fixed": k_fixed,
               "k_inner_used": resolve_k_inner(vote.k_inner, records.vocab), "teacher": teacher.kind,
               "coeff": teacher.coeff, "n_prompts": len(records.prompts),
               "on": records.meta.get("on", "given"), "end_of_turn_ids": records.meta["end_of_turn_ids"]}
-    return TokenResult(main, fixed, auto, explanations, stab, records, config, dla_info)
+    return TokenResult(main, fixed, auto, explanations, stab, records, config, dla_info, methods)
 
 
 def run_tokens(run: str | Path, model, tokenizer, *, prompts: Sequence[str] | None = None, on: PromptSet | None = None,

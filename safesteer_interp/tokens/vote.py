@@ -91,7 +91,7 @@ class Selection:
         return float(self.stats.mass[self.ids].sum()) if self.ids else 0.0
 
 
-def _valid_chunks(records: ContrastRecords, rows: int):
+def valid_chunks(records: ContrastRecords, rows: int):
     """(lp_steered, lp_base, position) of the valid records, a few rows at a time: bounded memory for 150k vocabs."""
     for start in range(0, records.valid.shape[0], rows):
         valid = records.valid[start:start + rows]
@@ -123,7 +123,7 @@ def token_stats(records: ContrastRecords, special: Bool[Tensor, " vocab"] | None
     # Pass 1: sums over records (the floor needs the mean teacher probability before anyone can vote).
     sum_s, sum_b, sum_d, max_d, mass = (torch.zeros(V) for _ in range(5))
     max_d.fill_(-torch.inf)
-    for lp_s, lp_b, _h in _valid_chunks(records, chunk):
+    for lp_s, lp_b, _h in valid_chunks(records, chunk):
         delta, p_s = lp_s - lp_b, lp_s.exp()
         sum_s += p_s.sum(0)
         sum_b += lp_b.exp().sum(0)
@@ -142,7 +142,7 @@ def token_stats(records: ContrastRecords, special: Bool[Tensor, " vocab"] | None
     # Pass 2: each valid record votes for its top-K' allowed tokens by Δ. Only allowed tokens can get a vote, even
     # when K' exceeds their number (the reference would let -inf banned tokens fill the list in that corner case).
     votes_by_position = torch.zeros(H * V, dtype=torch.long)
-    for lp_s, lp_b, h in _valid_chunks(records, chunk):
+    for lp_s, lp_b, h in valid_chunks(records, chunk):
         top = (lp_s - lp_b).masked_fill_(banned, -torch.inf).topk(min(k_inner, n_allowed), dim=-1).indices
         votes_by_position += torch.bincount((h[:, None] * V + top).flatten(), minlength=H * V)
     votes_by_position = votes_by_position.reshape(H, V)
@@ -242,4 +242,4 @@ def select_tokens(records: ContrastRecords, config: VoteConfig,
 
 
 __all__ = ["K_INNER_REFERENCE", "Method", "Selection", "TokenStats", "VoteConfig", "mass_curve", "rank_tokens",
-           "resolve_k_inner", "saturation", "select_tokens", "stats_for", "token_stats", "vote_warning"]
+           "resolve_k_inner", "saturation", "select_tokens", "stats_for", "token_stats", "valid_chunks", "vote_warning"]

@@ -14,7 +14,13 @@ from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.checks import pick_positions
 from safesteer_interp.direction.refusal_score import log_odds, refusal_scores, refusal_tokens_from_strings
-from safesteer_interp.direction.select import CandidateConfig, NothingSurvived, kl_last_position, select_candidate
+from safesteer_interp.direction.select import (
+    CandidateConfig,
+    NothingSurvived,
+    kl_last_position,
+    score_candidates,
+    select_candidate,
+)
 from safesteer_interp.direction.sets import InstructionSets, split_sets
 from safesteer_interp.direction.stage import DirectionConfig, add_direction, find_direction
 from safesteer_interp.evaluate.judges import RefusalJudge
@@ -69,11 +75,34 @@ def test_select_applies_filters_in_order_and_picks_lowest_ablation():
 def test_select_by_steering_on_the_latent_path():
     scores = {"ablation": torch.tensor([[-3.0, -5.0, -9.0]], dtype=torch.float64),
               "steering": torch.tensor([[-7.0, -2.0, -4.0]], dtype=torch.float64),
-              "kl": torch.tensor([[0.01, 0.01, 0.01]], dtype=torch.float64)}
+              "kl": torch.tensor([[0.01, 0.01, 0.01]], dtype=torch.float64),
+              "baseline_harmless": torch.tensor(-6.5, dtype=torch.float64)}
     assert select_candidate(scores, 3, CandidateConfig(prune=0.0, induce_min=-1e9))[:2] == (0, 2)  # lowest ablation
-    latent = CandidateConfig(prune=0.0, induce_min=-5.0, rank_by="steering")
+    latent = CandidateConfig(prune=0.0, induce_min=0.0, rank_by="steering")
     pos, layer, report = select_candidate(scores, 3, latent)
-    assert (pos, layer) == (0, 1) and report["removed_by"]["does_not_induce_refusal"] == 1  # -7 < -5
+    # the floor is the unsteered harmless score (-6.5), not the reference's 0: -7 is removed, -2 wins
+    assert (pos, layer) == (0, 1) and report["removed_by"]["does_not_induce_refusal"] == 1
+    assert report["induce_floor"] == -6.5
+
+
+def test_lazy_scoring_picks_the_same_candidate_as_the_whole_grid(qwen2):
+    """Ranked by steering, ablation and KL are scored in descending steering order until enough candidates pass:
+    the winner is the whole grid's, at a fraction of the forward passes."""
+    model, tok = qwen2
+    ids = refusal_tokens_from_strings(tok, ["sorry", "cannot"]).ids
+    torch.manual_seed(0)
+    candidates = torch.randn(2, model.config.num_hidden_layers, model.config.hidden_size)
+    full_cfg = CandidateConfig(prune=0.0, rank_by="steering", induce_min=-1e9, kl_max=1e9)
+    full = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, full_cfg)
+    kl_max = float(full["kl"].flatten().sort().values[1])  # some candidates fail KL, the best by steering among them
+    for survivors in (1, 2):
+        cfg = replace(full_cfg, kl_max=kl_max, lazy_survivors=survivors)
+        lazy = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, cfg)
+        assert torch.allclose(lazy["steering"], full["steering"])
+        scored = ~torch.isnan(lazy["kl"])
+        assert torch.allclose(lazy["kl"][scored], full["kl"][scored]) and scored.sum() < scored.numel()
+        assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
+                                                                                         cfg)[:2]
 
 
 def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkeypatch, tmp_path):
