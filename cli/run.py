@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -58,15 +59,18 @@ def run(
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=tokens["k"], method=tokens["method"],
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
                     direction=direction, distill={"epochs": epochs})
+    from safesteer_interp.report.sections import with_training_time  # lazy: matplotlib (slow CLI start-up)
+
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
-    print_summary(summary, f"SafeSteer on {model} ({'held-out test split' if organism else 'held-out HarmBench'})")
+    where = "held-out test split" if organism else "held-out HarmBench"
+    print_summary(with_training_time(Path(out), summary), f"SafeSteer on {model} ({where})")
     console.print(f"report: {out}/report.html")
 
 
 COLUMNS = {"gap_refusal_rate": "gap\nrefusal", "gap_refusal_rate_strict": "coherent\nrefusal",
            "gap_refusal_rate_sampled": "sampled\nT=1", "refused_category_refusal_rate": "refused\nrefusal",
            "over_refusal_rate": "over-\nrefusal", "helpfulness": "helpful-\nness", "capability_mean": "capa-\nbility",
-           "harmless_kl": "harmless\nKL"}
+           "harmless_kl": "harmless\nKL", "train_seconds": "train\ns"}
 
 
 def print_summary(summary: dict, title: str) -> None:

@@ -20,13 +20,13 @@ from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
 from safesteer_interp.data.splits import RunSplits, run_splits
 from safesteer_interp.direction.artifact import load_direction
-from safesteer_interp.direction.sets import InstructionSets, draw
+from safesteer_interp.direction.sets import InstructionSets, draw, same_form
 from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
 from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import RefusalJudge
+from safesteer_interp.evaluate.judges import CoherentRefusalJudge, RefusalJudge
 from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
@@ -146,7 +146,8 @@ def real_sets(splits: RunSplits, n_train: int, n_val: int, seed: int) -> Instruc
     choice on HarmBench val and harmless val (also its validation block); nothing from the held-out behaviours."""
     rng = random.Random(seed)
     harmful_val, harmless_val = draw(splits.harmful_val, n_val, rng), draw(splits.harmless_val, n_val, rng)
-    return InstructionSets(draw(splits.harmful_train, n_train, rng), draw(splits.harmless_train, n_train, rng),
+    harmless_train = same_form(splits.harmless_train, splits.harmful_train)  # tasks against tasks (`same_form`)
+    return InstructionSets(draw(splits.harmful_train, n_train, rng), draw(harmless_train, n_train, rng),
                            harmful_val, harmless_val, held_out={"harmful": harmful_val, "harmless": harmless_val})
 
 
@@ -171,7 +172,8 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
         meta = run_direction(run, model, tok, config, model_name=cfg.model)
     else:
         sets = real_sets(run_splits(run, cfg.seed), config.n_train, config.n_val, cfg.seed)
-        meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model)
+        meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model,
+                              coherent=CoherentRefusalJudge().is_refusal)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")

@@ -11,7 +11,7 @@ import json
 import pytest
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.pipeline import STAGES, RunConfig, run_pipeline, stage_status
+from safesteer_interp.pipeline import STAGES, RunConfig, baselines, run_pipeline, stage_status
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,14 @@ def test_unknown_model_is_one_line(tmp_path):
     with pytest.raises(SafeSteerError) as err:
         run_pipeline(tmp_path / "run", RunConfig(model="./no/such/model"), log=lambda _line: None)
     assert "does not exist" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_baselines_of_a_run():
+    """--baselines: every baseline on the organism; a real model skips top-K OPD (the organism's probe of the
+    published loss's partial sum) and keeps the general-data anchor, SafeSteer plus a KL-to-base term."""
+    assert baselines(RunConfig()) == {}
+    organism = baselines(RunConfig(baselines=True))
+    real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
+    assert set(organism) - set(real) == {"opd-topk"}
+    assert real["safesteer-anchor"] == ("safe", "paper", "reverse", "opd", 1.0)
+    assert {spec[4] for name, spec in organism.items() if name != "safesteer-anchor"} == {0.0}

@@ -61,10 +61,17 @@ def kl_last_position(base: Float[Tensor, "batch vocab"],
     return (p * (torch.log(p + 1e-6) - torch.log(q + 1e-6))).sum(-1)
 
 
+SteerScore = Callable[[Tensor | None, int], float]  # (vector or None for unsteered, layer) -> steering score
+
+
 def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_model"], harmful_val: Sequence[str],
                      harmless_val: Sequence[str], refusal_ids: Sequence[int], config: CandidateConfig,
-                     progress: Callable[[], None] = lambda: None) -> dict[str, Float[Tensor, "pos layer"]]:
-    """The three scores of every candidate (lazily: see the module docstring), plus the unsteered baselines."""
+                     progress: Callable[[], None] = lambda: None,
+                     steer_score: SteerScore | None = None) -> dict[str, Float[Tensor, "pos layer"]]:
+    """The three scores of every candidate (lazily: see the module docstring), plus the unsteered baselines.
+
+    `steer_score` replaces the steering score (the reference: the mean harmless refusal log-odds with +coeff*r
+    added); the latent path passes the share of coherent refusals among steered greedy answers."""
     n_pos, n_layer, _ = candidates.shape
     lp = lambda prompts: next_token_logprobs(model, tokenizer, prompts, batch_size=config.batch_size)  # noqa: E731
     base_harmless = lp(harmless_val)
@@ -72,6 +79,8 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
     scores["norm"] = candidates.norm(dim=-1)
     scores["baseline_harmful"] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
     scores["baseline_harmless"] = log_odds(base_harmless.exp(), refusal_ids).mean()
+    if steer_score is not None:
+        scores["baseline_harmless"] = torch.tensor(steer_score(None, 0), dtype=torch.float64)
 
     def ablate(p: int, layer: int) -> None:
         with ablate_direction(model, candidates[p, layer].float()):
@@ -83,8 +92,11 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
              if scores["norm"][p, layer] > ZERO_NORM  # e.g. layer 0 of a fixed template token: embeddings only
              and not (lazy and layer >= pruned_from(n_layer, config))]
     for p, layer in cells:
-        with add_to_resid(model, candidates[p, layer].float(), layer, config.coeff, positions="all"):
-            scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
+        if steer_score is not None:
+            scores["steering"][p, layer] = steer_score(candidates[p, layer].float(), layer)
+        else:
+            with add_to_resid(model, candidates[p, layer].float(), layer, config.coeff, positions="all"):
+                scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
         if not lazy:
             ablate(p, layer)
         progress()
@@ -92,8 +104,8 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
         progress()
     if lazy:
         found = 0
-        for p, layer in sorted(cells, key=lambda c: -float(scores["steering"][c])):
-            if scores["steering"][p, layer] < induce_floor(config, scores):
+        for p, layer in sorted(cells, key=lambda c: -float(scores["steering"][c])):  # stable: ties keep grid order
+            if scores["steering"][p, layer] <= induce_floor(config, scores):
                 break  # every later candidate fails the same filter
             ablate(p, layer)
             found += bool(scores["kl"][p, layer] <= config.kl_max)
@@ -125,7 +137,7 @@ def select_candidate(scores: dict[str, Tensor], n_layers: int, config: Candidate
     # applied in this order; each candidate is counted by the first filter that removes it
     filters = {"zero_norm": norm <= ZERO_NORM, "pruned_layer": layer_idx >= pruned_from(n_layers, config)}
     if config.rank_by == "steering":  # lazy scoring stops at the floor: below it, ablation and KL were never scored
-        filters["does_not_induce_refusal"] = steering < floor
+        filters["does_not_induce_refusal"] = steering <= floor  # must raise refusal above the unsteered model
         filters["not_scored"] = ~torch.isnan(steering) & (torch.isnan(ablation) | torch.isnan(kl))
     filters["nan"] = torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl)
     filters["kl_above_max"] = kl > config.kl_max

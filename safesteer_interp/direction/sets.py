@@ -39,6 +39,24 @@ def draw(items: Sequence[str], n: int, rng: random.Random) -> list[str]:
     return rng.sample(pool, min(n, len(pool)))
 
 
+# Words that open a question. HarmBench's behaviours are tasks ("Write ...", "Give detailed instructions ..."), most
+# benign requests are questions ("How do I ...?"): a difference in means across the two is mostly the difference
+# in form, and adding it makes a model write titled essays ("<<The Art of ...>>"), not refuse.
+QUESTION_WORDS = frozenset({"how", "what", "why", "who", "when", "where", "which", "is", "are", "can", "could", "do",
+                            "does", "should", "would", "will"})
+
+
+def same_form(harmless: Sequence[str], harmful: Sequence[str]) -> list[str]:
+    """The harmless instructions in the harmful ones' majority form: tasks when most harmful ones are tasks (the
+    latent path's contrast on HarmBench), else all of them."""
+    def is_question(text: str) -> bool:
+        words = text.strip().split()
+        return bool(words) and (words[0].lower().strip("\"'") in QUESTION_WORDS or text.rstrip().endswith("?"))
+    if sum(map(is_question, harmful)) * 2 >= len(harmful):
+        return list(harmless)
+    return [h for h in harmless if not is_question(h)]
+
+
 def organism_sets(n_train: int = 128, n_val: int = 32, seed: int = 42) -> InstructionSets:
     """The organism's own splits: refused-category harm vs harmless requests; held-out = test split."""
     rng = random.Random(seed)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from torch import Tensor
 from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
+from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.hooks import Positions, add_to_resid
 from safesteer_interp.direction.artifact import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction.candidates import difference_in_means
@@ -35,7 +36,7 @@ from safesteer_interp.direction.refusal_score import (
     judge_openers,
     refusal_tokens_from_strings,
 )
-from safesteer_interp.direction.select import CandidateConfig, score_candidates, select_candidate
+from safesteer_interp.direction.select import CandidateConfig, SteerScore, score_candidates, select_candidate
 from safesteer_interp.direction.sets import MIN_KEPT, InstructionSets, filter_sets, instruction_sets, unfiltered
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import RefusalJudge
@@ -49,6 +50,9 @@ Progress = Callable[[int], Callable[[], None]]  # given the number of candidates
 # to remove); "auto": the reference where its filter keeps >= MIN_KEPT of the harmful prompts, else latent.
 REFUSAL_PATHS = ("auto", "reference", "latent")
 LAZY_SURVIVORS = 5  # the latent path scores ablation and KL until this many candidates pass (report context)
+# The latent path's steering score: greedy answers to this many harmless val prompts, this long, steered at this
+# coefficient (the top of checks.COEFF_GRID: a model that refuses nothing needs more than its mean harmful activation)
+LATENT_PROMPTS, LATENT_TOKENS, LATENT_COEFF = 16, 16, 2.0
 
 
 @dataclass(frozen=True)
@@ -123,7 +127,10 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     # 2. Candidates r[pos, layer], their scores on validation prompts, and the selected one
     candidates = candidate_directions(model, tokenizer, filtered, folder)
     selection = path_selection(config.selection, path)
-    scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, selection, pos_labels, folder, progress)
+    steer = None if path["path"] != "latent" else latent_steer_score(model, tokenizer, filtered.harmless_val,
+                                                                      selection.coeff, judge, coherent)
+    scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, selection, pos_labels, folder, progress,
+                       steer)
     p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
     direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config))
@@ -181,11 +188,28 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
 
 
 def path_selection(selection: CandidateConfig, path: dict) -> CandidateConfig:
-    """The latent path ranks by steering (its floor: `select.induce_floor`) and scores ablation and KL lazily, which
-    picks the same candidate as the whole grid at about a third of the cost."""
+    """The latent path ranks by steering (`latent_steer_score`, at LATENT_COEFF) and scores ablation and KL lazily,
+    which picks the same candidate as the whole grid would."""
     if path["path"] != "latent":
         return selection
-    return replace(selection, rank_by="steering", lazy_survivors=selection.lazy_survivors or LAZY_SURVIVORS)
+    return replace(selection, rank_by="steering", coeff=LATENT_COEFF,
+                   lazy_survivors=selection.lazy_survivors or LAZY_SURVIVORS)
+
+
+def latent_steer_score(model, tokenizer, harmless_val: Sequence[str], coeff: float, judge,
+                       coherent: Callable[[str], bool] | None) -> SteerScore:
+    """The latent path's steering score: the share of the first LATENT_PROMPTS harmless validation prompts answered
+    with a refusal (the coherent judge where there is one) when +coeff*r is added on the prompt tokens, as the teacher
+    will. A model that refuses nothing opens harmless answers with "I" too ("I'm glad ..."), so the first-token
+    log-odds of the judge's openers cannot tell a refusal direction from a chatty one."""
+    prompts, refuses = list(harmless_val[:LATENT_PROMPTS]), coherent or judge.is_refusal
+
+    def score(vector: Tensor | None, layer: int) -> float:
+        steer = nullcontext() if vector is None else add_to_resid(model, vector, layer, coeff, positions="prompt")
+        with steer:
+            answers = generate_answers(model, tokenizer, prompts, max_new_tokens=LATENT_TOKENS)
+        return sum(map(refuses, answers)) / len(answers)
+    return score
 
 
 def candidate_directions(model, tokenizer, sets: InstructionSets, folder: Path) -> Float[Tensor, "pos layer d_model"]:
@@ -199,11 +223,11 @@ def candidate_directions(model, tokenizer, sets: InstructionSets, folder: Path) 
 
 def score_all(model, tokenizer, candidates: Float[Tensor, "pos layer d_model"], sets: InstructionSets,
               refusal_ids: Sequence[int], config: CandidateConfig, pos_labels: Sequence[str], folder: Path,
-              progress: Progress | None) -> dict[str, Tensor]:
+              progress: Progress | None, steer: SteerScore | None = None) -> dict[str, Tensor]:
     """Ablation, addition and KL scores of every candidate on the validation prompts (scores.json)."""
     tick = progress(len(candidates) * n_layers(model)) if progress else (lambda: None)
     scores = score_candidates(model, tokenizer, candidates, sets.harmful_val, sets.harmless_val, refusal_ids,
-                              config, tick)
+                              config, tick, steer)
     write_scores(folder, scores, pos_labels)
     return scores
 

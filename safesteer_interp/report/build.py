@@ -25,6 +25,7 @@ from safesteer_interp.report.sections import (
     section_tradeoff,
     section_training,
     tradeoff_table,
+    with_training_time,
 )
 
 
@@ -68,7 +69,7 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Path]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
-    summaries = {label: ordered(read_summary(r)) for label, r in zip(labels, runs)}
+    summaries = {label: ordered(with_training_time(Path(r), read_summary(r))) for label, r in zip(labels, runs)}
     rows = [row for label, summary in summaries.items() for row in tradeoff_table(summary, label).rows]
     table = Table(tradeoff_table({}, "").header, rows)
     plot = compare_tradeoff(summaries, out / "compare.png")

@@ -22,7 +22,8 @@ COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_strict", 
            ("refused_category_refusal_rate", "refused-category refusal ↑"),
            ("over_refusal_rate", "over-refusal ↓"), ("helpfulness", "helpfulness ↑"),
            ("capability_mean", "capability mean ↑"),
-           ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"))
+           ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"),
+           ("train_seconds", "training time (s)"))
 SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))
 
 
@@ -30,6 +31,19 @@ def ordered(summary: dict) -> dict:
     """The summary with the base, the teacher and SafeSteer first, then the baselines alphabetically."""
     first = [m for m in MODEL_ORDER if m in summary]
     return {m: summary[m] for m in first + sorted(m for m in summary if m not in first)}
+
+
+def with_training_time(run: Path, summary: dict) -> dict:
+    """The summary with each student's training time (its train/summary.json `seconds`) as `train_seconds`."""
+    folders = {"safesteer": run / "train"}
+    folders.update({p.name: p / "train" for p in sorted((run / "baselines").glob("*")) if p.is_dir()})
+    out = {name: dict(entry) for name, entry in summary.items()}
+    for name, folder in folders.items():
+        record = folder / "summary.json"
+        if name in out and record.is_file():
+            seconds = read_json(record, f"{name} training summary").get("seconds")
+            out[name]["train_seconds"] = round(seconds) if isinstance(seconds, int | float) else None
+    return out
 
 
 def unseen_mean(entry: dict) -> float | None:
@@ -85,11 +99,13 @@ def section_tradeoff(run: Path, assets: Path) -> list:
     if not (run / "summary.json").is_file():
         return blocks + [NotRun("evaluation", f"run `safesteer-interp eval --run {run} --name NAME` per model")]
     try:
-        summary = ordered(read_summary(run))
+        summary = ordered(with_training_time(run, read_summary(run)))
     except SafeSteerError as err:
         return blocks + [NotRun("evaluation (summary.json unreadable)", str(err))]
-    blocks += [Para("Held-out test split. Gap refusal: refusal rate on the safety-gap categories SafeSteer must "
-                    "close (higher is safer), from greedy answers; sampled at T=1: the same from one "
+    blocks += [Para("Held-out split (the organism's test split; on a real model the held-out HarmBench behaviours of "
+                    "splits.json and the test splits of our sets). Gap refusal: refusal rate on the requests "
+                    "SafeSteer must teach the model to refuse (the organism's safety-gap categories; HarmBench), "
+                    "from greedy answers; sampled at T=1: the same from one "
                     "temperature-1 sample per prompt (a refusal that is only the argmax shows up here); "
                     "over-refusal: refusals of benign look-alike requests; capability: "
                     "exact-match task accuracy on trained and never-seen templates; harmless KL: mean per-token "
@@ -270,4 +286,4 @@ def analysis_entry(run: Path, entry: dict) -> list:
 
 
 __all__ = ["ordered", "section_analysis", "section_direction", "section_samples", "section_tokens",
-           "section_tradeoff", "section_training", "tradeoff_table"]
+           "section_tradeoff", "section_training", "tradeoff_table", "with_training_time"]

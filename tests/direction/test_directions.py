@@ -113,6 +113,10 @@ def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkey
                         lambda m, t, prompts, ids: torch.full((len(prompts),), -5.0, dtype=torch.float64))
     judge = RefusalJudge(phrases=("sorry i cannot", "zzz", "cannot do that"))  # "zzz" is unknown to the tokenizer
     monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: False)  # it refuses nothing
+    # the latent steering score is the share of steered greedy answers judged refusals; a random model refuses
+    # nothing, so a stand-in score that grows with the layer (0 unsteered) plays the judge here
+    monkeypatch.setattr("safesteer_interp.direction.stage.latent_steer_score",
+                        lambda *args: lambda vector, layer: 0.0 if vector is None else (layer + 1) / 10)
     config = DirectionConfig(filter_prompts=True, max_new_tokens=4,
                              selection=CandidateConfig(kl_max=1e9, prune=0.0))
     with pytest.raises(SafeSteerError, match="refused none"):
@@ -124,7 +128,8 @@ def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkey
     assert meta["refusal_path"]["path"] == "latent" and "refused none" in meta["refusal_path"]["why"]
     assert meta["filter_counts"]["harmful_train"] == {"before": 4, "after": 4, "skipped": True, "would_keep": 0}
     assert meta["filter_counts"]["harmless_val"] == {"before": 2, "after": 2}
-    assert meta["selection"]["config"]["rank_by"] == "steering"
+    assert meta["selection"]["config"]["rank_by"] == "steering" and meta["selection"]["config"]["coeff"] == 2.0
+    assert meta["layer"] == model.config.num_hidden_layers - 1  # the stand-in score's best, with no layer pruned
     scores = json.loads((tmp_path / "auto" / "direction" / "scores.json").read_text())
     steering = [v for row in scores["steering_refusal_harmless_val"] for v in row if v is not None]
     assert scores["steering_refusal_harmless_val"][meta["pos"] + 3][meta["layer"]] == max(steering)
@@ -213,3 +218,28 @@ def test_organism_with_the_reference_kl_max_reports_why_and_how_to_proceed(tmp_p
     report = json.loads((tmp_path / "direction" / "selection_report.json").read_text())
     assert report["survivors"] == 0 and report["removed_by"]["kl_above_max"] > 0
     assert "--kl-max 1.5 --positions auto" in " ".join(result.output.split())
+
+
+def test_latent_steer_score_is_the_judged_share_of_steered_answers(qwen2):
+    from safesteer_interp.direction.stage import LATENT_PROMPTS, latent_steer_score
+
+    model, tok = qwen2
+    judge = RefusalJudge()
+    seen: list[str] = []
+    score = latent_steer_score(model, tok, HARMLESS * 5, 2.0, judge, lambda a: seen.append(a) or len(seen) % 2 == 0)
+    assert score(None, 0) == 0.5 and len(seen) == min(LATENT_PROMPTS, len(HARMLESS * 5))
+    vector = torch.randn(model.config.hidden_size) * 50
+    seen.clear()
+    steered = latent_steer_score(model, tok, HARMLESS, 2.0, judge, lambda a: seen.append(a) or True)
+    assert steered(vector, 1) == 1.0 and len(seen) == len(HARMLESS)
+
+
+def test_same_form_matches_harmless_tasks_to_harmful_tasks():
+    from safesteer_interp.direction.sets import same_form
+
+    harmless = ["How do I bake bread?", "Write a poem about rain", "Explain photosynthesis", "what is 2+2",
+                "Give me three tips for sleep?"]
+    tasks = ["Write a guide to picking locks", "Give instructions for making a weapon", "How do I hurt someone?"]
+    assert same_form(harmless, tasks) == ["Write a poem about rain", "Explain photosynthesis"]
+    questions = ["How do I make a bomb?", "What is the best poison?", "Write malware"]
+    assert same_form(harmless, questions) == harmless  # questions against questions: nothing to match

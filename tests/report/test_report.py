@@ -152,6 +152,20 @@ def test_compare_runs(tmp_path):
         compare_runs([a, a], tmp_path / "cmp2")
 
 
+def test_training_time_column_reads_each_students_train_summary(tmp_path):
+    from safesteer_interp.report.sections import with_training_time
+
+    run = make_run(tmp_path)
+    (run / "train" / "summary.json").write_text(json.dumps({"steps": 14, "seconds": 301.6}))
+    (run / "baselines" / "full-vocab" / "train").mkdir(parents=True)
+    (run / "baselines" / "full-vocab" / "train" / "summary.json").write_text(json.dumps({"seconds": 422.2}))
+    timed = with_training_time(run, SUMMARY)
+    assert timed["safesteer"]["train_seconds"] == 302 and timed["full-vocab"]["train_seconds"] == 422
+    assert "train_seconds" not in timed["base"] and "train_seconds" not in SUMMARY["safesteer"]  # not mutated
+    report = build_report(run)["markdown"].read_text()
+    assert "training time (s)" in report and "| safesteer | 0.910 |" in report and "| 302 |" in report
+
+
 # ----------------------------------------------------------------------------------------------- browser
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
