@@ -26,7 +26,7 @@ from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import CoherentRefusalJudge, RefusalJudge
+from safesteer_interp.evaluate.judges import CoherentRefusalJudge
 from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
@@ -172,8 +172,9 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
         meta = run_direction(run, model, tok, config, model_name=cfg.model)
     else:
         sets = real_sets(run_splits(run, cfg.seed), config.n_train, config.n_val, cfg.seed)
-        meta = find_direction(model, tok, sets, run, config, RefusalJudge(), model_name=cfg.model,
-                              coherent=CoherentRefusalJudge().is_refusal)
+        # the coherent judge throughout: a steered real model can loop "I'm sorry I'm sorry", which a substring
+        # judge counts as refusal, and the coefficient sweep and position check would pick the babbling teacher
+        meta = find_direction(model, tok, sets, run, config, CoherentRefusalJudge(), model_name=cfg.model)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")

@@ -133,7 +133,7 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
                        steer)
     p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
-    direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config))
+    direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config, selection))
     direction, check, sweep = tune(model, tokenizer, direction, filtered.harmless_val, config, judge, coherent)
     write_plots(model, tokenizer, scores, direction, (p, layer), pos_labels, folder)
     write_json(folder / "prompts.json", asdict(filtered))
@@ -245,9 +245,10 @@ def select_and_report(scores: dict[str, Tensor], layers: int, config: CandidateC
     return p, layer, report
 
 
-def untuned(config: DirectionConfig) -> dict:
-    """The coefficient and positions before validation: the configured ones, or 1.0 / "all" where "auto"."""
-    return {"coeff": float(config.coeff) if isinstance(config.coeff, int | float) else 1.0,
+def untuned(config: DirectionConfig, selection: CandidateConfig) -> dict:
+    """The coefficient and positions before validation: the configured ones, or where "auto" the steering score's
+    coefficient (1.0; the latent path's LATENT_COEFF) and "all" positions."""
+    return {"coeff": float(config.coeff) if isinstance(config.coeff, int | float) else selection.coeff,
             "positions": "all" if config.positions == "auto" else config.positions}
 
 
