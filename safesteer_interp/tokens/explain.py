@@ -16,7 +16,7 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import final_norm, unembed
 from safesteer_interp.tokens.contrast import ContrastRecords, context_text, flatten_valid
-from safesteer_interp.tokens.vote import Selection, VoteConfig, rank_tokens, stats_for
+from safesteer_interp.tokens.vote import Selection, TokenStats, VoteConfig, rank_tokens, resamples, stats_for
 
 
 # ------------------------------------------------------------------------------------- direct logit attribution
@@ -149,20 +149,20 @@ class Stability:
 
 
 def stability(records: ContrastRecords, other_seed: ContrastRecords | None, special: Bool[Tensor, " vocab"],
-              config: VoteConfig, ks: tuple[int, ...] = (5, 20, 50)) -> Stability:
+              config: VoteConfig, ks: tuple[int, ...] = (5, 20, 50), *, full: TokenStats | None = None,
+              resampled: dict[str, TokenStats] | None = None) -> Stability:
     """Re-select S on the even- and odd-indexed prompts (disjoint halves; banning recomputed per half) and on the
     records of a second seed: at `k="auto"`, at every K in `ks` and the main K with the configured ranking (keys
-    "auto", "5", ...), and, when that ranking is not already the mass, at every K by mass (keys "mass@5", ...)."""
+    "auto", "5", ...), and, when that ranking is not already the mass, at every K by mass (keys "mass@5", ...).
+    `full` and `resampled` (`vote.resamples`) spare recomputing statistics the caller already has."""
     settings: list[tuple[str, int | str, str]] = [("auto", "auto", config.method)]
     settings += [(str(k), k, config.method) for k in dict.fromkeys([*ks, config.k]) if k != "auto"]
     if config.method != "mass":
         settings += [(f"mass@{k}", k, "mass") for k in ks]
-    even = records.prompt_index % 2 == 0
-    halves = None
-    if bool(even.any()) and bool((~even).any()):
-        halves = (stats_for(records.rows(even), config, special), stats_for(records.rows(~even), config, special))
-    seed_stats = None if other_seed is None else stats_for(other_seed, config, special)
-    full = stats_for(records, config, special)
+    resampled = resamples(records, other_seed, special, config) if resampled is None else resampled
+    halves = (resampled["half_a"], resampled["half_b"]) if "half_a" in resampled else None
+    seed_stats = resampled.get("seed_b")
+    full = stats_for(records, config, special) if full is None else full
     by_k, selections = {}, []
     for key, k, method in settings:
         entry = {}

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from safesteer_interp.tokens.contrast import ContrastRecords
 from safesteer_interp.tokens.explain import jaccard
-from safesteer_interp.tokens.vote import TokenStats, VoteConfig, rank_tokens, stats_for, valid_chunks
+from safesteer_interp.tokens.vote import TokenStats, VoteConfig, rank_tokens, valid_chunks
 
 # (label, method, K): the reference's two rankings at its K, then mass at three sizes and the automatic size
 SETTINGS: tuple[tuple[str, str, int | str], ...] = (
@@ -49,26 +49,13 @@ def teacher_openers(per_position: dict[str, Tensor], banned: Bool[Tensor, " voca
     return list(dict.fromkeys(ids))
 
 
-def resamples(records: ContrastRecords, other_seed: ContrastRecords | None, special: Bool[Tensor, " vocab"],
-              config: VoteConfig) -> dict[str, TokenStats]:
-    """The statistics of the even- and odd-indexed prompts (disjoint halves) and of a second sampling seed."""
-    even = records.prompt_index % 2 == 0
-    out = {}
-    if bool(even.any()) and bool((~even).any()):
-        out["half_a"], out["half_b"] = (stats_for(records.rows(rows), config, special) for rows in (even, ~even))
-    if other_seed is not None:
-        out["seed_b"] = stats_for(other_seed, config, special)
-    return out
-
-
-def compare_methods(records: ContrastRecords, other_seed: ContrastRecords | None, special: Bool[Tensor, " vocab"],
-                    config: VoteConfig, tokenizer, positions: int = 3) -> dict:
-    """One row per setting of `SETTINGS`, plus the openers it looks for (tokens as decoded strings)."""
-    stats = stats_for(records, config, special)
+def compare_methods(records: ContrastRecords, stats: TokenStats, others: dict[str, TokenStats], config: VoteConfig,
+                    tokenizer, positions: int = 3) -> dict:
+    """One row per setting of `SETTINGS`, plus the openers it looks for (tokens as decoded strings). `stats` are the
+    records' statistics (`vote.stats_for`), `others` their halves and second seed (`vote.resamples`)."""
     per_position = by_position(records, stats.banned)
     horizon = range(min(positions, records.horizon))
     openers = teacher_openers(per_position, stats.banned, positions)
-    others = resamples(records, other_seed, special, config)
     name = lambda i: tokenizer.decode([i])  # noqa: E731
     rows = {}
     for label, method, k in SETTINGS:
@@ -90,4 +77,4 @@ def compare_methods(records: ContrastRecords, other_seed: ContrastRecords | None
             "methods": rows}
 
 
-__all__ = ["SETTINGS", "by_position", "compare_methods", "resamples", "teacher_openers"]
+__all__ = ["SETTINGS", "by_position", "compare_methods", "teacher_openers"]

@@ -27,7 +27,7 @@ from safesteer_interp.tokens.explain import (
     typical_final_rms,
 )
 from safesteer_interp.tokens.methods import compare_methods
-from safesteer_interp.tokens.vote import VoteConfig, rank_tokens, resolve_k_inner, stats_for
+from safesteer_interp.tokens.vote import VoteConfig, rank_tokens, resamples, resolve_k_inner, stats_for
 
 PromptSet = Literal["harmless", "harmful"]
 REFERENCE_K = 50  # the released scripts' K, used for the fixed-size set reported next to `k auto`
@@ -98,11 +98,13 @@ def select_safety_tokens(teacher: Teacher, prompts: Sequence[str], contrast: Con
                     "coeff": teacher.coeff, "final_rms": round(rms, 4), "layer": teacher.direction.layer}
     explanations = explain_tokens(main, records, teacher.tokenizer, dla)
 
-    stab = other = None
+    other = None
     if check_stability:
         other = score_contrast(teacher, prompts, replace(contrast, seed=contrast.seed + 1), progress=progress)
-        stab = stability(records, other, special, vote, stability_ks)
-    methods = compare_methods(records, other, special, vote, teacher.tokenizer)
+    resampled = resamples(records, other, special, vote)  # halves and second seed: stability and methods share them
+    stab = None if other is None else stability(records, other, special, vote, stability_ks, full=stats,
+                                                resampled=resampled)
+    methods = compare_methods(records, stats, resampled, vote, teacher.tokenizer)
     config = {**asdict(contrast), **asdict(vote), "k_fixed": k_fixed,
               "k_inner_used": resolve_k_inner(vote.k_inner, records.vocab), "teacher": teacher.kind,
               "coeff": teacher.coeff, "n_prompts": len(records.prompts),

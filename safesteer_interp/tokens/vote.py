@@ -235,6 +235,19 @@ def stats_for(records: ContrastRecords, config: VoteConfig, special: Bool[Tensor
     return token_stats(records, special if config.exclude_special else None, config.k_inner, config.min_prob)
 
 
+def resamples(records: ContrastRecords, other_seed: ContrastRecords | None, special: Bool[Tensor, " vocab"] | None,
+              config: VoteConfig) -> dict[str, TokenStats]:
+    """`stats_for` of the even- and odd-indexed prompts ("half_a", "half_b": disjoint halves, present when both
+    exist) and of a second sampling seed ("seed_b", when given): what the stability checks re-select S on."""
+    even = records.prompt_index % 2 == 0
+    out = {}
+    if bool(even.any()) and bool((~even).any()):
+        out["half_a"], out["half_b"] = (stats_for(records.rows(rows), config, special) for rows in (even, ~even))
+    if other_seed is not None:
+        out["seed_b"] = stats_for(other_seed, config, special)
+    return out
+
+
 def select_tokens(records: ContrastRecords, config: VoteConfig,
                   special: Bool[Tensor, " vocab"] | None) -> Selection:
     """The whole aggregation in one call: `token_stats` then `rank_tokens`."""
@@ -242,4 +255,5 @@ def select_tokens(records: ContrastRecords, config: VoteConfig,
 
 
 __all__ = ["K_INNER_REFERENCE", "Method", "Selection", "TokenStats", "VoteConfig", "mass_curve", "rank_tokens",
-           "resolve_k_inner", "saturation", "select_tokens", "stats_for", "token_stats", "valid_chunks", "vote_warning"]
+           "resamples", "resolve_k_inner", "saturation", "select_tokens", "stats_for", "token_stats", "valid_chunks",
+           "vote_warning"]

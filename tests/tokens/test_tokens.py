@@ -29,9 +29,11 @@ from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens,
 from safesteer_interp.tokens.vote import (
     VoteConfig,
     rank_tokens,
+    resamples,
     resolve_k_inner,
     saturation,
     select_tokens,
+    stats_for,
     token_stats,
     vote_warning,
 )
@@ -316,7 +318,7 @@ def test_method_comparison_measures_each_set_against_a_loop_reference():
         def decode(self, ids):
             return f"t{ids[0]}"
 
-    out = compare_methods(rec, other, special, config, Tok())
+    out = compare_methods(rec, stats_for(rec, config, special), resamples(rec, other, special, config), config, Tok())
     assert list(out["methods"]) == [label for label, _, _ in SETTINGS] and out["positions"] == [1, 2, 3]
     # the loop reference of the Δ-weighted teacher mass at position h, normalised over allowed tokens
     mass = torch.zeros(rec.horizon, rec.vocab, dtype=torch.float64)
