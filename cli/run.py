@@ -36,14 +36,18 @@ def run(
     samples: Annotated[int, typer.Option(min=1, help="rollouts per prompt")] = 8,
     epochs: Annotated[int, typer.Option(min=1, help="distillation epochs over the prompts (the reference's 1 is "
                                                     "also the best on the organism's validation split)")] = 1,
-    lr: Annotated[float | None, typer.Option(help="learning rate (default: the trainer's LoRA default)")] = None,
+    lr: Annotated[float | None, typer.Option(help="learning rate (default: the trainer's LoRA default on the organism, "
+                                                  "pipeline.REAL_LR on a real model)")] = None,
     seed: int = 42,
+    until: Annotated[str | None, typer.Option(help="stop after this stage (direction, tokens, train, eval, report); "
+                                                   "rerunning without it resumes")] = None,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
     from safesteer_interp.core.models import is_organism  # lazy: transformers (slow CLI start-up)
     from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
     from safesteer_interp.pipeline import (  # lazy: torch (slow CLI start-up)
         ORGANISM_DIRECTION,
+        REAL_LR,
         REAL_TOKENS,
         RunConfig,
         run_pipeline,
@@ -57,11 +61,15 @@ def run(
     tokens.update({"method": method} if method else {}, **({"k": k if k == "auto" else _int(k, "--k")} if k else {}))
     VoteConfig(k=tokens["k"], method=tokens["method"])  # a bad --k / --method fails before the run folder is touched
     cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=tokens["k"], method=tokens["method"],
-                    coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples, lr=lr,
+                    coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
+                    lr=lr if lr is not None or organism else REAL_LR,
                     direction=direction, distill={"epochs": epochs})
     from safesteer_interp.report.sections import with_training_time  # lazy: matplotlib (slow CLI start-up)
 
-    summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False))
+    summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False), until=until)
+    if not summary:
+        console.print(f"stopped after {until}; rerun without --until to go on: {out}")
+        return
     where = "held-out test split" if organism else "held-out HarmBench"
     print_summary(with_training_time(Path(out), summary), f"SafeSteer on {model} ({where})")
     console.print(f"report: {out}/report.html")

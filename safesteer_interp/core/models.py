@@ -1,9 +1,9 @@
 """Loading a chat model and its tokenizer, the same way for the organism and for real models.
 
 `load_model("organism")` opens the embedded model organism shipped inside the package; a named real model
-(`smollm2-135m-instruct`) or a `.gguf` path is converted once into a cached folder (`gguf_models`); any other spec is
-a local folder or a hub name read from the local cache (nothing here can download). The tokenizer always comes back
-left-padded with a pad token and a chat template.
+(`smollm2-135m-instruct`, `qwen2.5-coder-0.5b-instruct`) or a `.gguf` path is converted once into a cached folder
+(`gguf_models`); any other spec is a local folder or a hub name read from the local cache (nothing here can
+download). The tokenizer always comes back left-padded with a pad token and a chat template.
 """
 
 from __future__ import annotations

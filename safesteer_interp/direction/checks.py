@@ -24,16 +24,19 @@ def refusal_rate(model, tokenizer, prompts: Sequence[str], judge, max_new_tokens
 
 
 def coefficient_sweep(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge,
-                      max_new_tokens: int) -> list[dict]:
-    """Refusal induced on harmless val, and its KL cost, per coefficient (at the direction's positions)."""
+                      max_new_tokens: int, gap_val: Sequence[str] = ()) -> list[dict]:
+    """Refusal induced on harmless val, and its KL cost, per coefficient (at the direction's positions); with
+    `gap_val` (the aligned path: harmful val prompts the base model answers) also the refusal it induces there."""
     base = next_token_logprobs(model, tokenizer, harmless_val)
     rows = []
     for coeff in COEFF_GRID:
         with add_to_resid(model, direction.vector, direction.layer, coeff, positions=direction.positions):
+            row = {"coeff": coeff}
+            if gap_val:
+                row["refusal_rate_gap_val"] = round(refusal_rate(model, tokenizer, gap_val, judge, max_new_tokens), 4)
             rate = refusal_rate(model, tokenizer, harmless_val, judge, max_new_tokens)
             kl = kl_last_position(base, next_token_logprobs(model, tokenizer, harmless_val)).mean()
-        rows.append({"coeff": coeff, "refusal_rate_harmless_val": round(rate, 4),
-                     "kl_harmless_val": round(float(kl), 4)})
+        rows.append({**row, "refusal_rate_harmless_val": round(rate, 4), "kl_harmless_val": round(float(kl), 4)})
     return rows
 
 
@@ -46,9 +49,10 @@ def judged_rates(answers: Sequence[str], judge, coherent: Callable[[str], bool] 
 
 
 def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequence[str], judge, max_new_tokens: int,
-                    coherent: Callable[[str], bool] | None = None) -> dict:
-    """Refusal induced on harmless *validation* prompts by steering at each of the teacher positions (every token,
-    every prompt token, the last prompt token).
+                    coherent: Callable[[str], bool] | None = None, group: str = "harmless") -> dict:
+    """Refusal induced on *validation* prompts (harmless ones; on the aligned path, `group="gap"`, the harmful ones
+    the base model answers) by steering at each of the teacher positions (every token, every prompt token, the last
+    prompt token).
 
     Adding the vector to every token (the reference) can flip the decision and then drown the answer tokens: a
     refusal opener repeated ("I'm I'm I'm") passes a substring judge. `coherent` (the organism's wordings) tells
@@ -59,23 +63,26 @@ def positions_check(model, tokenizer, direction: Direction, harmless_val: Sequen
         with add_to_resid(model, direction.vector, direction.layer, direction.coeff, positions=positions):
             answers = generate_answers(model, tokenizer, list(harmless_val), max_new_tokens=max_new_tokens)
         rates = judged_rates(answers, judge, coherent)
-        out[positions] = {**{f"{k}_rate_harmless_val": v for k, v in rates.items()}, "example": answers[0]}
+        out[positions] = {**{f"{k}_rate_{group}_val": v for k, v in rates.items()}, "example": answers[0]}
     return out
 
 
 def pick_positions(check: dict) -> str:
     """The positions whose steered answers refuse best on validation (coherent rate if judged); a tie goes to the
     broader positions (all > prompt > last), the closest to the reference's intervention."""
-    key = "coherent_rate_harmless_val" if "coherent_rate_harmless_val" in check["all"] else "refusal_rate_harmless_val"
+    rates = [k for k in check["all"] if k.endswith("_val")]
+    key = next((k for k in rates if k.startswith("coherent_rate")), rates[0])
     return max((p for p in TEACHER_POSITIONS if p in check), key=lambda p: (check[p][key], -TEACHER_POSITIONS.index(p)))
 
 
 def pick_coeff(sweep: list[dict], target: float = 0.9) -> float:
-    """The smallest coefficient that makes >= target of harmless val prompts refuse (else the strongest)."""
+    """The smallest coefficient that makes >= target of the validation prompts refuse (else the strongest): the
+    harmless ones, or on the aligned path (`refusal_rate_gap_val`) the harmful ones the base model answers."""
+    key = "refusal_rate_gap_val" if "refusal_rate_gap_val" in sweep[0] else "refusal_rate_harmless_val"
     for row in sweep:
-        if row["refusal_rate_harmless_val"] >= target:
+        if row[key] >= target:
             return row["coeff"]
-    return max(sweep, key=lambda r: r["refusal_rate_harmless_val"])["coeff"]
+    return max(sweep, key=lambda r: r[key])["coeff"]
 
 
 def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[str]], judge, max_new_tokens: int,

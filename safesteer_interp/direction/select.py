@@ -6,8 +6,9 @@ at layer l (higher = addition induces refusal), and the last-position KL(base ||
 (lower = ablation leaves harmless behaviour alone). Filters drop late layers, high KL and non-inducing candidates;
 the lowest ablation score wins (`rank_by="steering"`, the latent path: the highest steering score, since a model that
 refuses nothing has no refusal for ablation to remove). When nothing survives, a report says which filter removed what.
-Ranked by steering, scoring can be lazy and still exact: steering for every unpruned candidate, then ablation and KL
-only in descending steering order until a few candidates pass every filter (the first of them is the winner).
+Scoring can be lazy and still exact. Ranked by steering: steering for every unpruned candidate, then ablation and KL
+only in descending steering order until a few candidates pass every filter (the first of them is the winner). Ranked
+by ablation (the aligned path): ablation for every unpruned candidate, then steering and KL in ascending ablation order.
 """
 
 from __future__ import annotations
@@ -36,9 +37,14 @@ class CandidateConfig:
     coeff: float = 1.0  # addition coefficient used for the steering score
     batch_size: int = 32
     rank_by: str = "ablation"  # "ablation" (reference: lowest wins) or "steering" (latent path: highest wins)
-    # rank_by="steering" only: score ablation and KL lazily, in descending steering order, until this many candidates
-    # pass every filter (0: score the whole grid). The winner is the same; unscored cells stay NaN ("not_scored").
+    # Score lazily, in ranking order, until this many candidates pass every filter (0: score the whole grid). The
+    # winner is the same; unscored cells stay NaN ("not_scored").
     lazy_survivors: int = 0
+    # The aligned path: a steering score must reach halfway from the unsteered harmless score to the model's own
+    # score on the harmful val prompts it refuses, not the reference's fixed 0. A model that refuses with confidence
+    # scores its refusals far above 0 and harmless prompts far below, so 0 lies between them; one that refuses with
+    # "I" at p < 0.5 (Qwen2.5-Coder-0.5B-Instruct) scores both below 0, and no candidate reaches it (README).
+    induce_calibrated: bool = False
 
 
 ZERO_NORM = 1e-8
@@ -82,36 +88,52 @@ def score_candidates(model, tokenizer, candidates: Float[Tensor, "pos layer d_mo
     if steer_score is not None:
         scores["baseline_harmless"] = torch.tensor(steer_score(None, 0), dtype=torch.float64)
 
-    def ablate(p: int, layer: int) -> None:
+    def ablation(p: int, layer: int) -> None:
         with ablate_direction(model, candidates[p, layer].float()):
             scores["ablation"][p, layer] = log_odds(lp(harmful_val).exp(), refusal_ids).mean()
+
+    def kl(p: int, layer: int) -> None:
+        with ablate_direction(model, candidates[p, layer].float()):
             scores["kl"][p, layer] = kl_last_position(base_harmless, lp(harmless_val)).mean()
 
-    lazy = config.rank_by == "steering" and config.lazy_survivors > 0
-    cells = [(p, layer) for p in range(n_pos) for layer in range(n_layer)
-             if scores["norm"][p, layer] > ZERO_NORM  # e.g. layer 0 of a fixed template token: embeddings only
-             and not (lazy and layer >= pruned_from(n_layer, config))]
-    for p, layer in cells:
+    def steering(p: int, layer: int) -> None:
         if steer_score is not None:
             scores["steering"][p, layer] = steer_score(candidates[p, layer].float(), layer)
         else:
             with add_to_resid(model, candidates[p, layer].float(), layer, config.coeff, positions="all"):
                 scores["steering"][p, layer] = log_odds(lp(harmless_val).exp(), refusal_ids).mean()
-        if not lazy:
-            ablate(p, layer)
+
+    lazy = config.lazy_survivors > 0
+    first, rest = ((steering,), (ablation, kl)) if config.rank_by == "steering" else ((ablation,), (steering, kl))
+    cells = [(p, layer) for p in range(n_pos) for layer in range(n_layer)
+             if scores["norm"][p, layer] > ZERO_NORM  # e.g. layer 0 of a fixed template token: embeddings only
+             and not (lazy and layer >= pruned_from(n_layer, config))]
+    for p, layer in cells:
+        for score in first if lazy else (*first, *rest):
+            score(p, layer)
         progress()
     for _ in range(n_pos * n_layer - len(cells)):  # zero-norm and (lazy) pruned cells, so the bar ends full
         progress()
     if lazy:
-        found = 0
-        for p, layer in sorted(cells, key=lambda c: -float(scores["steering"][c])):  # stable: ties keep grid order
-            if scores["steering"][p, layer] <= induce_floor(config, scores):
-                break  # every later candidate fails the same filter
-            ablate(p, layer)
-            found += bool(scores["kl"][p, layer] <= config.kl_max)
-            if found == config.lazy_survivors:
-                break
+        lazy_rest(scores, cells, rest, config)
     return scores
+
+
+def lazy_rest(scores: dict[str, Tensor], cells: list[tuple[int, int]], rest: Sequence[Callable[[int, int], None]],
+              config: CandidateConfig) -> None:
+    """The other two scores, in ranking order (stable: ties keep grid order), until `lazy_survivors` candidates pass
+    every filter: the first of them is the whole grid's winner."""
+    by_steering = config.rank_by == "steering"
+    order = sorted(cells, key=lambda c: -float(scores["steering"][c]) if by_steering else float(scores["ablation"][c]))
+    found = 0
+    for cell in order:
+        if by_steering and scores["steering"][cell] <= induce_floor(config, scores):
+            break  # every later candidate fails the same filter
+        for score in rest:
+            score(*cell)
+        found += bool(scores["kl"][cell] <= config.kl_max and (by_steering or passes_induce(config, scores, cell)))
+        if found == config.lazy_survivors:
+            break
 
 
 def pruned_from(n_layers: int, config: CandidateConfig) -> int:
@@ -120,11 +142,20 @@ def pruned_from(n_layers: int, config: CandidateConfig) -> int:
 
 
 def induce_floor(config: CandidateConfig, scores: dict[str, Tensor]) -> float:
-    """The steering score a candidate needs: induce_min, or on the latent path (rank by steering) no more than the
-    unsteered harmless score (an unaligned model's log-odds start far below the reference's threshold of 0)."""
+    """The steering score a candidate needs: induce_min; on the aligned path (`induce_calibrated`) the midpoint of the
+    unsteered harmless score and the model's own score on the harmful prompts it refuses; on the latent path (rank
+    by steering) no more than the unsteered harmless score (an unaligned model's log-odds start far below the
+    reference's threshold of 0)."""
+    if config.induce_calibrated:
+        return 0.5 * (float(scores["baseline_harmless"]) + float(scores["baseline_harmful"]))
     if config.rank_by != "steering":
         return config.induce_min
     return min(config.induce_min, float(scores["baseline_harmless"]))
+
+
+def passes_induce(config: CandidateConfig, scores: dict[str, Tensor], cell: tuple[int, int]) -> bool:
+    """Ranked by ablation, a candidate must reach the floor (`select_candidate`: below it is removed)."""
+    return bool(scores["steering"][cell] >= induce_floor(config, scores))
 
 
 def select_candidate(scores: dict[str, Tensor], n_layers: int, config: CandidateConfig) -> tuple[int, int, dict]:
@@ -139,6 +170,8 @@ def select_candidate(scores: dict[str, Tensor], n_layers: int, config: Candidate
     if config.rank_by == "steering":  # lazy scoring stops at the floor: below it, ablation and KL were never scored
         filters["does_not_induce_refusal"] = steering <= floor  # must raise refusal above the unsteered model
         filters["not_scored"] = ~torch.isnan(steering) & (torch.isnan(ablation) | torch.isnan(kl))
+    elif config.lazy_survivors:  # lazy by ablation: past the survivors, steering and KL were never scored
+        filters["not_scored"] = ~torch.isnan(ablation) & (torch.isnan(steering) | torch.isnan(kl))
     filters["nan"] = torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl)
     filters["kl_above_max"] = kl > config.kl_max
     filters.setdefault("does_not_induce_refusal", steering < floor)

@@ -2,7 +2,8 @@
 
 Sets come from the organism's own splits or from two instruction lists (real models), by seeded draws that do not
 depend on input order. `filter_sets` then keeps, as the reference does, only the harmful prompts the base model
-already leans to refuse and the harmless ones it leans to answer (by its own refusal score).
+already leans to refuse and the harmless ones it leans to answer (by its own refusal score); `judged_filter` does the
+same by what its greedy answers do (the aligned path).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.refusal_score import refusal_scores
@@ -119,6 +121,26 @@ def filter_sets(model, tokenizer, sets: InstructionSets, ids: Sequence[int],
                                  "model does not separate harmful from harmless here — check the prompt sets or "
                                  "--refusal-tokens, or pass --refusal-path latent for a model that does not refuse")
     return InstructionSets(**kept, held_out=sets.held_out), counts
+
+
+def judged_filter(model, tokenizer, sets: InstructionSets, refuses: Callable[[str], bool],
+                  max_new_tokens: int = 24) -> tuple[InstructionSets, dict]:
+    """The aligned path's filter: keep the harmful prompts whose greedy answer the judge calls a refusal and the
+    harmless ones it answers, by what the model does rather than by the refusal log-odds' sign. The harmful val
+    prompts it answers become `held_out["gap"]`: what the teacher must learn to refuse (coefficient and positions)."""
+    kept, counts, gap = {}, {}, []
+    for name, want_refusal in zip(SPLITS, (True, False, True, False), strict=True):
+        prompts = getattr(sets, name)
+        verdicts = list(map(refuses, generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)))
+        kept[name] = [p for p, refused in zip(prompts, verdicts, strict=True) if refused == want_refusal]
+        counts[name] = {"before": len(prompts), "after": len(kept[name]), "judged_refusals": sum(verdicts)}
+        if name == "harmful_val":
+            gap = [p for p, refused in zip(prompts, verdicts, strict=True) if not refused]
+        if not kept[name]:
+            raise SafeSteerError(f"the judged filter left no {name} prompts ({len(prompts)} before); the model "
+                                 "does not separate harmful from harmless here — pass --refusal-path latent")
+    held_out = {**sets.held_out, **({"gap": gap} if gap else {})}
+    return InstructionSets(**kept, held_out=held_out), counts
 
 
 def unfiltered(sets: InstructionSets) -> tuple[InstructionSets, dict]:

@@ -3,7 +3,8 @@
 `find_direction` reads like the paper: refusal tokens -> keep the prompts the base model already refuses / answers
 -> difference in means of resid_pre at every post-instruction position and layer -> score every candidate
 (ablation, addition, KL) -> select -> coefficient and positions on validation -> validate on held-out prompts.
-A model that refuses (almost) nothing takes the named *latent* path (`REFUSAL_PATHS`), recorded in metadata.json.
+An aligned model whose refusal the log-odds filter misreads takes the named *aligned* path, one that refuses (almost)
+nothing the *latent* path (`REFUSAL_PATHS`), recorded in metadata.json with why.
 Everything lands in RUN/direction/: candidates, direction, scores, heatmaps, logit lens, metadata.
 """
 
@@ -37,19 +38,31 @@ from safesteer_interp.direction.refusal_score import (
     refusal_tokens_from_strings,
 )
 from safesteer_interp.direction.select import CandidateConfig, SteerScore, score_candidates, select_candidate
-from safesteer_interp.direction.sets import MIN_KEPT, InstructionSets, filter_sets, instruction_sets, unfiltered
+from safesteer_interp.direction.sets import (
+    MIN_KEPT,
+    InstructionSets,
+    filter_sets,
+    instruction_sets,
+    judged_filter,
+    unfiltered,
+)
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.judges import RefusalJudge
 
 Progress = Callable[[int], Callable[[], None]]  # given the number of candidates, returns a per-candidate tick
 
-# How stage 1 treats a model that does not refuse yet (e.g. SmolLM2-135M-Instruct: 1 of 159 HarmBench requests):
-# "reference": the reference's recipe, an error when its filter leaves no harmful prompt; "latent" (named variant):
-# refusal tokens from the judge's phrases when the model has no refusals to read them from, harmful prompts kept
-# unfiltered, and the candidate that most raises the harmless refusal score wins (there is no refusal for ablation
-# to remove); "auto": the reference where its filter keeps >= MIN_KEPT of the harmful prompts, else latent.
-REFUSAL_PATHS = ("auto", "reference", "latent")
-LAZY_SURVIVORS = 5  # the latent path scores ablation and KL until this many candidates pass (report context)
+# How stage 1 reads the model's refusals. "reference": the reference's recipe (keep harmful prompts whose refusal
+# log-odds > 0), an error when its filter leaves no harmful prompt. "aligned" (named variant, e.g. Qwen2.5-Coder-0.5B-
+# Instruct: it refuses half of HarmBench val greedily, yet puts < 0.5 on "I" for most, so the reference's filter kept
+# 6/32): prompts filtered by the judge on greedy answers, the reference's ablation ranking with the steering floor
+# halfway to the model's own refusal score (`CandidateConfig.induce_calibrated`), scored lazily, coefficient and
+# positions chosen on the harmful val prompts the model answers ("gap"). "latent" (named variant, e.g. SmolLM2-135M-
+# Instruct: 1 of 159): refusal tokens from the judge's phrases when the model has no refusals to read them from,
+# harmful prompts unfiltered, and the candidate that most raises the harmless refusal score wins (there is no refusal
+# for ablation to remove). "auto": the reference where its filter keeps >= MIN_KEPT of the harmful prompts, else
+# aligned where the greedy answers refuse >= MIN_KEPT of both harmful splits, else latent.
+REFUSAL_PATHS = ("auto", "reference", "aligned", "latent")
+LAZY_SURVIVORS = 5  # the aligned and latent paths score lazily until this many candidates pass (report context)
 # The latent path's steering score: greedy answers to this many harmless val prompts, this long, steered at this
 # coefficient (the top of checks.COEFF_GRID: a model that refuses nothing needs more than its mean harmful activation)
 LATENT_PROMPTS, LATENT_TOKENS, LATENT_COEFF = 16, 16, 2.0
@@ -123,7 +136,7 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     pos_labels = post_instruction_tokens(tokenizer)
     # 1. Refusal tokens, then the prompts the base model already refuses (harmful) or answers (harmless)
     refusal = choose_refusal_tokens(model, tokenizer, sets, config, judge)
-    filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config)
+    filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config, coherent or judge.is_refusal)
     # 2. Candidates r[pos, layer], their scores on validation prompts, and the selected one
     candidates = candidate_directions(model, tokenizer, filtered, folder)
     selection = path_selection(config.selection, path)
@@ -134,11 +147,11 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
     p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
     direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config, selection))
-    direction, check, sweep = tune(model, tokenizer, direction, filtered.harmless_val, config, judge, coherent)
+    direction, check, sweep = tune(model, tokenizer, direction, filtered, config, judge, coherent)
     write_plots(model, tokenizer, scores, direction, (p, layer), pos_labels, folder)
     write_json(folder / "prompts.json", asdict(filtered))
     # 4. Held-out validation, then the direction and the stage's record, written once
-    validation = validate(model, tokenizer, direction, sets.held_out, judge, config.max_new_tokens, coherent)
+    validation = validate(model, tokenizer, direction, filtered.held_out, judge, config.max_new_tokens, coherent)
     record = {
         "model": model_name, "layer": layer, "pos": direction.pos, "pos_token": pos_labels[p],
         "coeff": direction.coeff, "positions": direction.positions, "positions_requested": config.positions,
@@ -166,12 +179,14 @@ def choose_refusal_tokens(model, tokenizer, sets: InstructionSets, config: Direc
         return judge_openers(tokenizer, judge.phrases)
 
 
-def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalTokens,
-                   config: DirectionConfig) -> tuple[InstructionSets, dict, dict]:
+def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalTokens, config: DirectionConfig,
+                   refuses: Callable[[str], bool]) -> tuple[InstructionSets, dict, dict]:
     """The filtered sets, their counts, and which path ran and why ({path, requested, why})."""
     requested = config.refusal_path
     if not config.filter_prompts:
         return *unfiltered(sets), {"path": "unfiltered", "requested": requested, "why": "filter_prompts is off"}
+    if requested == "aligned":
+        return aligned(model, tokenizer, sets, refuses, config, requested, "requested")
     min_kept = {"reference": 0.0, "auto": MIN_KEPT, "latent": math.inf}[requested]
     filtered, counts = filter_sets(model, tokenizer, sets, refusal.ids, min_kept)
     skipped = [name for name, c in counts.items() if c.get("skipped")]
@@ -182,14 +197,33 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
     elif skipped:
         why = (f"the reference's filter kept less than {MIN_KEPT:.0%} of "
                + ", ".join(f"{n} ({counts[n]['would_keep']}/{counts[n]['before']})" for n in skipped))
+        judged = aligned(model, tokenizer, sets, refuses, config, requested, why)
+        if all(judged[1][n]["judged_refusals"] >= MIN_KEPT * judged[1][n]["before"] for n in skipped):
+            return judged
+        why += ", and its greedy answers refuse less than that too"
     else:
         return filtered, counts, {"path": "reference", "requested": requested, "why": "the filter kept enough prompts"}
     return filtered, counts, {"path": "latent", "requested": requested, "why": why}
 
 
+def aligned(model, tokenizer, sets: InstructionSets, refuses: Callable[[str], bool], config: DirectionConfig,
+            requested: str, why: str) -> tuple[InstructionSets, dict, dict]:
+    """The aligned path's sets: filtered by the judge on greedy answers (`sets.judged_filter`)."""
+    filtered, counts = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens)
+    if why != "requested":
+        why += (", although its greedy answers refuse "
+                + ", ".join(f"{n} {counts[n]['judged_refusals']}/{counts[n]['before']}"
+                            for n in ("harmful_train", "harmful_val"))
+                + ": its refusal opener wins greedily with < 0.5 probability, so prompts are filtered by the judge")
+    return filtered, counts, {"path": "aligned", "requested": requested, "why": why}
+
+
 def path_selection(selection: CandidateConfig, path: dict) -> CandidateConfig:
-    """The latent path ranks by steering (`latent_steer_score`, at LATENT_COEFF) and scores ablation and KL lazily,
-    which picks the same candidate as the whole grid would."""
+    """The latent path ranks by steering (`latent_steer_score`, at LATENT_COEFF) and scores ablation and KL lazily;
+    the aligned path ranks by ablation, lazily, with the steering floor halfway to the model's own refusal score.
+    Both pick the same candidate as the whole grid would."""
+    if path["path"] == "aligned":
+        return replace(selection, induce_calibrated=True, lazy_survivors=selection.lazy_survivors or LAZY_SURVIVORS)
     if path["path"] != "latent":
         return selection
     return replace(selection, rank_by="steering", coeff=LATENT_COEFF,
@@ -252,16 +286,20 @@ def untuned(config: DirectionConfig, selection: CandidateConfig) -> dict:
             "positions": "all" if config.positions == "auto" else config.positions}
 
 
-def tune(model, tokenizer, direction: Direction, harmless_val: Sequence[str], config: DirectionConfig, judge,
+def tune(model, tokenizer, direction: Direction, sets: InstructionSets, config: DirectionConfig, judge,
          coherent: Callable[[str], bool] | None) -> tuple[Direction, dict | None, list[dict] | None]:
     """Where ("auto" positions) and how strongly ("auto" coeff) to steer, each chosen on validation prompts
-    before any held-out number is looked at. Returns the direction, the positions check and the coefficient sweep."""
+    before any held-out number is looked at: the harmless ones, or where the aligned path found harmful val prompts
+    the model answers (`held_out["gap"]`), those: the teacher's job is to refuse them. Returns the direction, the
+    positions check and the coefficient sweep."""
     check = sweep = None
+    gap = sets.held_out.get("gap", [])
     if config.positions == "auto":
-        check = positions_check(model, tokenizer, direction, harmless_val, judge, config.max_new_tokens, coherent)
+        check = positions_check(model, tokenizer, direction, gap or sets.harmless_val, judge, config.max_new_tokens,
+                                coherent, group="gap" if gap else "harmless")
         direction = replace(direction, positions=pick_positions(check))
     if config.coeff == "auto":
-        sweep = coefficient_sweep(model, tokenizer, direction, harmless_val, judge, config.max_new_tokens)
+        sweep = coefficient_sweep(model, tokenizer, direction, sets.harmless_val, judge, config.max_new_tokens, gap)
         direction = replace(direction, coeff=pick_coeff(sweep))
     return direction, check, sweep
 

@@ -129,11 +129,11 @@ def section_direction(run: Path) -> list:
         return blocks + [meta]
     rows = [[key, repr(meta[key]) if key == "pos_token" else fmt(meta[key])]
             for key in ("model", "layer", "pos", "pos_token", "coeff", "positions", "norm", "seconds") if key in meta]
-    if meta.get("refusal_path"):  # the reference's recipe or the latent path for a model that does not refuse
+    if meta.get("refusal_path"):  # the reference's recipe, the aligned path, or the latent path
         path = meta["refusal_path"]
         rows.append(["path (requested)", f"{path['path']} ({path['requested']}): {path['why']}"])
     for positions, row in (meta.get("positions_check") or {}).items():  # how "auto" chose the teacher's positions
-        rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_harmless_val')}", fmt(v)]
+        rows += [[f"validation, steering at {positions} positions: {k.removesuffix('_val')}", fmt(v)]
                  for k, v in row.items() if isinstance(v, int | float)]
     rows += [[f"held-out {k}", fmt(v)] for k, v in (meta.get("validation") or {}).items() if isinstance(v, int | float)]
     blocks.append(Table(["field", "value"], rows))

