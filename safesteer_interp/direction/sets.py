@@ -136,9 +136,6 @@ def judged_filter(model, tokenizer, sets: InstructionSets, refuses: Callable[[st
         counts[name] = {"before": len(prompts), "after": len(kept[name]), "judged_refusals": sum(verdicts)}
         if name == "harmful_val":
             gap = [p for p, refused in zip(prompts, verdicts, strict=True) if not refused]
-        if not kept[name]:
-            raise SafeSteerError(f"the judged filter left no {name} prompts ({len(prompts)} before); the model "
-                                 "does not separate harmful from harmless here — pass --refusal-path latent")
     held_out = {**sets.held_out, **({"gap": gap} if gap else {})}
     return InstructionSets(**kept, held_out=held_out), counts
 

@@ -186,7 +186,7 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
     if not config.filter_prompts:
         return *unfiltered(sets), {"path": "unfiltered", "requested": requested, "why": "filter_prompts is off"}
     if requested == "aligned":
-        return aligned(model, tokenizer, sets, refuses, config, requested, "requested")
+        return aligned(*judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens), requested, "requested")
     min_kept = {"reference": 0.0, "auto": MIN_KEPT, "latent": math.inf}[requested]
     filtered, counts = filter_sets(model, tokenizer, sets, refusal.ids, min_kept)
     skipped = [name for name, c in counts.items() if c.get("skipped")]
@@ -197,19 +197,22 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
     elif skipped:
         why = (f"the reference's filter kept less than {MIN_KEPT:.0%} of "
                + ", ".join(f"{n} ({counts[n]['would_keep']}/{counts[n]['before']})" for n in skipped))
-        judged = aligned(model, tokenizer, sets, refuses, config, requested, why)
-        if all(judged[1][n]["judged_refusals"] >= MIN_KEPT * judged[1][n]["before"] for n in skipped):
-            return judged
+        judged, judged_counts = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens)
+        if all(judged_counts[n]["judged_refusals"] >= MIN_KEPT * judged_counts[n]["before"] for n in skipped) \
+                and all(judged_counts[n]["after"] for n in judged_counts):
+            return aligned(judged, judged_counts, requested, why)
         why += ", and its greedy answers refuse less than that too"
     else:
         return filtered, counts, {"path": "reference", "requested": requested, "why": "the filter kept enough prompts"}
     return filtered, counts, {"path": "latent", "requested": requested, "why": why}
 
 
-def aligned(model, tokenizer, sets: InstructionSets, refuses: Callable[[str], bool], config: DirectionConfig,
-            requested: str, why: str) -> tuple[InstructionSets, dict, dict]:
-    """The aligned path's sets: filtered by the judge on greedy answers (`sets.judged_filter`)."""
-    filtered, counts = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens)
+def aligned(filtered: InstructionSets, counts: dict, requested: str, why: str) -> tuple[InstructionSets, dict, dict]:
+    """The aligned path's result from the judged filter's (`sets.judged_filter`), with why it was taken."""
+    for name, count in counts.items():
+        if not count["after"]:
+            raise SafeSteerError(f"the judged filter left no {name} prompts ({count['before']} before); the model "
+                                 "does not separate harmful from harmless here — pass --refusal-path latent")
     if why != "requested":
         why += (", although its greedy answers refuse "
                 + ", ".join(f"{n} {counts[n]['judged_refusals']}/{counts[n]['before']}"

@@ -311,3 +311,23 @@ def test_aligned_path_filters_by_what_the_model_answers(qwen2, monkeypatch, tmp_
     assert selection["rank_by"] == "ablation" and selection["induce_calibrated"] and selection["lazy_survivors"] == 5
     assert all("refusal_rate_gap_val" in row for row in meta["coefficient_sweep"])
     assert "steer_refusal_gap" in meta["validation"]
+
+
+def test_auto_falls_back_to_latent_when_greedy_answers_refuse_too_little(qwen2, monkeypatch, tmp_path):
+    """A model that refuses one training behaviour and no val behaviour: the judged filter would leave no harmful val
+    prompt, so `auto` goes on by the latent path (and says why) instead of stopping."""
+    model, tok = qwen2
+    monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
+                        lambda m, t, prompts, ids: torch.full((len(prompts),), -1.0, dtype=torch.float64))
+    monkeypatch.setattr("safesteer_interp.direction.sets.generate_answers",
+                        lambda m, t, prompts, max_new_tokens: list(prompts))
+    judge = RefusalJudge(phrases=("sorry", "cannot"))
+    monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: "steal" in answer or "sorry" in answer)
+    monkeypatch.setattr("safesteer_interp.direction.refusal_score.decode_answers",
+                        lambda t, gen: ["sorry"] * len(gen.sequences))
+    monkeypatch.setattr("safesteer_interp.direction.stage.latent_steer_score",
+                        lambda *args: lambda vector, layer: 0.0 if vector is None else (layer + 1) / 10)
+    config = DirectionConfig(max_new_tokens=4, selection=CandidateConfig(kl_max=1e9, prune=0.0))
+    meta = find_direction(model, tok, _sets(), tmp_path, config, judge, model_name="tiny")
+    assert meta["refusal_path"]["path"] == "latent"
+    assert meta["refusal_path"]["why"].endswith("its greedy answers refuse less than that too")
