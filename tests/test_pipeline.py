@@ -75,3 +75,17 @@ def test_baselines_of_a_run():
     assert set(organism) - set(real) == {"opd-topk"}
     assert real["safesteer-anchor"] == ("safe", "paper", "reverse", "opd", 1.0)
     assert {spec[4] for name, spec in organism.items() if name != "safesteer-anchor"} == {0.0}
+
+
+def test_until_stops_after_a_stage_and_a_rerun_goes_on(tiny_organism, tmp_path):
+    """`run --until tokens`: direction and tokens run, nothing after them; the same command without it resumes."""
+    logs: list[str] = []
+    assert run_pipeline(tmp_path, _config(tiny_organism), log=logs.append, until="tokens") == {}
+    assert stage_status(tmp_path) == {"direction": True, "tokens": True, "train": False, "eval": False,
+                                      "report": False}
+    logs.clear()
+    summary = run_pipeline(tmp_path, _config(tiny_organism), log=logs.append)
+    assert [line.split("]")[0][1:] for line in logs if line.endswith("running")] == ["train", "eval", "report"]
+    assert set(summary) == {"base", "teacher", "safesteer"}
+    with pytest.raises(SafeSteerError, match="--until 'nope' is not a stage"):
+        run_pipeline(tmp_path, _config(tiny_organism), log=logs.append, until="nope")

