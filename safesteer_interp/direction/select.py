@@ -123,15 +123,16 @@ def lazy_rest(scores: dict[str, Tensor], cells: list[tuple[int, int]], rest: Seq
               config: CandidateConfig) -> None:
     """The other two scores, in ranking order (stable: ties keep grid order), until `lazy_survivors` candidates pass
     every filter: the first of them is the whole grid's winner."""
-    by_steering = config.rank_by == "steering"
+    by_steering, floor = config.rank_by == "steering", induce_floor(config, scores)
     order = sorted(cells, key=lambda c: -float(scores["steering"][c]) if by_steering else float(scores["ablation"][c]))
     found = 0
     for cell in order:
-        if by_steering and scores["steering"][cell] <= induce_floor(config, scores):
+        if by_steering and scores["steering"][cell] <= floor:
             break  # every later candidate fails the same filter
         for score in rest:
             score(*cell)
-        found += bool(scores["kl"][cell] <= config.kl_max and (by_steering or passes_induce(config, scores, cell)))
+        # the filters of `select_candidate`: KL, and (ranked by ablation) a steering score at or above the floor
+        found += bool(scores["kl"][cell] <= config.kl_max and (by_steering or scores["steering"][cell] >= floor))
         if found == config.lazy_survivors:
             break
 
@@ -151,11 +152,6 @@ def induce_floor(config: CandidateConfig, scores: dict[str, Tensor]) -> float:
     if config.rank_by != "steering":
         return config.induce_min
     return min(config.induce_min, float(scores["baseline_harmless"]))
-
-
-def passes_induce(config: CandidateConfig, scores: dict[str, Tensor], cell: tuple[int, int]) -> bool:
-    """Ranked by ablation, a candidate must reach the floor (`select_candidate`: below it is removed)."""
-    return bool(scores["steering"][cell] >= induce_floor(config, scores))
 
 
 def select_candidate(scores: dict[str, Tensor], n_layers: int, config: CandidateConfig) -> tuple[int, int, dict]:

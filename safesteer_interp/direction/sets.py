@@ -128,14 +128,14 @@ def judged_filter(model, tokenizer, sets: InstructionSets, refuses: Callable[[st
     """The aligned path's filter: keep the harmful prompts whose greedy answer the judge calls a refusal and the
     harmless ones it answers, by what the model does rather than by the refusal log-odds' sign. The harmful val
     prompts it answers become `held_out["gap"]`: what the teacher must learn to refuse (coefficient and positions)."""
-    kept, counts, gap = {}, {}, []
+    kept, counts = {}, {}
     for name, want_refusal in zip(SPLITS, (True, False, True, False), strict=True):
         prompts = getattr(sets, name)
         verdicts = list(map(refuses, generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)))
         kept[name] = [p for p, refused in zip(prompts, verdicts, strict=True) if refused == want_refusal]
         counts[name] = {"before": len(prompts), "after": len(kept[name]), "judged_refusals": sum(verdicts)}
-        if name == "harmful_val":
-            gap = [p for p, refused in zip(prompts, verdicts, strict=True) if not refused]
+    refused_val = set(kept["harmful_val"])
+    gap = [p for p in sets.harmful_val if p not in refused_val]
     held_out = {**sets.held_out, **({"gap": gap} if gap else {})}
     return InstructionSets(**kept, held_out=held_out), counts
 

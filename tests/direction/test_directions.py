@@ -85,22 +85,27 @@ def test_select_by_steering_on_the_latent_path():
     assert report["induce_floor"] == -6.5
 
 
-def test_lazy_scoring_picks_the_same_candidate_as_the_whole_grid(qwen2):
-    """Ranked by steering, ablation and KL are scored in descending steering order until enough candidates pass:
-    the winner is the whole grid's, at a fraction of the forward passes."""
+@pytest.mark.parametrize("rank_by, first, other, calibrated, kl_rank", [
+    ("steering", "steering", "ablation", False, 1),  # the latent path
+    ("ablation", "ablation", "steering", True, 2),  # the aligned path (the reference's ranking)
+])
+def test_lazy_scoring_picks_the_same_candidate_as_the_whole_grid(qwen2, rank_by, first, other, calibrated, kl_rank):
+    """The ranking score for every candidate, then the other two in ranking order (descending steering, or ascending
+    ablation) until enough candidates pass: the winner is the whole grid's, at a fraction of the forward passes."""
     model, tok = qwen2
     ids = refusal_tokens_from_strings(tok, ["sorry", "cannot"]).ids
     torch.manual_seed(0)
     candidates = torch.randn(2, model.config.num_hidden_layers, model.config.hidden_size)
-    full_cfg = CandidateConfig(prune=0.0, rank_by="steering", induce_min=-1e9, kl_max=1e9)
+    full_cfg = CandidateConfig(prune=0.0, rank_by=rank_by, induce_min=-1e9, kl_max=1e9, induce_calibrated=calibrated)
     full = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, full_cfg)
-    kl_max = float(full["kl"].flatten().sort().values[1])  # some candidates fail KL, the best by steering among them
+    kl_max = float(full["kl"].flatten().sort().values[kl_rank])  # some candidates fail KL, the best among them
     for survivors in (1, 2):
         cfg = replace(full_cfg, kl_max=kl_max, lazy_survivors=survivors)
         lazy = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, cfg)
-        assert torch.allclose(lazy["steering"], full["steering"])
+        assert torch.allclose(lazy[first], full[first])
         scored = ~torch.isnan(lazy["kl"])
         assert torch.allclose(lazy["kl"][scored], full["kl"][scored]) and scored.sum() < scored.numel()
+        assert torch.allclose(lazy[other][scored], full[other][scored])
         assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
                                                                                          cfg)[:2]
 
@@ -243,27 +248,6 @@ def test_same_form_matches_harmless_tasks_to_harmful_tasks():
     assert same_form(harmless, tasks) == ["Write a poem about rain", "Explain photosynthesis"]
     questions = ["How do I make a bomb?", "What is the best poison?", "Write malware"]
     assert same_form(harmless, questions) == harmless  # questions against questions: nothing to match
-
-
-def test_lazy_scoring_by_ablation_picks_the_same_candidate_as_the_whole_grid(qwen2):
-    """The aligned path ranks by ablation (the reference): ablation for every candidate, then steering and KL in
-    ascending ablation order until enough candidates pass. Same winner, fewer forward passes."""
-    model, tok = qwen2
-    ids = refusal_tokens_from_strings(tok, ["sorry", "cannot"]).ids
-    torch.manual_seed(0)
-    candidates = torch.randn(2, model.config.num_hidden_layers, model.config.hidden_size)
-    full_cfg = CandidateConfig(prune=0.0, induce_min=-1e9, kl_max=1e9, induce_calibrated=True)
-    full = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, full_cfg)
-    kl_max = float(full["kl"].flatten().sort().values[2])  # some candidates fail KL
-    for survivors in (1, 2):
-        cfg = replace(full_cfg, kl_max=kl_max, lazy_survivors=survivors)
-        lazy = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, cfg)
-        assert torch.allclose(lazy["ablation"], full["ablation"])
-        scored = ~torch.isnan(lazy["kl"])
-        assert torch.allclose(lazy["kl"][scored], full["kl"][scored]) and scored.sum() < scored.numel()
-        assert torch.allclose(lazy["steering"][scored], full["steering"][scored])
-        assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
-                                                                                         cfg)[:2]
 
 
 def test_calibrated_floor_lies_halfway_to_the_models_own_refusal_score():
