@@ -157,9 +157,13 @@ def report_command(run: Annotated[str, typer.Argument(help="run folder (RUN)")])
 def compare_command(
     runs: Annotated[list[str], typer.Argument(help="run folders, each with summary.json")],
     out: Annotated[str, typer.Option("--out", help="folder for compare.md / .html / .png / .json")] = "compare",
+    seeds: Annotated[bool, typer.Option("--seeds", help="the runs are one recipe with different seeds: write "
+                                                        "seeds.{md,html,png,json} (mean [min, max] per model, the "
+                                                        "plane with range bars)")] = False,
 ) -> None:
-    """One trade-off table and one plot across runs."""
+    """One trade-off table and one plot across runs (or, with --seeds, their mean and range)."""
     from safesteer_interp.report.build import compare_runs  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.report.seeds import seed_runs  # lazy: matplotlib (slow CLI start-up)
 
-    paths = compare_runs(runs, out)
+    paths = seed_runs(runs, out) if seeds else compare_runs(runs, out)
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")

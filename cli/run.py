@@ -21,6 +21,9 @@ def run(
     baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
                                                  "top-K OPD (organism only), SFT on teacher refusals, and the "
                                                  "general-data anchor)")] = False,
+    baseline: Annotated[list[str] | None, typer.Option(
+        "--baseline", metavar="NAME", help="train and evaluate this baseline only (repeatable; e.g. safesteer-binned); "
+                                           "on a finished run it adds the row")] = None,
     k: Annotated[str | None, typer.Option(help="|S|: a fixed K or 'auto' (default: the reference's 50 on the "
                                                "organism, 20 on a real model)")] = None,
     method: Annotated[str | None, typer.Option(help="how S is elected: 'vote' (the reference), 'mean' or 'mass' "
@@ -32,6 +35,8 @@ def run(
                                                         "'prompt' tokens only, 'last' prompt token, or 'auto' "
                                                         "(chosen on validation)")]
     = "auto",
+    horizon: Annotated[int, typer.Option(min=1, help="answer positions scored when electing S (the reference's "
+                                                     "scripts: 7)")] = 5,
     n_prompts: Annotated[int, typer.Option(min=1, help="harmful training prompts")] = 100,
     samples: Annotated[int, typer.Option(min=1, help="rollouts per prompt")] = 8,
     epochs: Annotated[int, typer.Option(min=1, help="distillation epochs over the prompts (the reference's 1 is "
@@ -60,7 +65,8 @@ def run(
     tokens = {"method": "vote", "k": 50} if organism else dict(REAL_TOKENS)
     tokens.update({"method": method} if method else {}, **({"k": k if k == "auto" else _int(k, "--k")} if k else {}))
     VoteConfig(k=tokens["k"], method=tokens["method"])  # a bad --k / --method fails before the run folder is touched
-    cfg = RunConfig(model=model, seed=seed, baselines=baselines, k=tokens["k"], method=tokens["method"],
+    cfg = RunConfig(model=model, seed=seed, baselines=True if baselines else list(baseline or []) or False,
+                    k=tokens["k"], method=tokens["method"], horizon=horizon,
                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
                     lr=lr if lr is not None or organism else REAL_LR,
                     direction=direction, distill={"epochs": epochs})

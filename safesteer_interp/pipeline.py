@@ -13,7 +13,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
@@ -67,7 +67,9 @@ REAL_LR = 2e-4
 class RunConfig:
     model: str = "organism"
     seed: int = 42
-    baselines: bool = False
+    # True: every baseline of the model (`--baselines`); a list: those named (`--baseline NAME`). Naming more on a
+    # finished run adds their rows: only the new baselines train, only the new models are evaluated.
+    baselines: bool | list[str] = False
     # The teacher's steering coefficient: "auto" (the organism default) takes the smallest coefficient of
     # COEFF_GRID that makes >= 90 % of harmless *validation* prompts refuse; 1.0 is the reference's. On the organism
     # it decides whether the compliance opener enters S, and with it what the published loss can do (README, "What
@@ -111,9 +113,13 @@ def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = p
     if until is not None and until not in STAGES:
         raise SafeSteerError(f"--until {until!r} is not a stage; pick one of {', '.join(STAGES)}")
     resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
+    baselines(cfg)  # an unknown --baseline name too
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
-    check_same_config(run, cfg)
+    added = check_same_config(run, cfg)
+    if added and marker(run, "train").is_file():  # rows added to a trained run: train them, evaluate them
+        train_baselines(run, cfg, log, added)
+        marker(run, "eval").unlink(missing_ok=True)  # the models evaluated earlier are reused (evaluate_run)
     stages = {"direction": stage_direction, "tokens": stage_tokens, "train": stage_train, "eval": stage_eval,
               "report": stage_report}
     stale = False
@@ -136,17 +142,25 @@ def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = p
     return read_json(run / "summary.json", "run summary")
 
 
-def check_same_config(run: Path, cfg: RunConfig) -> None:
-    """A run folder belongs to one configuration: resuming with other settings would mix results."""
+def check_same_config(run: Path, cfg: RunConfig) -> list[str]:
+    """A run folder belongs to one configuration: resuming with other settings would mix results. Only the baselines
+    may grow (rows added to a run); the config on disk then names them all, and the names new to the run come back."""
     path, new = run / "run_config.json", json.loads(json.dumps(asdict(cfg)))  # tuples -> lists, as on disk
-    if path.is_file():
-        old = read_json(path, "run config")
-        if old != new:
-            diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v)
-            raise SafeSteerError(f"{run} was started with other settings ({diff}); use a new --out folder or the "
-                                 "same settings")
-    else:
+    if not path.is_file():
         write_json(path, asdict(cfg))
+        return []
+    old = read_json(path, "run config")
+    diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "baselines")
+    if diff:
+        raise SafeSteerError(f"{run} was started with other settings ({diff}); use a new --out folder or the "
+                             "same settings")
+    had = baselines(replace(cfg, baselines=old.get("baselines", False)))
+    added = [name for name in baselines(cfg) if name not in had]
+    if added:
+        names = list(had) + added
+        write_json(path, {**old, "baselines": True if names == list(baselines(replace(cfg, baselines=True)))
+                          else names})
+    return added
 
 
 def _load(cfg: RunConfig):
@@ -220,11 +234,16 @@ def anchor_prompts(run: Path, cfg: RunConfig) -> list[str]:
 
 
 def baselines(cfg: RunConfig) -> dict[str, tuple]:
-    """The baselines a run trains (with --baselines)."""
+    """The baselines a run trains: every one of the model's (--baselines) or those named (--baseline NAME)."""
     if not cfg.baselines:
         return {}
     skipped = () if is_organism(cfg.model) else REAL_SKIPPED_BASELINES
-    return {name: spec for name, spec in BASELINES.items() if name not in skipped}
+    if cfg.baselines is True:
+        return {name: spec for name, spec in BASELINES.items() if name not in skipped}
+    unknown = [name for name in cfg.baselines if name not in BASELINES]
+    if unknown:
+        raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(BASELINES)}")
+    return {name: BASELINES[name] for name in cfg.baselines}
 
 
 def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool) -> dict:
@@ -250,15 +269,22 @@ def stage_train(run: Path, cfg: RunConfig, log) -> dict:
     summary["safesteer"] = train_one(run, run, cfg, SAFESTEER, resume)
     if summary["safesteer"].get("openers_note"):
         log(f"  {summary['safesteer']['openers_note']}")
-    for name, spec in baselines(cfg).items():
-        target = run / "baselines" / name
-        if (target / "train" / "model" / "config.json").is_file():
-            continue  # finished in an earlier, interrupted call of this stage
-        started = time.perf_counter()
-        summary[name] = train_one(run, target, cfg, spec, (target / "train" / "checkpoints").is_dir())
-        log(f"  {name} trained in {time.perf_counter() - started:.0f} s")
+    summary.update(train_baselines(run, cfg, log, list(baselines(cfg))))
     log("  trained: " + ", ".join(summary))
     return {"trained": list(summary)}
+
+
+def train_baselines(run: Path, cfg: RunConfig, log, names: list[str]) -> dict:
+    """Train the named baselines into RUN/baselines/NAME/; one finished earlier (an interrupted stage) is kept."""
+    summary = {}
+    for name in names:
+        target = run / "baselines" / name
+        if (target / "train" / "model" / "config.json").is_file():
+            continue
+        started = time.perf_counter()
+        summary[name] = train_one(run, target, cfg, BASELINES[name], (target / "train" / "checkpoints").is_dir())
+        log(f"  {name} trained in {time.perf_counter() - started:.0f} s")
+    return summary
 
 
 def stage_eval(run: Path, cfg: RunConfig, log) -> dict:

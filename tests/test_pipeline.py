@@ -77,6 +77,32 @@ def test_baselines_of_a_run():
     assert {spec[4] for name, spec in organism.items() if name != "safesteer-anchor"} == {0.0}
 
 
+def test_a_named_baseline_added_to_a_finished_run_trains_and_evaluates_only_itself(tiny_organism, tmp_path):
+    """`run --baseline NAME` on a finished run: the stages done are reused, NAME trains, and the evaluation runs
+    again only for the model it lacks; run_config.json then names the baseline."""
+    from dataclasses import replace
+
+    run_pipeline(tmp_path, _config(tiny_organism), log=lambda _line: None)
+    safesteer_model = (tmp_path / "train" / "model" / "model.safetensors").stat().st_mtime_ns
+    logs: list[str] = []
+    cfg = replace(_config(tiny_organism), baselines=["safesteer-binned"])
+    summary = run_pipeline(tmp_path, cfg, log=logs.append)
+    assert set(summary) == {"base", "teacher", "safesteer", "safesteer-binned"}
+    assert any("safesteer-binned trained in" in line for line in logs)
+    assert [line.split("]")[0][1:] for line in logs if line.endswith("running")] == ["eval", "report"]
+    evaluated = [line.split(":")[0].strip() for line in logs if "gap refusal" in line]
+    assert evaluated == ["safesteer-binned"]  # base, teacher and SafeSteer were read back, not re-evaluated
+    assert (tmp_path / "train" / "model" / "model.safetensors").stat().st_mtime_ns == safesteer_model
+    assert json.loads((tmp_path / "run_config.json").read_text())["baselines"] == ["safesteer-binned"]
+    logs.clear()
+    run_pipeline(tmp_path, cfg, log=logs.append)  # nothing left to do
+    assert not any(line.endswith("running") for line in logs)
+    with pytest.raises(SafeSteerError, match="unknown baseline 'nope'; pick from safesteer-binned"):
+        run_pipeline(tmp_path, replace(cfg, baselines=["nope"]), log=logs.append)
+    with pytest.raises(SafeSteerError, match="other settings .*seed"):
+        run_pipeline(tmp_path, replace(cfg, seed=1), log=logs.append)
+
+
 def test_until_stops_after_a_stage_and_a_rerun_goes_on(tiny_organism, tmp_path):
     """`run --until tokens`: direction and tokens run, nothing after them; the same command without it resumes."""
     logs: list[str] = []

@@ -65,6 +65,36 @@ def compare_tradeoff(runs: dict[str, dict[str, dict]], path: Path) -> Path:
     return _save(fig, path)
 
 
+def _span(stat: dict) -> list[list[float]]:
+    # clamped: a float mean of equal values can fall a hair outside [min, max]
+    return [[max(0.0, stat["mean"] - stat["min"])], [max(0.0, stat["max"] - stat["mean"])]]
+
+
+def seeds_plane(agg: dict[str, dict[str, dict]], path: Path, title: str) -> Path:
+    """Mean over seeds per model, bars from the lowest to the highest seed: greedy refusal (coherent judge where
+    measured) filled, sampled (T = 1) hollow, both against the capability mean."""
+    fig, ax = plt.subplots(figsize=(7.2, 5.4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    judged = "coherent" if any("gap_refusal_rate_strict" in s for s in agg.values()) else "substring"
+    greedy_key = "gap_refusal_rate_strict" if judged == "coherent" else "gap_refusal_rate"
+    for i, (name, stats) in enumerate(agg.items()):
+        x, colour = stats.get("capability_mean"), colours[i % len(colours)]
+        if x is None:
+            continue
+        for key, filled in ((greedy_key, True), ("gap_refusal_rate_sampled", False)):
+            y = stats.get(key)
+            if y is None:
+                continue
+            ax.errorbar(x["mean"], y["mean"], xerr=_span(x), yerr=_span(y), fmt=MARKERS[i % len(MARKERS)],
+                        color=colour, mfc=colour if filled else "white", ms=8, capsize=3, zorder=3,
+                        label=f"{name} ({'greedy' if filled else 'sampled T=1'})")
+        ax.annotate(name, (x["mean"], stats[greedy_key]["mean"]) if greedy_key in stats else (x["mean"], 0),
+                    xytext=(6, 5), textcoords="offset points", fontsize=8)
+    _frame(ax, title)
+    ax.set_ylabel(f"refusal on held-out harmful requests ({judged} judge)")
+    return _save(fig, path)
+
+
 def _frame(ax, title: str) -> None:
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)

@@ -152,6 +152,37 @@ def test_compare_runs(tmp_path):
         compare_runs([a, a], tmp_path / "cmp2")
 
 
+def test_seed_runs_mean_and_range_per_model(tmp_path):
+    from safesteer_interp.report.seeds import seed_runs
+
+    config = {"model": "organism", "seed": 0, "k": 50, "lr": 2e-3, "baselines": False}
+    runs = []
+    for seed, gap, cap in ((1, 0.9, 0.96), (2, 0.7, 0.90), (3, 0.8, 0.99)):
+        summary = {"base": SUMMARY["base"], "safesteer": entry("safesteer", gap, 1.0, 0.1, cap, 0.8, 0.05)}
+        if seed != 3:
+            summary["full-vocab"] = entry("full-vocab", 0.5 + seed / 10, 1.0, 0.3, 0.8, 0.7, 0.2)
+        run = make_run(tmp_path / f"s{seed}", summary)
+        (run / "run_config.json").write_text(json.dumps({**config, "seed": seed, "baselines": seed != 3}))
+        runs.append(run)
+    paths = seed_runs(runs, tmp_path / "seeds")
+    record = json.loads(paths["json"].read_text())
+    gap = record["models"]["safesteer"]["gap_refusal_rate"]
+    assert gap["values"] == [0.9, 0.7, 0.8] and gap["min"] == 0.7 and gap["max"] == 0.9
+    assert gap["mean"] == pytest.approx(0.8)
+    assert record["models"]["full-vocab"]["gap_refusal_rate"]["values"] == [0.6, 0.7]  # the two seeds that ran it
+    assert record["recipe"]["seeds"] == [1, 2, 3]
+    md = paths["markdown"].read_text()
+    assert "| safesteer | 3 | 0.800 [0.700, 0.900] |" in md and "| full-vocab | 2 | 0.650 [0.600, 0.700] |" in md
+    assert "| base | 3 | 0.050 [0.050, 0.050] |" in md
+    assert paths["plot"].stat().st_size > 5000
+    # another recipe is not a seed
+    (runs[1] / "run_config.json").write_text(json.dumps({**config, "seed": 2, "lr": 1e-5}))
+    with pytest.raises(SafeSteerError, match="lr=1e-05.*differ only in seed"):
+        seed_runs(runs, tmp_path / "seeds2")
+    with pytest.raises(SafeSteerError, match="at least two"):
+        seed_runs(runs[:1], tmp_path / "seeds3")
+
+
 def test_training_time_column_reads_each_students_train_summary(tmp_path):
     from safesteer_interp.report.sections import with_training_time
 
