@@ -282,10 +282,11 @@ import argparse, json, statistics, tempfile, time
 import torch
 from transformers import AutoModelForCausalLM, Qwen2Config
 
-from safesteer_interp.direction_io import Direction
-from safesteer_interp.distill import DistillConfig, Distiller, default_prompts
-from safesteer_interp.generation import eos_token_ids
-from safesteer_interp.hooks import base_model
+from safesteer_interp.core.anatomy import base_model
+from safesteer_interp.core.generation import eos_token_ids
+from safesteer_interp.direction.artifact import Direction
+from safesteer_interp.distill.config import DistillConfig
+from safesteer_interp.distill.trainer import Distiller, default_prompts
 from safesteer_interp.testing import tiny_tokenizer
 
 parser = argparse.ArgumentParser()

@@ -20,6 +20,11 @@ from safesteer_interp.core.anatomy import decoder_layers
 from safesteer_interp.core.gguf_models import NAMED_MODELS, gguf_folder, is_gguf_spec
 from safesteer_interp.errors import SafeSteerError
 
+# transformers 5.25 kernelizes every from_pretrained model with kernels fetched from the Hub (on CUDA:
+# 'kernels-community/rotary'). Offline, where our runs live, that raises at the first `model.train()`; online it
+# would swap layers for kernels whose numerics our CPU parity tests never saw. Off unless USE_HUB_KERNELS=YES is set.
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
+
 ORGANISM = "organism"
 ORGANISM_DIR = Path(__file__).resolve().parent.parent / "organism" / "checkpoint"
 
