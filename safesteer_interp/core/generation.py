@@ -131,6 +131,60 @@ def shared_prompt_cache(model, batch: ChatBatch, repeats: int) -> dict:
     return cached
 
 
+# Generation-config fields that make HF's greedy search more than "argmax until EOS", with their neutral values
+# (None, transformers 5's default, is neutral too). A model that sets any other value is decoded by HF itself.
+GREEDY_NEUTRAL = {"num_beams": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
+                  "no_repeat_ngram_size": 0, "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None,
+                  "sequence_bias": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+                  "forced_bos_token_id": None, "forced_eos_token_id": None, "min_length": 0, "min_new_tokens": 0,
+                  "exponential_decay_length_penalty": None, "guidance_scale": 1.0, "watermarking_config": None,
+                  "penalty_alpha": None, "prompt_lookup_num_tokens": None, "stop_strings": None}
+
+
+def plain_greedy(model) -> bool:
+    """Whether HF's greedy search on this model is argmax until EOS (no logits processor of its own config)."""
+    config = getattr(model, "generation_config", None)
+    return config is not None and all(getattr(config, k, None) in (None, v) for k, v in GREEDY_NEUTRAL.items())
+
+
+@torch.no_grad()
+def greedy_until_done(model, batch: ChatBatch, *, max_new_tokens: int, eos_ids: Sequence[int],
+                      pad_id: int) -> Int[Tensor, "batch pos"]:
+    """Greedy decoding that drops each row from the batch once it has emitted EOS: prompt + answer ids, answers
+    padded after their EOS, as `model.generate` returns them.
+
+    `generate` keeps computing finished rows until the last one ends; a batch of refusals ("I'm sorry, but I can't
+    assist with that.", ~12 tokens) beside one 64-token answer pays 64 full-batch steps. Here the batch shrinks
+    (KV cache rows selected away), so the cost follows the tokens actually generated. Hooks see the prefill and
+    then one column per step, as under `generate`; the same tokens up to float rounding (batch shapes differ)."""
+    device = next(model.parameters()).device
+    ids, mask, pos = (x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.position_ids))
+    cached = kv_cache(model)
+    cache = next(iter(cached.values()))
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                   **cached).logits[:, -1]
+    answers = torch.full((len(ids), max_new_tokens), pad_id, dtype=ids.dtype, device=device)
+    rows, last_pos = torch.arange(len(ids), device=device), pos[:, -1]
+    eos = torch.tensor(list(eos_ids), device=device)
+    steps = 0
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        answers[rows, step] = token
+        steps = step + 1
+        alive = ~torch.isin(token, eos)
+        if step == max_new_tokens - 1 or not alive.any():
+            break
+        if not alive.all():  # finished rows leave the batch, their cache rows with them
+            keep = alive.nonzero().squeeze(1)
+            cache.batch_select_indices(keep)
+            rows, token, mask, last_pos = rows[keep], token[keep], mask[keep], last_pos[keep]
+        mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+        last_pos = last_pos + 1
+        logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=last_pos[:, None],
+                       use_cache=True, **cached).logits[:, -1]
+    return torch.cat([ids, answers[:, :steps]], dim=1)
+
+
 @torch.no_grad()
 def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, min_new_tokens: int = 0,
@@ -138,8 +192,16 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens.
 
     `share_prompt`: run each prompt once for its `num_return_sequences` samples (`shared_prompt_cache`); the same
-    tokens up to float rounding, for a model without prefill-only hooks."""
+    tokens up to float rounding, for a model without prefill-only hooks. Plain greedy decoding runs
+    `greedy_until_done` (finished rows leave the batch) instead of `model.generate`."""
     device = next(model.parameters()).device
+    prompt_length = batch.input_ids.shape[1]
+    if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model):
+        eos = eos_token_ids(model, tokenizer)
+        sequences = greedy_until_done(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos,
+                                      pad_id=tokenizer.pad_token_id)
+        full = torch.cat([batch.attention_mask.to(device).bool(), answer_mask(sequences[:, prompt_length:], eos)], 1)
+        return Generation(sequences, full.long(), prompt_length, torch.arange(len(batch), device=device))
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                   num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=eos_token_ids(model, tokenizer))
@@ -154,7 +216,6 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
             torch.manual_seed(seed)
         sequences = model.generate(input_ids=batch.input_ids.to(device),
                                    attention_mask=batch.attention_mask.to(device), **kwargs)
-    prompt_length = batch.input_ids.shape[1]
     answers = answer_mask(sequences[:, prompt_length:], kwargs["eos_token_id"])
     prompt_mask = batch.attention_mask.to(device).repeat_interleave(num_return_sequences, 0).bool()
     full = torch.cat([prompt_mask, answers], dim=1)

@@ -47,16 +47,34 @@ def token_kl(policy_logp: Float[Tensor, "batch new vocab"], base_logp: Float[Ten
     return (kl * m).sum(-1), m.sum(-1)
 
 
-def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new_tokens: int = 32,
-                batch_size: int = 16, system: str | None = None) -> Drift:
-    """KL(policy || base) per token on the base's greedy answers to `prompts` (see the module docstring)."""
-    if not prompts:
-        raise SafeSteerError("harmless KL needs at least one harmless prompt")
-    sums, counts, answers = [], [], []
+def base_answers(base: Policy, prompts: Sequence[str], *, max_new_tokens: int, batch_size: int,
+                 system: str | None = None, memo: dict | None = None) -> list[Generation]:
+    """The base's greedy answers to `prompts`, batch by batch: what every policy's drift is measured on.
+
+    memo: a dict shared by the models of one evaluation (`evaluate_run`): the answers are generated once for all of
+    them, the same batches and so the same tokens."""
+    key = (id(base.model), base.label, tuple(prompts), max_new_tokens, batch_size, system)
+    if memo is not None and key in memo:
+        return memo[key]
+    generations = []
     for start in range(0, len(prompts), batch_size):
         batch = encode_prompts(base.tokenizer, list(prompts[start:start + batch_size]), system)
         with base.active():
-            generation = generate(base.model, base.tokenizer, batch, max_new_tokens=max_new_tokens)
+            generations.append(generate(base.model, base.tokenizer, batch, max_new_tokens=max_new_tokens))
+    if memo is not None:
+        memo[key] = generations
+    return generations
+
+
+def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new_tokens: int = 32,
+                batch_size: int = 16, system: str | None = None, memo: dict | None = None) -> Drift:
+    """KL(policy || base) per token on the base's greedy answers to `prompts` (see the module docstring); `memo`
+    shares those answers between the policies of one evaluation (`base_answers`)."""
+    if not prompts:
+        raise SafeSteerError("harmless KL needs at least one harmless prompt")
+    sums, counts, answers = [], [], []
+    for generation in base_answers(base, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   system=system, memo=memo):
         mask = generation.answer_mask
         kl_sum, n = token_kl(policy_logprobs(policy, generation), policy_logprobs(base, generation), mask)
         sums.append(kl_sum.cpu())
@@ -68,4 +86,4 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
     return Drift(mean, per_prompt, int(tokens.sum()), answers)
 
 
-__all__ = ["Drift", "harmless_kl", "policy_logprobs", "token_kl"]
+__all__ = ["Drift", "base_answers", "harmless_kl", "policy_logprobs", "token_kl"]

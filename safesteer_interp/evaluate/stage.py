@@ -250,7 +250,7 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
              out_dir: str | Path | None = None, judges: Sequence = (), mc: Sequence[str] = (),
              mc_limit: int | None = None, mc_mode: Mode = "letter", kl_prompts: Sequence[str] | None = None,
              n_kl: int = 64, max_new_tokens: int = 32, batch_size: int = 64, examples=None,
-             sampled: bool = True) -> dict:
+             sampled: bool = True, drift_memo: dict | None = None) -> dict:
     """Evaluate one policy and return the evaluation object (`CONTRACT_KEYS` first).
 
     model: a model (peft or plain), a `SteeredTeacher` or a `Policy`. base: the reference of the harmless KL drift
@@ -258,6 +258,8 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     Policy). judges: extra judges (see `classifier_judge.load_judge`) re-scoring the same answers. examples: a
     subset of the organism's world (`organism.world.Example`s) instead of the whole split, for quick checks.
     sampled: also judge one temperature-1 sample per harmful request (`sampled`, `gap_refusal_rate_sampled`).
+    drift_memo: a dict shared across the evaluations of one run, so that the base answers the drift is measured on
+    are generated once (`drift.base_answers`).
     """
     started = time.perf_counter()
     policy = as_policy(model, tokenizer)
@@ -280,7 +282,7 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     prompts = list(kl_prompts) if kl_prompts is not None else harmless[:n_kl]
     if reference is not None and prompts:
         drift = harmless_kl(policy, reference, prompts, max_new_tokens=max_new_tokens,
-                            batch_size=min(batch_size, 16))
+                            batch_size=min(batch_size, 16), memo=drift_memo)
     metrics["harmless_kl"] = None if drift is None else round(drift.harmless_kl, 6)
     metrics["harmless_kl_tokens"] = None if drift is None else drift.n_tokens
 
@@ -357,6 +359,7 @@ def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path],
     from safesteer_interp.core.models import load_model  # lazy: transformers is heavy; the report imports this module
 
     models: dict[str, Path | None] = {"base": None, "teacher": None, **students}
+    options.setdefault("drift_memo", {})  # the base's harmless answers: generated once for every model below
     for name, path in models.items():
         done = Path(run) / "eval" / name / "eval.json"
         if done.is_file():

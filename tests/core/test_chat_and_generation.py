@@ -58,3 +58,50 @@ def test_generate_answers_batches_in_order(qwen2):
     together = generate_answers(model, tok, PROMPTS, max_new_tokens=5)
     one_by_one = [generate_answers(model, tok, [p], max_new_tokens=5)[0] for p in PROMPTS]
     assert together == one_by_one
+
+
+def _hf_greedy(model, batch, steps, eos, pad):
+    with torch.no_grad():
+        return model.generate(**{k: v for k, v in batch.inputs().items() if k != "position_ids"}, max_new_tokens=steps,
+                              do_sample=False, top_k=None, top_p=None, temperature=None, eos_token_id=eos,
+                              pad_token_id=pad)
+
+
+def test_greedy_until_done_matches_generate_as_rows_finish(qwen2):
+    """Finished rows leave the batch (`greedy_until_done`): the same tokens as `model.generate`, which keeps computing
+    them, with and without a steering hook that tells the prefill from decoding."""
+    from safesteer_interp.core.generation import greedy_until_done
+    from safesteer_interp.core.hooks import add_to_resid
+
+    model, tok = qwen2
+    batch = encode_prompts(tok, PROMPTS)
+    free = _hf_greedy(model, batch, 8, [tok.pad_token_id], tok.pad_token_id)[:, batch.input_ids.shape[1]:]
+    # pretend that one of the generated tokens is EOS: the one at which the rows finish at the most different steps
+    def finish(stop):
+        return [next((t for t, x in enumerate(row.tolist()) if x == stop), None) for row in free]
+
+    stop = max(sorted(set(free.flatten().tolist())), key=lambda x: len(set(finish(x))))
+    assert len(set(finish(stop))) >= 3  # e.g. rows ending at steps 1, 2 and 5 and one running to the end
+    vector = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for positions in (None, "all", "prompt", "last"):
+        with add_to_resid(model, vector, 1, 4.0, positions=positions) if positions else torch.no_grad():
+            expected = _hf_greedy(model, batch, 8, [stop], tok.pad_token_id)
+            ours = greedy_until_done(model, batch, max_new_tokens=8, eos_ids=[stop], pad_id=tok.pad_token_id)
+        assert torch.equal(ours, expected), positions
+    with torch.no_grad():
+        plain = generate(model, tok, batch, max_new_tokens=8)  # the path `generate` takes for plain greedy decoding
+    assert torch.equal(plain.sequences, _hf_greedy(model, batch, 8, sorted({tok.eos_token_id, *(
+        [model.generation_config.eos_token_id] if isinstance(model.generation_config.eos_token_id, int) else
+        model.generation_config.eos_token_id or [])}), tok.pad_token_id))
+
+
+def test_a_generation_config_with_a_logits_processor_is_decoded_by_generate(qwen2):
+    from safesteer_interp.core.generation import plain_greedy
+
+    model, _ = qwen2
+    assert plain_greedy(model)
+    model.generation_config.repetition_penalty = 1.3
+    assert not plain_greedy(model)
+    model.generation_config.repetition_penalty = 1.0
+    model.generation_config.num_beams = 2
+    assert not plain_greedy(model)

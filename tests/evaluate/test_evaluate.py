@@ -185,6 +185,31 @@ def test_harmless_kl_matches_hand_computation(qwen2):
     assert harmless_kl(plain(base, tok), plain(base, tok), HARMLESS, max_new_tokens=6).harmless_kl == 0.0
 
 
+def test_harmless_kl_memo_generates_the_base_answers_once_for_every_policy(qwen2, monkeypatch):
+    """A run's models share the base's harmless answers (`evaluate_run`): generated once, the same numbers."""
+    from safesteer_interp.evaluate import drift as drift_module
+
+    base, tok = qwen2
+    students = [copy.deepcopy(base) for _ in range(2)]
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for student in students:
+            for p in student.parameters():
+                p.add_(0.03 * torch.randn_like(p))
+    fresh = [harmless_kl(plain(s, tok), plain(base, tok), HARMLESS, max_new_tokens=6, batch_size=3) for s in students]
+    calls = []
+    real_generate = drift_module.generate
+    monkeypatch.setattr(drift_module, "generate", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
+    memo: dict = {}
+    shared = [harmless_kl(plain(s, tok), plain(base, tok), HARMLESS, max_new_tokens=6, batch_size=3, memo=memo)
+              for s in students]
+    assert len(calls) == -(-len(HARMLESS) // 3)  # one generation per batch, for the first student only
+    assert [d.harmless_kl for d in shared] == [d.harmless_kl for d in fresh] and fresh[0].harmless_kl > 1e-3
+    assert shared[1].base_answers == fresh[1].base_answers
+    harmless_kl(plain(students[0], tok), plain(base, tok), HARMLESS, max_new_tokens=5, batch_size=3, memo=memo)
+    assert len(calls) == 2 * -(-len(HARMLESS) // 3)  # another answer length is another key
+
+
 def test_harmless_kl_of_a_lora_student_against_its_own_base(qwen2):
     from safesteer_interp.distill.student import lora_student
 
