@@ -1,5 +1,6 @@
-"""`safesteer-interp eval`, `report` and `compare`: evaluate a model (or a run's steered teacher) into the contract
-JSON, (re)build a run's report, and put several runs on one trade-off table and plot."""
+"""`safesteer-interp eval`, `report`, `compare` and `attack`: evaluate a model (or a run's steered teacher) into the
+contract JSON, (re)build a run's report, put several runs on one trade-off table and plot, and attack a run's
+models with jailbreak templates and prefilled answers."""
 
 from __future__ import annotations
 
@@ -167,3 +168,32 @@ def compare_command(
 
     paths = seed_runs(runs, out) if seeds else compare_runs(runs, out)
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")
+
+
+def attack_command(
+    run: Annotated[str, typer.Option("--run", help="a real-model run folder (held-out HarmBench in RUN/splits.json)")],
+    n: Annotated[int | None, typer.Option(min=1, help="only the first N held-out behaviours (smoke runs)")] = None,
+) -> None:
+    """How deep the refusal goes: jailbreak templates and prefilled answers on the run's held-out behaviours, for
+    the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
+    from safesteer_interp.core.artifacts import read_json  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.core.models import load_model  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.evaluate.attacks import PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
+
+    folder = Path(run)
+    config = read_json(folder / "run_config.json", "run config")
+    trained = [folder / "train"] + sorted((folder / "baselines").glob("*/train"))
+    students = {("safesteer" if t.parent == folder else t.parent.name): t / "model" for t in trained
+                if (t / "model" / "config.json").is_file()}
+    base, tok = load_model(config["model"])
+    summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n)
+    columns = ["plain", *TEMPLATES, "templates", *(f"prefill-{k}" for k in PREFILL_DEPTHS)]
+    table = Table(title=f"coherent refusal under attack ({folder})")
+    table.add_column("model", no_wrap=True)
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, entry in summary.items():
+        cells = [entry["attacks"].get(c, {}).get("refusal_strict") for c in columns]
+        table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in cells))
+    console.print(table)
+    console.print(f"answers and summaries: {folder / 'attacks'}/")
