@@ -65,7 +65,8 @@ def seeds_table(agg: dict[str, dict[str, dict]]) -> Table:
     rows = []
     for model, stats in agg.items():
         n = max((len(s["values"]) for s in stats.values()), default=0)
-        rows.append([model, str(n)] + [_cell(stats.get(k), 4 if k == "harmless_kl" else 3) for k, _ in columns])
+        digits = {"harmless_kl": 4, "train_seconds": 0}
+        rows.append([model, str(n)] + [_cell(stats.get(k), digits.get(k, 3)) for k, _ in columns])
     return Table(["model", "seeds"] + [title for _, title in columns], rows)
 
 
