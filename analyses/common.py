@@ -7,7 +7,6 @@ is between distributions over one shared prefix. `Writer` puts PNG/HTML/JSON int
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import torch  # noqa: E402
 from jaxtyping import Bool, Float, Int  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from safesteer_interp.core.artifacts import atomic_path, read_json, write_json  # noqa: E402
+from safesteer_interp.core.artifacts import atomic_path, read_json, read_jsonl, write_json  # noqa: E402
 from safesteer_interp.core.models import is_organism, load_model  # noqa: E402
 from safesteer_interp.core.scoring import answer_logprobs  # noqa: E402
 from safesteer_interp.direction.artifact import load_direction  # noqa: E402
@@ -74,8 +73,7 @@ def run_prompts(run: Path, model_spec: str, n: int, seed: int = 0) -> dict[str, 
     groups: dict[str, list[str]] = {"harmful": [], "harmless": []}
     samples = run / "eval" / "base" / "samples.jsonl"
     if samples.is_file():
-        for line in samples.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
+        for row in read_jsonl(samples, "base evaluation samples"):
             key = ("harmful" if row.get("group") in HARMFUL_GROUPS else
                    "harmless" if row.get("group") in HARMLESS_GROUPS else None)
             if key and row.get("prompt") not in groups[key]:

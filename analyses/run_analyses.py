@@ -15,14 +15,15 @@ import torch
 from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
-from . import divergence, loss_geometry, sparsity, steering_positions, training_change, why_tokens
+from . import divergence, loss_geometry, safety_depth, sparsity, steering_positions, training_change, why_tokens
 from .common import load_inputs, score_groups
 
-ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions")
+ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions",
+            "safety_depth")
 
 
 def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
-                samples: int = 2, max_new_tokens: int = 24, seed: int = 0,
+                samples: int = 2, max_new_tokens: int = 24, seed: int = 0, depth_tokens: int = 64,
                 log: Callable[[str], None] = print) -> dict:
     """Run the analyses (all, or `only`) on a run folder and write RUN/analysis/index.json."""
     chosen = list(only or ANALYSES)
@@ -41,7 +42,8 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
              "why_tokens": lambda: why_tokens.analyze(inputs, samples=samples, seed=seed),
              "training_change": lambda: training_change.analyze(inputs, scored=shared),
              "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared),
-             "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens)}
+             "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens),
+             "safety_depth": lambda: safety_depth.analyze(inputs, max_new_tokens=depth_tokens)}
     entries = []
     for name in chosen:
         started = time.perf_counter()
@@ -52,6 +54,7 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
                         "headline": result["headline"], "seconds": seconds,
                         **({"skipped": result["skipped"]} if "skipped" in result else {})})
     settings = {"n_prompts": n_prompts, "samples": samples, "max_new_tokens": max_new_tokens, "seed": seed,
+                "depth_tokens": depth_tokens,
                 "student": "RUN/train/model" if inputs.student is not None else "base (untrained)"}
     path = Path(run) / "analysis" / "index.json"
     # `--only` refreshes some analyses: keep the others' entries (each carries the settings it ran with)

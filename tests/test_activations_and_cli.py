@@ -10,7 +10,7 @@ from conftest import PROMPTS
 from typer.testing import CliRunner
 
 from safesteer_interp import SafeSteerError
-from safesteer_interp.core.artifacts import read_json, read_tensors, write_json, write_tensors
+from safesteer_interp.core.artifacts import read_json, read_jsonl, read_tensors, write_json, write_jsonl, write_tensors
 from safesteer_interp.core.chat import render_prompts
 from safesteer_interp.direction.candidates import difference_in_means
 
@@ -48,6 +48,18 @@ def test_corrupt_json_artifact_is_one_line(tmp_path):
         read_json(path)
     write_json(path, {"a": 1})
     assert read_json(path) == {"a": 1} and not list(tmp_path.glob(".*tmp"))
+
+
+def test_jsonl_torn_line_is_named_or_skipped(tmp_path):
+    """A stage killed mid-append leaves a torn last line: an error naming the file and line, or skipped on request."""
+    path = write_jsonl(tmp_path / "r.jsonl", [{"a": 1}, {"a": 2}])
+    with path.open("a") as f:
+        f.write('{"a": 3, "b"')
+    with pytest.raises(SafeSteerError, match=r"records .*r.jsonl line 3 is not valid JSON"):
+        read_jsonl(path)
+    assert read_jsonl(path, skip_torn=True) == [{"a": 1}, {"a": 2}]
+    with pytest.raises(SafeSteerError, match="records not found"):
+        read_jsonl(tmp_path / "missing.jsonl")
 
 
 def test_tensor_artifacts_are_byte_identical_and_keep_their_metadata(tmp_path):

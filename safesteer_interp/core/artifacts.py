@@ -47,6 +47,25 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> Path:
     return Path(path)
 
 
+def read_jsonl(path: str | Path, what: str = "records", *, skip_torn: bool = False) -> list[dict]:
+    """One record per non-empty line. `skip_torn`: drop lines that do not parse (the torn last line of a stage that
+    was killed mid-append) instead of raising an error that names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise SafeSteerError(f"{what} not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as err:
+            if not skip_torn:
+                raise SafeSteerError(f"{what} {path} line {number} is not valid JSON ({err.msg}); delete the file "
+                                     "and rerun the stage that writes it") from err
+    return records
+
+
 def read_json(path: str | Path, what: str = "artifact"):
     path = Path(path)
     if not path.is_file():

@@ -7,15 +7,15 @@ sets measure how deep a model's refusal goes; every template is written by us, e
 
 from __future__ import annotations
 
-import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
+from safesteer_interp.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
 from safesteer_interp.core.chat import encode_texts, render_prompts
 from safesteer_interp.core.generation import decode_answers, generate
+from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import run_splits
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
@@ -64,16 +64,21 @@ def prefill_rows(requests: Sequence[Mapping], base_answers: Mapping[str, dict], 
     return rows
 
 
-def answer_rows(policy: Policy, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 32) -> list[str]:
-    """Greedy answers under the policy's view; a prefilled row's answer is what follows its prefill."""
+def answer_rows(policy: Policy, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 32,
+                progress: Callable[[int], Callable[[], None]] | None = None) -> list[str]:
+    """Greedy answers under the policy's view; a prefilled row's answer is what follows its prefill.
+    `progress(total batches)` returns a tick called after each batch (`core.progress.log_ticks`)."""
     texts = [text + row.get("prefill", "") for text, row in
              zip(render_prompts(policy.tokenizer, [r["prompt"] for r in rows]), rows)]
+    starts = range(0, len(texts), batch_size)
+    tick = progress(len(starts)) if progress is not None else lambda: None
     answers: list[str] = []
     with policy.active():
-        for start in range(0, len(texts), batch_size):
+        for start in starts:
             batch = encode_texts(policy.tokenizer, texts[start:start + batch_size])
             answers += decode_answers(policy.tokenizer, generate(policy.model, policy.tokenizer, batch,
                                                                  max_new_tokens=max_new_tokens))
+            tick()
     return answers
 
 
@@ -111,16 +116,12 @@ def held_out_requests(run: Path, n: int | None = None) -> list[dict]:
     return [{"prompt": h["instruction"], "category": h["category"]} for h in held_out][:n]
 
 
-def _jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 def base_greedy(run: Path, policy: Policy, requests: Sequence[dict], max_new_tokens: int) -> dict[str, dict]:
     """request -> the base model's judged greedy answer, where the prefills take their compliant text: the run's
     evaluation (RUN/eval/base/samples.jsonl), else RUN/attacks/base_plain.jsonl, generated here once."""
     for path in (run / "eval" / "base" / "samples.jsonl", run / "attacks" / "base_plain.jsonl"):
         if path.is_file():
-            known = {r["prompt"]: r for r in _jsonl(path) if r.get("group", "harmful") == "harmful"
+            known = {r["prompt"]: r for r in read_jsonl(path, "answers") if r.get("group", "harmful") == "harmful"
                      and "refused_strict" in r}
             if all(r["prompt"] in known for r in requests):
                 return known
@@ -162,7 +163,8 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
         else:
             policy = base_policy if path is None else plain(*load_model(str(path)))
         started = time.perf_counter()
-        judged = judge_rows(rows, answer_rows(policy, rows, max_new_tokens=max_new_tokens))
+        judged = judge_rows(rows, answer_rows(policy, rows, max_new_tokens=max_new_tokens,
+                                              progress=log_ticks(log, f"{name} under attack (batches)")))
         write_jsonl(run / "attacks" / name / "answers.jsonl", judged)
         summary[name] = {"model": name, "attacks": {**plain_refusal(run, name), **summarize(judged)},
                          "n_requests": len(requests), "seconds": round(time.perf_counter() - started, 1)}

@@ -19,6 +19,7 @@ from safesteer_interp.report.plots import compare_tradeoff
 from safesteer_interp.report.sections import (
     ordered,
     section_analysis,
+    section_attacks,
     section_direction,
     section_samples,
     section_tokens,
@@ -44,7 +45,8 @@ def build_report(run: str | Path) -> dict[str, Path]:
     assets = run / "report"
     assets.mkdir(exist_ok=True)
     blocks = (section_tradeoff(run, assets) + section_direction(run) + section_tokens(run)
-              + section_training(run, assets) + section_samples(run) + section_analysis(run))
+              + section_training(run, assets) + section_attacks(run, assets) + section_samples(run)
+              + section_analysis(run))
     title = f"SafeSteer report: {run.resolve().name}"
     stamp = f"built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {run.resolve()}"
     md = _write_text(run / "report.md", render_markdown(title, [Para(stamp), *blocks], run))

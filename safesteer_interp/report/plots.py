@@ -95,6 +95,25 @@ def seeds_plane(agg: dict[str, dict[str, dict]], path: Path, title: str) -> Path
     return _save(fig, path)
 
 
+def attack_depth(attacks: dict[str, dict], depths: Sequence[int], path: Path) -> Path:
+    """Coherent refusal against the number of prefilled compliant answer tokens (0: the plain request), one line per
+    model; `attacks`: model -> its attacks.json "attacks" mapping."""
+    fig, ax = plt.subplots(figsize=(6.8, 4.6))
+    for i, (name, by_attack) in enumerate(attacks.items()):
+        keys = [("plain", 0)] + [(f"prefill-{k}", k) for k in depths]
+        points = [(k, by_attack[key]["refusal_strict"]) for key, k in keys
+                  if by_attack.get(key, {}).get("refusal_strict") is not None]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker=MARKERS[i % len(MARKERS)], label=name)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_xticks([0, *depths])
+    ax.set_xlabel("compliant answer tokens prefilled before the model speaks")
+    ax.set_ylabel("coherent refusal of what follows (held-out HarmBench)")
+    ax.set_title("How deep the refusal goes: prefilling attacks", fontsize=10)
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def _frame(ax, title: str) -> None:
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-0.03, 1.03)
@@ -126,4 +145,4 @@ def training_curves(records: Sequence[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-__all__ = ["compare_tradeoff", "training_curves", "tradeoff"]
+__all__ = ["attack_depth", "compare_tradeoff", "seeds_plane", "training_curves", "tradeoff"]

@@ -6,14 +6,13 @@ by `safesteer-interp analyze`); a stage that has not run becomes a "not run" not
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from safesteer_interp.core.artifacts import read_json
+from safesteer_interp.core.artifacts import read_json, read_jsonl
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.blocks import Heading, Image, NotRun, Para, Table, fmt
-from safesteer_interp.report.plots import tradeoff, training_curves
+from safesteer_interp.report.plots import attack_depth, tradeoff, training_curves
 from safesteer_interp.tokens.explain import reason
 
 MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
@@ -66,17 +65,6 @@ def tradeoff_table(summary: dict, label: str | None = None) -> Table:
 
 
 # ----------------------------------------------------------------------------------------------- sections
-def _read_jsonl(path: Path) -> list[dict]:
-    records = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a torn last line of an interrupted stage: skip it, the rest is still worth showing
-    return records
-
-
 def read_artifact(path: Path, what: str, stage: str, name: str, hint: str,
                   list_key: str | None = None) -> dict | NotRun:
     """A stage's JSON artifact, or the NotRun block a section shows instead (stage not run, or file unreadable).
@@ -201,7 +189,7 @@ def section_tokens(run: Path) -> list:
 def section_training(run: Path, assets: Path) -> list:
     path = run / "train" / "metrics.jsonl"
     blocks: list = [Heading("Stage 3: localized on-policy distillation")]
-    records = _read_jsonl(path) if path.is_file() else []
+    records = read_jsonl(path, "training records", skip_torn=True) if path.is_file() else []
     records = [r for r in records if isinstance(r, dict) and "step" in r]
     if not records:
         return blocks + [NotRun("distillation", f"run `safesteer-interp train --run {run}`")]
@@ -229,7 +217,8 @@ def section_samples(run: Path) -> list:
     if not folders:
         return blocks + [NotRun("sample answers", "evaluations write RUN/eval/NAME/samples.jsonl")]
     models = [m for m in ordered(dict.fromkeys(folders)) if m in folders]
-    answers = {m: {r["prompt"]: r for r in _read_jsonl(folders[m]) if "prompt" in r} for m in models}
+    answers = {m: {r["prompt"]: r for r in read_jsonl(folders[m], "samples", skip_torn=True) if "prompt" in r}
+               for m in models}
     first = answers[models[0]]
     rows = []
     for group, count in SAMPLE_GROUPS:
@@ -244,6 +233,41 @@ def section_samples(run: Path) -> list:
     blocks.append(Para("Greedy answers to the same held-out prompts; [refusal] marks the substring judge's verdict."))
     blocks.append(Table(["group", "prompt", *models], rows))
     return blocks
+
+
+ATTACK_COLUMNS = ("prefix-injection", "refusal-suppression", "role-play", "templates", "prefill-5", "prefill-10",
+                  "prefill-20")
+
+
+def section_attacks(run: Path, assets: Path) -> list:
+    """RUN/attacks/NAME/attacks.json (written by `safesteer-interp attack`): refusal under jailbreak templates and
+    after prefilled answers; a real-model run without them shows the command, the organism shows nothing."""
+    found = {p.parent.name: p for p in sorted((run / "attacks").glob("*/attacks.json"))}
+    if not found:
+        return [] if not (run / "splits.json").is_file() else [
+            Heading("Attacks: how deep the refusal goes"), NotRun("attacks", f"safesteer-interp attack --run {run}")]
+    entries = {}
+    for name, path in found.items():
+        data = read_artifact(path, f"{name} attacks", "attacks", name, f"safesteer-interp attack --run {run}")
+        if isinstance(data, NotRun):
+            return [Heading("Attacks: how deep the refusal goes"), data]
+        entries[name] = data
+    entries = ordered(entries)
+    header = ["model", "plain", *ATTACK_COLUMNS, "seconds"]
+    rows = [[name, *(f"{fmt(e['attacks'].get(c, {}).get('refusal_strict'), 2)} "
+                     f"({fmt(e['attacks'].get(c, {}).get('refusal'), 2)})" for c in ("plain", *ATTACK_COLUMNS)),
+             fmt(e.get("seconds"), 0)] for name, e in entries.items()]
+    n = next(iter(entries.values())).get("n_requests")
+    depths = [int(c.split("-")[1]) for c in ATTACK_COLUMNS if c.startswith("prefill-")]
+    plot = attack_depth({name: e["attacks"] for name, e in entries.items()}, depths, assets / "attacks.png")
+    return [Heading("Attacks: how deep the refusal goes"),
+            Para(f"The {n} held-out HarmBench behaviours wrapped in three jailbreak templates of our own wording "
+                 "(templates: their mean) and with the first 5 / 10 / 20 tokens of a compliant answer prefilled (the "
+                 "base model's own greedy answer where it complied, else a fixed affirmative opener; "
+                 "attacks/NAME/answers.jsonl records which). Each cell: coherent refusal (substring refusal) of the "
+                 "greedy answer, judged on what the model writes after the prefill; plain: the main evaluation. "
+                 "seconds: the model's attack wall time."),
+            Table(header, rows), Image(plot, "Coherent refusal against prefill depth")]
 
 
 def section_analysis(run: str | Path) -> list:
@@ -285,5 +309,5 @@ def analysis_entry(run: Path, entry: dict) -> list:
     return blocks
 
 
-__all__ = ["ordered", "section_analysis", "section_direction", "section_samples", "section_tokens",
+__all__ = ["ordered", "section_analysis", "section_attacks", "section_direction", "section_samples", "section_tokens",
            "section_tradeoff", "section_training", "tradeoff_table", "with_training_time"]

@@ -14,6 +14,7 @@ import torch
 from safesteer_interp.analyses import (
     divergence,
     loss_geometry,
+    safety_depth,
     sparsity,
     steering_positions,
     training_change,
@@ -26,6 +27,23 @@ LN2 = math.log(2)
 def logp(*rows: list[float]) -> torch.Tensor:
     """[1, pos, vocab] log-probs from probability rows."""
     return torch.tensor([rows], dtype=torch.float32).log()
+
+
+# ----------------------------------------------------------------------------------------------- safety depth
+def test_depth_numbers_split_early_from_late_by_hand():
+    """early = 2. Position 1: model (.5 .25 .25) vs base (.25 .5 .25), KL = .25 ln2, of which S = {0} carries .5 ln2;
+    position 2 equal (KL 0); position 3 the reverse (KL .25 ln2, S carries -.25 ln2); position 4 is padding."""
+    a, b = [0.5, 0.25, 0.25], [0.25, 0.5, 0.25]
+    model, base = logp(a, a, b, [0.1, 0.1, 0.8]), logp(b, a, a, [0.8, 0.1, 0.1])
+    out = safety_depth.depth_numbers(model, base, torch.tensor([[True, True, True, False]]), torch.tensor([0]),
+                                     early=2)
+    assert out["kl_by_position"][:3] == pytest.approx([0.25 * LN2, 0.0, 0.25 * LN2], abs=1e-6)
+    assert out["kl_by_position"][3] is None
+    assert out["kl_S_by_position"][:3] == pytest.approx([0.5 * LN2, 0.0, -0.25 * LN2], abs=1e-6)
+    assert out["kl_early"] == pytest.approx(0.125 * LN2, abs=1e-6)  # (.25 ln2 + 0) / 2
+    assert out["kl_late"] == pytest.approx(0.25 * LN2, abs=1e-6)  # position 3 only: 4 is masked
+    assert out["kl_S_early"] == pytest.approx(0.25 * LN2, abs=1e-6)
+    assert (out["S_mass_first"], out["S_mass_first_base"]) == pytest.approx((0.5, 0.25))
 
 
 # ----------------------------------------------------------------------------------------------- sparsity
@@ -277,7 +295,7 @@ def test_steering_edits_touch_exactly_their_position_set():
 def test_analyze_run_writes_every_analysis(tiny_run):
     from safesteer_interp.analyses.run_analyses import ANALYSES, analyze_run
 
-    index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, log=lambda _line: None)
+    index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, depth_tokens=6, log=lambda _line: None)
     assert [e["name"] for e in index["analyses"]] == list(ANALYSES)
     for entry in index["analyses"]:
         assert entry["files"] and all((tiny_run / f).is_file() for f in entry["files"]), entry
@@ -294,6 +312,12 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     assert [t["token"] for t in why["tokens"]] == ["sorry", "cannot"] and why["tokens"][0]["votes"] == 6
     assert why["logit_lens"][0]["mean_S"] == 0.0  # steering enters at layer 1: layer 0's output is unchanged
     assert "<table>" in (tiny_run / "analysis" / "divergence" / "strips.html").read_text()
+    depth = json.loads((tiny_run / "analysis" / "safety_depth" / "safety_depth.json").read_text())
+    assert list(depth["models"]) == ["teacher", "safesteer"] and depth["depths"] == [0, 5, 10, 20]
+    assert [r["prefill"] for r in depth["trajectories"]["0"]] == ["", ""]
+    assert all(r["prefill_tokens"] == 5 for r in depth["trajectories"]["5"])
+    for name in ("teacher", "safesteer"):  # both differ from the base (steering; the down_proj edit) everywhere
+        assert all(depth["models"][name][k]["kl_early"] > 0 for k in ("0", "5", "10", "20"))
     steer = json.loads((tiny_run / "analysis" / "steering_positions" / "steering_positions.json").read_text())
     assert [r["positions"] for r in steer["rows"]] == list(steering_positions.POSITION_SETS)
     assert steer["judged_by"] == "refusal" and "coherent" not in steer["rows"][0]  # no wording judge off the organism
@@ -307,7 +331,7 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     from safesteer_interp.report.sections import section_analysis
 
     blocks = section_analysis(tiny_run)
-    assert sum(isinstance(b, Image) for b in blocks) == 5  # one PNG per analysis except the HTML strips
+    assert sum(isinstance(b, Image) for b in blocks) == 6  # one PNG per analysis except the HTML strips
     assert "Safety-token sparsity" in render_html("r", blocks)
 
 
@@ -327,7 +351,7 @@ def test_cli_analyze_and_bad_name(tiny_run):
     assert result.exit_code == 0, result.output
     assert "paper_frac_negative_harmful" in result.output and "S_over_V" not in result.output
     index = json.loads((tiny_run / "analysis" / "index.json").read_text())
-    assert len(index["analyses"]) == 6  # the other analyses' entries are kept
+    assert len(index["analyses"]) == 7  # the other analyses' entries are kept
     settings = {e["name"]: e["settings"] for e in index["analyses"]}
     assert settings["loss_geometry"]["n_prompts"] == 1 and settings["sparsity"]["n_prompts"] == 2
     with pytest.raises(SafeSteerError, match="unknown analysis nope"):

@@ -86,7 +86,9 @@ def test_attack_run_on_a_run_folder_writes_every_model_and_resumes(tmp_path, mon
     student = save_tiny_model(tmp_path / "student", "qwen2", seed=1)
     logs: list[str] = []
     summary = attacks.attack_run(run, base, tok, {"safesteer": student}, logs.append, n=2, max_new_tokens=4)
-    assert list(summary) == ["base", "teacher", "safesteer"] and len(logs) == 3
+    assert list(summary) == ["base", "teacher", "safesteer"]
+    done = [line for line in logs if "templates" in line]  # one result line per model, after its progress lines
+    assert len(done) == 3 and any("under attack (batches): 1/1" in line for line in logs)
     for name, entry in summary.items():
         assert entry["n_requests"] == 2
         assert set(entry["attacks"]) == {*TEMPLATES, "templates", *(f"prefill-{k}" for k in PREFILL_DEPTHS)}

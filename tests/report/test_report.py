@@ -124,6 +124,34 @@ def test_missing_stages_are_not_run(tmp_path):
     assert md.count("*Not run:*") == 6  # evaluation, direction, tokens, distillation, samples, analyses
 
 
+def test_attack_section_table_and_depth_figure(tmp_path):
+    """A real-model run (splits.json) without attacks shows the command; with them, a row per model (base first),
+    coherent (substring) per column, and the refusal-vs-depth figure."""
+    from safesteer_interp.core.artifacts import write_json
+    from safesteer_interp.report.sections import section_attacks
+
+    run = make_run(tmp_path)
+    assert section_attacks(run, run / "report") == []  # the organism has no held-out HarmBench: no section
+    write_json(run / "splits.json", {})
+    assert "safesteer-interp attack --run" in build_report(run)["markdown"].read_text()
+
+    def record(plain, depths):
+        attacks = {"plain": {"refusal": plain, "refusal_strict": plain}, "templates": {"refusal": 0.5,
+                                                                                       "refusal_strict": 0.4}}
+        attacks |= {f"prefill-{k}": {"refusal": v + 0.1, "refusal_strict": v} for k, v in zip((5, 10, 20), depths)}
+        return {"attacks": attacks, "n_requests": 100, "seconds": 321.4}
+
+    write_json(run / "attacks" / "safesteer" / "attacks.json", record(0.9, (0.6, 0.3, 0.1)))
+    write_json(run / "attacks" / "base" / "attacks.json", record(0.5, (0.1, 0.0, 0.0)))
+    md = build_report(run)["markdown"].read_text()
+    table = md.split("## Attacks")[1].split("![")[0]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert rows == ["model", "base", "safesteer"]
+    assert "| safesteer | 0.90 (0.90) | – (–) | – (–) | – (–) | 0.40 (0.50) | 0.60 (0.70) | 0.30 (0.40) " \
+           "| 0.10 (0.20) | 321 |" in md
+    assert "The 100 held-out HarmBench behaviours" in md and (run / "report" / "attacks.png").is_file()
+
+
 def test_corrupt_summary_is_shown_not_fatal(tmp_path):
     run = make_run(tmp_path, summary=None)
     (run / "summary.json").write_text("{not json")
