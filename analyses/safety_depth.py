@@ -20,7 +20,7 @@ from safesteer_interp.core.chat import encode_texts, render_prompts
 from safesteer_interp.core.generation import Generation, decode_answers, generate
 from safesteer_interp.core.models import load_model
 from safesteer_interp.core.scoring import answer_logprobs
-from safesteer_interp.evaluate.attacks import prefill_rows
+from safesteer_interp.evaluate.attacks import prefill_rows, prefilled_texts
 from safesteer_interp.evaluate.judges import CoherentRefusalJudge
 
 from .common import RunInputs, Writer, as_float
@@ -64,8 +64,8 @@ def base_trajectories(inputs: RunInputs, prompts: Sequence[str], depths: Sequenc
                        for p in prompts])}
     for k in (d for d in depths if d > 0):
         rows = prefill_rows([{"prompt": p} for p in prompts], answers, tok, depths=[k])
-        texts = [t + r["prefill"] for t, r in zip(render_prompts(tok, prompts), rows, strict=True)]
-        out[k] = (generate(inputs.base, tok, encode_texts(tok, texts), max_new_tokens=max_new_tokens), rows)
+        batch = encode_texts(tok, prefilled_texts(tok, rows))
+        out[k] = (generate(inputs.base, tok, batch, max_new_tokens=max_new_tokens), rows)
     return out
 
 

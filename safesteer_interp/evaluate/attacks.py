@@ -64,12 +64,17 @@ def prefill_rows(requests: Sequence[Mapping], base_answers: Mapping[str, dict], 
     return rows
 
 
+def prefilled_texts(tokenizer, rows: Sequence[Mapping]) -> list[str]:
+    """Each row's chat prompt with its prefill (if any) already begun in the assistant turn."""
+    return [text + row.get("prefill", "") for text, row in
+            zip(render_prompts(tokenizer, [r["prompt"] for r in rows]), rows, strict=True)]
+
+
 def answer_rows(policy: Policy, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 32,
                 progress: Callable[[int], Callable[[], None]] | None = None) -> list[str]:
     """Greedy answers under the policy's view; a prefilled row's answer is what follows its prefill.
     `progress(total batches)` returns a tick called after each batch (`core.progress.log_ticks`)."""
-    texts = [text + row.get("prefill", "") for text, row in
-             zip(render_prompts(policy.tokenizer, [r["prompt"] for r in rows]), rows)]
+    texts = prefilled_texts(policy.tokenizer, rows)
     starts = range(0, len(texts), batch_size)
     tick = progress(len(starts)) if progress is not None else lambda: None
     answers: list[str] = []
@@ -178,4 +183,4 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
 
 
 __all__ = ["AFFIRMATIVE", "PREFILL_DEPTHS", "TEMPLATES", "answer_rows", "attack_run", "base_greedy",
-           "held_out_requests", "judge_rows", "prefill_rows", "summarize", "template_rows"]
+           "held_out_requests", "judge_rows", "prefill_rows", "prefilled_texts", "summarize", "template_rows"]
