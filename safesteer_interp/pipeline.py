@@ -87,6 +87,7 @@ class RunConfig:
     eval_per_group: int = 160  # held-out requests per group (the organism's evaluation set)
     eval_per_task: int = 48  # held-out items per capability task and template kind
     eval_n: int | None = None  # real models: only the first N of each evaluation set (smoke runs; None = all)
+    eval_tokens: int = REAL_ANSWER_TOKENS  # real models: the evaluation's answer length (fewer only in smoke runs)
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
     # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
     # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
@@ -149,7 +150,8 @@ def check_same_config(run: Path, cfg: RunConfig) -> list[str]:
     if not path.is_file():
         write_json(path, asdict(cfg))
         return []
-    old = read_json(path, "run config")
+    # a setting added after the run was started has its default there
+    old = {**json.loads(json.dumps(asdict(RunConfig()))), **read_json(path, "run config")}
     diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v and k != "baselines")
     if diff:
         raise SafeSteerError(f"{run} was started with other settings ({diff}); use a new --out folder or the "
@@ -202,7 +204,7 @@ def stage_direction(run: Path, cfg: RunConfig, log) -> dict:
         # the coherent judge throughout: a steered real model can loop "I'm sorry I'm sorry", which a substring
         # judge counts as refusal, and the coefficient sweep and position check would pick the babbling teacher
         meta = find_direction(model, tok, sets, run, config, CoherentRefusalJudge(), model_name=cfg.model,
-                              progress=log_ticks(log, "scoring candidates"))
+                              progress=log_ticks(log, "scoring candidates"), log=log)
     numbers = {k: v for k, v in meta["validation"].items() if isinstance(v, int | float)}
     log(f"  layer {meta['layer']}, pos {meta['pos']}, coeff {meta['coeff']}, teacher positions {meta['positions']}"
         f" ({meta['positions_requested']}), held-out: {numbers}")
@@ -296,7 +298,7 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
         models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
     else:
         spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n)
-        models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=REAL_ANSWER_TOKENS)
+        models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens)
     return {"models": models}
 
 

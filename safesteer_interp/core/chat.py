@@ -45,6 +45,31 @@ def batch_from_ids(input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tens
     return ChatBatch(input_ids, attention_mask, position_ids_from_mask(attention_mask))
 
 
+def common_prefix(batch: ChatBatch) -> tuple[Int[Tensor, " prefix"], list[Int[Tensor, " rest"]]]:
+    """(the longest run of tokens every row opens with, e.g. a template's system turn, and each row's real tokens
+    after it); every row keeps at least its last token after the prefix."""
+    rows = [ids[mask.bool()] for ids, mask in zip(batch.input_ids, batch.attention_mask, strict=True)]
+    shortest = min(len(row) for row in rows) - 1
+    heads = torch.stack([row[:shortest] for row in rows])
+    n = int((heads == heads[0]).all(0).long().cumprod(0).sum()) if shortest > 0 else 0
+    return rows[0][:n], [row[n:] for row in rows]
+
+
+def prefix_first(batch: ChatBatch) -> tuple[ChatBatch, int]:
+    """The batch laid out as [common prefix | padding | rest of each prompt], and the prefix length: the same real
+    tokens, positions and last column as left padding (padding is masked wherever it sits), with the prefix in the
+    same columns of every row, so that its keys and values can be computed once for all of them."""
+    prefix, rests = common_prefix(batch)
+    n, width = len(prefix), max(len(rest) for rest in rests)
+    pad = batch.input_ids[batch.attention_mask == 0]
+    ids = batch.input_ids.new_full((len(rests), n + width), int(pad[0]) if len(pad) else 0)
+    mask = batch.attention_mask.new_zeros((len(rests), n + width))
+    ids[:, :n], mask[:, :n] = prefix, 1
+    for row, rest in enumerate(rests):
+        ids[row, n + width - len(rest):], mask[row, n + width - len(rest):] = rest, 1
+    return batch_from_ids(ids, mask), n
+
+
 def _messages(instruction: str, system: str | None) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system is not None else []
     return [*messages, {"role": "user", "content": instruction}]

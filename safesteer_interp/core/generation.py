@@ -17,7 +17,9 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model
-from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts
+from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts, prefix_first
+from safesteer_interp.core.hooks import position_dependent_hooks
+from safesteer_interp.errors import SafeSteerError
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,34 @@ def shared_prompt_cache(model, batch: ChatBatch, repeats: int) -> dict:
     return cached
 
 
+MIN_SHARED_PREFIX = 2  # fewer common tokens are not worth the extra forward
+
+
+def hooked(model) -> bool:
+    """Whether any forward hook or pre-hook is registered on the model (steering, ablation, recording)."""
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@torch.no_grad()
+def prefix_cache(model, batch: ChatBatch) -> tuple[ChatBatch, dict | None]:
+    """(the batch laid out prefix first (`chat.prefix_first`), a KV cache that already holds the rows' common
+    prefix) or (batch, None) when they share fewer than MIN_SHARED_PREFIX tokens. The prefix runs once, as one
+    row, and its keys and values are repeated for every row: a chat template's system turn is 24 of the ~45 tokens of
+    Qwen's HarmBench prompts. Callers continue from column `cached_length(cache)` with the whole attention mask."""
+    laid_out, n = prefix_first(batch)
+    if n < MIN_SHARED_PREFIX:
+        return batch, None
+    cached = kv_cache(model)
+    device = next(model.parameters()).device
+    model(input_ids=laid_out.input_ids[:1, :n].to(device), use_cache=True, logits_to_keep=1, **cached)
+    next(iter(cached.values())).batch_repeat_interleave(len(laid_out))
+    return laid_out, cached
+
+
+def cached_length(cached: dict) -> int:
+    return next(iter(cached.values())).get_seq_length()
+
+
 # Generation-config fields that make HF's greedy search more than "argmax until EOS", with their neutral values
 # (None, transformers 5's default, is neutral too). A model that sets any other value is decoded by HF itself.
 GREEDY_NEUTRAL = {"num_beams": 1, "repetition_penalty": 1.0, "encoder_repetition_penalty": 1.0,
@@ -149,20 +179,21 @@ def plain_greedy(model) -> bool:
 
 @torch.no_grad()
 def greedy_until_done(model, batch: ChatBatch, *, max_new_tokens: int, eos_ids: Sequence[int],
-                      pad_id: int) -> Int[Tensor, "batch pos"]:
+                      pad_id: int, cached: dict | None = None) -> Int[Tensor, "batch pos"]:
     """Greedy decoding that drops each row from the batch once it has emitted EOS: prompt + answer ids, answers
     padded after their EOS, as `model.generate` returns them.
 
     `generate` keeps computing finished rows until the last one ends; a batch of refusals ("I'm sorry, but I can't
     assist with that.", ~12 tokens) beside one 64-token answer pays 64 full-batch steps. Here the batch shrinks
     (KV cache rows selected away), so the cost follows the tokens actually generated. Hooks see the prefill and
-    then one column per step, as under `generate`; the same tokens up to float rounding (batch shapes differ)."""
+    then one column per step, as under `generate`; the same tokens up to float rounding (batch shapes differ).
+    `cached`: a cache that already holds the batch's first columns (`prefix_cache`); the prefill starts after them."""
     device = next(model.parameters()).device
     ids, mask, pos = (x.to(device) for x in (batch.input_ids, batch.attention_mask, batch.position_ids))
-    cached = kv_cache(model)
-    cache = next(iter(cached.values()))
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
-                   **cached).logits[:, -1]
+    cached = cached or kv_cache(model)
+    cache, start = next(iter(cached.values())), cached_length(cached)
+    logits = model(input_ids=ids[:, start:], attention_mask=mask, position_ids=pos[:, start:], use_cache=True,
+                   logits_to_keep=1, **cached).logits[:, -1]
     answers = torch.full((len(ids), max_new_tokens), pad_id, dtype=ids.dtype, device=device)
     rows, last_pos = torch.arange(len(ids), device=device), pos[:, -1]
     eos = torch.tensor(list(eos_ids), device=device)
@@ -192,20 +223,26 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens.
 
     `share_prompt`: run each prompt once for its `num_return_sequences` samples (`shared_prompt_cache`); the same
-    tokens up to float rounding, for a model without prefill-only hooks. Plain greedy decoding runs
+    tokens up to float rounding, for a model without prefill-only hooks. With one sequence per prompt and no hook on
+    the model that treats positions differently (`hooks.position_dependent_hooks`), the prompts' common prefix runs
+    once instead (`prefix_cache`; the prompts come back left-padded, as given). Plain greedy decoding runs
     `greedy_until_done` (finished rows leave the batch) instead of `model.generate`."""
     device = next(model.parameters()).device
-    prompt_length = batch.input_ids.shape[1]
+    prompts, cached = batch, None
+    if num_return_sequences == 1 and len(batch) > 1 and not position_dependent_hooks(model):
+        batch, cached = prefix_cache(model, batch)  # (a hook that tells the prefill from decoding would misread it)
+    prompt_length = batch.input_ids.shape[1]  # the same width in both layouts
     if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model):
         eos = eos_token_ids(model, tokenizer)
         sequences = greedy_until_done(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos,
-                                      pad_id=tokenizer.pad_token_id)
-        full = torch.cat([batch.attention_mask.to(device).bool(), answer_mask(sequences[:, prompt_length:], eos)], 1)
-        return Generation(sequences, full.long(), prompt_length, torch.arange(len(batch), device=device))
+                                      pad_id=tokenizer.pad_token_id, cached=cached)
+        return _generation(prompts, sequences[:, prompt_length:], eos, 1)
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, do_sample=do_sample,
                   num_return_sequences=num_return_sequences, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=eos_token_ids(model, tokenizer))
-    if share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1:
+    if cached is not None:
+        kwargs.update(cached)
+    elif share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1:
         kwargs.update(shared_prompt_cache(model, batch, num_return_sequences))  # generate expands tensors only
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
@@ -216,17 +253,51 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
             torch.manual_seed(seed)
         sequences = model.generate(input_ids=batch.input_ids.to(device),
                                    attention_mask=batch.attention_mask.to(device), **kwargs)
-    answers = answer_mask(sequences[:, prompt_length:], kwargs["eos_token_id"])
-    prompt_mask = batch.attention_mask.to(device).repeat_interleave(num_return_sequences, 0).bool()
-    full = torch.cat([prompt_mask, answers], dim=1)
-    index = torch.arange(len(batch), device=device).repeat_interleave(num_return_sequences)
-    return Generation(sequences, full.long(), prompt_length, index)
+    return _generation(prompts, sequences[:, prompt_length:], kwargs["eos_token_id"], num_return_sequences)
+
+
+def _generation(prompts: ChatBatch, answers: Int[Tensor, "batch new"], eos_ids: Sequence[int],
+                repeats: int) -> Generation:
+    """The answers behind the left-padded prompts they answer (`repeats` consecutive rows per prompt), masked."""
+    device = answers.device
+    ids = prompts.input_ids.to(device).repeat_interleave(repeats, 0)
+    mask = torch.cat([prompts.attention_mask.to(device).repeat_interleave(repeats, 0).bool(),
+                      answer_mask(answers, eos_ids)], dim=1)
+    index = torch.arange(len(prompts), device=device).repeat_interleave(repeats)
+    return Generation(torch.cat([ids, answers], dim=1), mask.long(), ids.shape[1], index)
 
 
 def decode_answers(tokenizer, generation: Generation) -> list[str]:
     """Answer text of every row, special tokens (EOS, pads) removed."""
     return [tokenizer.decode(row[keep], skip_special_tokens=True).strip()
             for row, keep in zip(generation.answers, generation.answer_mask, strict=True)]
+
+
+class GreedyAnswers:
+    """An unedited model's greedy answers, each prompt generated once however often a stage asks: stage 1 reads the
+    same answers to its harmful train prompts for the refusal openers and for the judged filter, and to its harmful
+    val prompts for the filter and the validation's base rates. Hooks must be off while it generates (checked)."""
+
+    def __init__(self, model, tokenizer, max_new_tokens: int, batch_size: int = 64):
+        self.model, self.tokenizer, self.max_new_tokens, self.batch_size = model, tokenizer, max_new_tokens, batch_size
+        self._memo: dict[str, tuple[int, str]] = {}  # prompt -> (first answer token id, answer text)
+
+    def __call__(self, prompts: Sequence[str]) -> list[str]:
+        return [text for _, text in self.rows(prompts)]
+
+    def rows(self, prompts: Sequence[str]) -> list[tuple[int, str]]:
+        """(first answer token id, answer text) per prompt, in order."""
+        if hooked(self.model):
+            raise SafeSteerError("GreedyAnswers holds the unedited model's answers, but hooks are active on the model; "
+                                 "generate steered or ablated answers with generate_answers")
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._memo]
+        for start in range(0, len(missing), self.batch_size):
+            chunk = missing[start:start + self.batch_size]
+            gen = generate(self.model, self.tokenizer, encode_prompts(self.tokenizer, chunk),
+                           max_new_tokens=self.max_new_tokens)
+            firsts = gen.sequences[:, gen.prompt_length].tolist()
+            self._memo.update(zip(chunk, zip(firsts, decode_answers(self.tokenizer, gen), strict=True), strict=True))
+        return [self._memo[p] for p in prompts]
 
 
 def generate_answers(model, tokenizer, instructions: Sequence[str], *, max_new_tokens: int = 32,

@@ -67,6 +67,20 @@ def _module_for(model: nn.Module, name: str) -> tuple[nn.Module, bool]:
 
 
 # ----------------------------------------------------------------------------------------------- generic hooks
+def everywhere(edit: Edit) -> Edit:
+    """Mark an edit that treats every position of every forward alike (ablation, addition at "all"): a forward may
+    then be split into a shared prefix and its continuation (`generation.prefix_cache`) without changing it."""
+    edit.everywhere = True
+    return edit
+
+
+def position_dependent_hooks(model: nn.Module) -> bool:
+    """Whether a hook on the model may treat positions differently (steering prompt tokens only, recording): any
+    forward hook or pre-hook not made from an `everywhere` edit."""
+    return any(not getattr(hook, "everywhere", False) for m in model.modules()
+               for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+
+
 def _pre_hook(edit: Edit):
     # Decoder layers get hidden states positionally in transformers 5, by keyword in some wrappers.
     def hook(module, args, kwargs):
@@ -77,6 +91,7 @@ def _pre_hook(edit: Edit):
         if args:
             return (new, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new}
+    hook.everywhere = getattr(edit, "everywhere", False)
     return hook
 
 
@@ -88,6 +103,7 @@ def _post_hook(edit: Edit):
         if new is None:
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
+    hook.everywhere = getattr(edit, "everywhere", False)
     return hook
 
 
@@ -203,7 +219,7 @@ def addition(vector: Float[Tensor, " d_model"], coeff: float = 1.0, positions: P
         delta = coeff * cast.like(x)
         return x + delta if mask is None else x + mask * delta
 
-    return add
+    return everywhere(add) if isinstance(positions, str) and positions == "all" else add
 
 
 def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, " d_model"]) -> Float[Tensor, "... d_model"]:
@@ -223,6 +239,7 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
         raise SafeSteerError("direction has zero norm; nothing to ablate")
     cast = _Cast((direction.double() / norm).float())
 
+    @everywhere
     def ablate(x: Tensor, _kwargs: dict) -> Tensor:
         return project_out(x, cast.like(x))
 
@@ -231,4 +248,5 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
 
 
 __all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "addition", "cache_activations", "check_layer",
-           "check_vector", "hook_names", "hooks", "is_decode_step", "project_out"]
+           "check_vector", "everywhere", "hook_names", "hooks", "is_decode_step", "position_dependent_hooks",
+           "project_out"]

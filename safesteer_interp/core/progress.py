@@ -7,7 +7,8 @@ first tick, then one per `every` seconds, and the last), through whatever `log` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 
 def log_ticks(log: Callable[[str], None], what: str, every: float = 30.0) -> Callable[[int], Callable[[], None]]:
@@ -27,4 +28,17 @@ def log_ticks(log: Callable[[str], None], what: str, every: float = 30.0) -> Cal
     return start
 
 
-__all__ = ["log_ticks"]
+@contextmanager
+def timed(seconds: dict[str, float], step: str, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Adds the wall time of the block to `seconds[step]` (a stage's time by step, for its record and the report)
+    and, with `log`, says when the step is done and how long it took."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[step] = round(seconds.get(step, 0.0) + time.perf_counter() - began, 1)
+        if log is not None:
+            log(f"  {step}: done in {time.perf_counter() - began:.0f} s")
+
+
+__all__ = ["log_ticks", "timed"]

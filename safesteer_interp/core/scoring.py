@@ -16,7 +16,8 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model, final_norm, unembed
 from safesteer_interp.core.chat import ChatBatch, encode_prompts, position_ids_from_mask
-from safesteer_interp.core.generation import Generation, kv_cache
+from safesteer_interp.core.generation import Generation, cached_length, kv_cache, prefix_cache
+from safesteer_interp.core.hooks import position_dependent_hooks
 
 View = Callable[[Tensor, int], AbstractContextManager]  # (input ids of a forward, its prompt columns) -> context
 
@@ -31,12 +32,29 @@ def forward_logits(model, batch: ChatBatch, last: int | None = None) -> Float[Te
 @torch.no_grad()
 def next_token_logprobs(model, tokenizer, instructions: Sequence[str], *,
                         batch_size: int = 32) -> Float[Tensor, "batch vocab"]:
-    """float64 log-probabilities of the first answer token after each chat prompt (on CPU)."""
+    """float64 log-probabilities of the first answer token after each chat prompt (on CPU). Unless a hook on the
+    model treats positions differently, the tokens every prompt of a batch opens with (a chat template's system
+    turn: 24 of Qwen's ~45) run once (`prefix_shared_logits`)."""
     out = []
     for start in range(0, len(instructions), batch_size):
-        logits = forward_logits(model, encode_prompts(tokenizer, instructions[start:start + batch_size]), last=1)[:, -1]
+        batch = encode_prompts(tokenizer, instructions[start:start + batch_size])
+        shared = len(batch) > 1 and not position_dependent_hooks(model)
+        logits = prefix_shared_logits(model, batch) if shared else forward_logits(model, batch, last=1)[:, -1]
         out.append(torch.log_softmax(logits.double(), -1).cpu())
     return torch.cat(out)
+
+
+@torch.no_grad()
+def prefix_shared_logits(model, batch: ChatBatch) -> Float[Tensor, "batch vocab"]:
+    """Last-position logits of a left-padded batch, its common prefix computed once (`generation.prefix_cache`):
+    the same numbers up to float rounding."""
+    laid_out, cached = prefix_cache(model, batch)
+    if cached is None:
+        return forward_logits(model, batch, last=1)[:, -1]
+    n, device = cached_length(cached), next(model.parameters()).device
+    rest = laid_out.to(device)
+    return model(input_ids=rest.input_ids[:, n:], attention_mask=rest.attention_mask,
+                 position_ids=rest.position_ids[:, n:], use_cache=True, logits_to_keep=1, **cached).logits[:, -1]
 
 
 def answer_logprobs(model, generation: Generation, temperature: float = 1.0) -> Float[Tensor, "batch new vocab"]:
@@ -117,4 +135,5 @@ def logits_from_states(model, states: Float[Tensor, "*rows d_model"]) -> Float[T
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
-__all__ = ["answer_logprobs", "answer_states", "forward_logits", "logits_from_states", "next_token_logprobs"]
+__all__ = ["answer_logprobs", "answer_states", "forward_logits", "logits_from_states", "next_token_logprobs",
+           "prefix_shared_logits"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.generation import GreedyAnswers, generate_answers
 from safesteer_interp.core.hooks import ablate_direction, add_to_resid
 from safesteer_interp.core.scoring import next_token_logprobs
 from safesteer_interp.direction.artifact import TEACHER_POSITIONS, Direction
@@ -86,16 +86,17 @@ def pick_coeff(sweep: list[dict], target: float = 0.9) -> float:
 
 
 def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[str]], judge, max_new_tokens: int,
-             coherent: Callable[[str], bool] | None = None) -> dict:
-    """Held-out behaviour of the chosen direction, judged on greedy generations.
+             coherent: Callable[[str], bool] | None = None, base_answers: GreedyAnswers | None = None) -> dict:
+    """Held-out behaviour of the chosen direction, judged on greedy generations (the unedited model's from the
+    stage's memo `base_answers` where given).
 
     `coherent` (optional) is a stricter judge: the answer *is* one of the model's refusal wordings, not babble that
     happens to contain a refusal phrase. Its rates are reported as `*_coherent`.
     """
     out: dict = {}
 
-    def record(key: str, prompts: list[str]) -> None:
-        answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    def record(key: str, prompts: list[str], memo: GreedyAnswers | None = None) -> None:
+        answers = memo(prompts) if memo else generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
         rates = judged_rates(answers, judge, coherent)
         out[key] = rates["refusal"]
         if "coherent" in rates:
@@ -108,7 +109,7 @@ def validate(model, tokenizer, direction: Direction, held_out: dict[str, list[st
                 record(f"steer_refusal_{group}", held_out[group])
     for group in ("refused", "harmful"):
         if held_out.get(group):
-            record(f"base_refusal_{group}", held_out[group])
+            record(f"base_refusal_{group}", held_out[group], base_answers)
             with ablate_direction(model, direction.vector):
                 record(f"ablate_refusal_{group}", held_out[group])
     if held_out.get("harmless"):

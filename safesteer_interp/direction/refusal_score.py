@@ -15,8 +15,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from safesteer_interp.core.chat import encode_prompts
-from safesteer_interp.core.generation import decode_answers, generate
+from safesteer_interp.core.generation import GreedyAnswers
 from safesteer_interp.core.scoring import next_token_logprobs
 from safesteer_interp.errors import SafeSteerError
 
@@ -34,15 +33,12 @@ class NoRefusals(SafeSteerError):
 
 
 def derive_refusal_tokens(model, tokenizer, harmful: Sequence[str], judge, *, max_new_tokens: int = 24,
-                          min_share: float = 0.05, batch_size: int = 64) -> RefusalTokens:
-    """First tokens of the model's greedy refusals to `harmful` (each kept if it opens >= min_share of them)."""
-    firsts: Counter[int] = Counter()
-    for start in range(0, len(harmful), batch_size):
-        batch = encode_prompts(tokenizer, harmful[start:start + batch_size])
-        gen = generate(model, tokenizer, batch, max_new_tokens=max_new_tokens)
-        for row, answer in zip(gen.sequences[:, gen.prompt_length], decode_answers(tokenizer, gen), strict=True):
-            if judge.is_refusal(answer):
-                firsts[int(row)] += 1
+                          min_share: float = 0.05, batch_size: int = 64,
+                          answers: GreedyAnswers | None = None) -> RefusalTokens:
+    """First tokens of the model's greedy refusals to `harmful` (each kept if it opens >= min_share of them);
+    `answers`: a stage's memo of the unedited model's greedy answers (else generated here)."""
+    answers = answers or GreedyAnswers(model, tokenizer, max_new_tokens, batch_size)
+    firsts: Counter[int] = Counter(first for first, text in answers.rows(harmful) if judge.is_refusal(text))
     total = sum(firsts.values())
     if total == 0:
         raise NoRefusals(f"the model refused none of {len(harmful)} harmful prompts, so no refusal tokens can be "

@@ -8,7 +8,8 @@ the lowest ablation score wins (`rank_by="steering"`, the latent path: the highe
 refuses nothing has no refusal for ablation to remove). When nothing survives, a report says which filter removed what.
 Scoring can be lazy and still exact. Ranked by steering: steering for every unpruned candidate, then ablation and KL
 only in descending steering order until a few candidates pass every filter (the first of them is the winner). Ranked
-by ablation (the aligned path): ablation for every unpruned candidate, then steering and KL in ascending ablation order.
+by ablation (the aligned path): ablation for every unpruned candidate, then steering and KL in ascending ablation order
+(KL only where the steering score passes: a candidate out by one filter needs no second score).
 """
 
 from __future__ import annotations
@@ -125,14 +126,21 @@ def lazy_rest(scores: dict[str, Tensor], cells: list[tuple[int, int]], rest: Seq
     every filter: the first of them is the whole grid's winner."""
     by_steering, floor = config.rank_by == "steering", induce_floor(config, scores)
     order = sorted(cells, key=lambda c: -float(scores["steering"][c]) if by_steering else float(scores["ablation"][c]))
+    # the filters of `select_candidate` each score answers: KL at most kl_max, (ranked by ablation) steering at or
+    # above the floor; a candidate out by one score does not need the next
+    passes = {"ablation": lambda cell: True, "kl": lambda cell: bool(scores["kl"][cell] <= config.kl_max),
+              "steering": lambda cell: by_steering or bool(scores["steering"][cell] >= floor)}
     found = 0
     for cell in order:
         if by_steering and scores["steering"][cell] <= floor:
             break  # every later candidate fails the same filter
+        passed = True
         for score in rest:
             score(*cell)
-        # the filters of `select_candidate`: KL, and (ranked by ablation) a steering score at or above the floor
-        found += bool(scores["kl"][cell] <= config.kl_max and (by_steering or scores["steering"][cell] >= floor))
+            if not passes[score.__name__](cell):
+                passed = False
+                break
+        found += passed
         if found == config.lazy_survivors:
             break
 
@@ -166,7 +174,8 @@ def select_candidate(scores: dict[str, Tensor], n_layers: int, config: Candidate
     if config.rank_by == "steering":  # lazy scoring stops at the floor: below it, ablation and KL were never scored
         filters["does_not_induce_refusal"] = steering <= floor  # must raise refusal above the unsteered model
         filters["not_scored"] = ~torch.isnan(steering) & (torch.isnan(ablation) | torch.isnan(kl))
-    elif config.lazy_survivors:  # lazy by ablation: past the survivors, steering and KL were never scored
+    elif config.lazy_survivors:  # lazy by ablation: one out by steering has no KL; past the survivors, neither
+        filters["does_not_induce_refusal"] = steering < floor
         filters["not_scored"] = ~torch.isnan(ablation) & (torch.isnan(steering) | torch.isnan(kl))
     filters["nan"] = torch.isnan(ablation) | torch.isnan(steering) | torch.isnan(kl)
     filters["kl_above_max"] = kl > config.kl_max

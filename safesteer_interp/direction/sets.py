@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.generation import GreedyAnswers
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.refusal_score import refusal_scores
@@ -124,14 +124,16 @@ def filter_sets(model, tokenizer, sets: InstructionSets, ids: Sequence[int],
 
 
 def judged_filter(model, tokenizer, sets: InstructionSets, refuses: Callable[[str], bool],
-                  max_new_tokens: int = 24) -> tuple[InstructionSets, dict]:
+                  max_new_tokens: int = 24, answers: GreedyAnswers | None = None) -> tuple[InstructionSets, dict]:
     """The aligned path's filter: keep the harmful prompts whose greedy answer the judge calls a refusal and the
     harmless ones it answers, by what the model does rather than by the refusal log-odds' sign. The harmful val
-    prompts it answers become `held_out["gap"]`: what the teacher must learn to refuse (coefficient and positions)."""
+    prompts it answers become `held_out["gap"]`: what the teacher must learn to refuse (coefficient and positions).
+    `answers`: the stage's memo of the unedited model's greedy answers (else generated here)."""
+    answers = answers or GreedyAnswers(model, tokenizer, max_new_tokens)
     kept, counts = {}, {}
     for name, want_refusal in zip(SPLITS, (True, False, True, False), strict=True):
         prompts = getattr(sets, name)
-        verdicts = list(map(refuses, generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)))
+        verdicts = list(map(refuses, answers(prompts)))
         kept[name] = [p for p, refused in zip(prompts, verdicts, strict=True) if refused == want_refusal]
         counts[name] = {"before": len(prompts), "after": len(kept[name]), "judged_refusals": sum(verdicts)}
     refused_val = set(kept["harmful_val"])

@@ -24,8 +24,9 @@ from torch import Tensor
 from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
-from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.generation import GreedyAnswers, generate_answers
 from safesteer_interp.core.hooks import Positions, add_to_resid
+from safesteer_interp.core.progress import timed
 from safesteer_interp.direction.artifact import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.checks import coefficient_sweep, pick_coeff, pick_positions, positions_check, validate
@@ -127,31 +128,41 @@ def run_direction(out: str | Path, model, tokenizer, config: DirectionConfig, *,
 
 def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, config: DirectionConfig, judge, *,
                    model_name: str, progress: Progress | None = None, coherent: Callable[[str], bool] | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Run stage 1 end to end and write RUN/direction/. Returns metadata.json's content; `extra` (e.g. the CLI's
-    preset record) is written into it last."""
+    preset record) is written into it last; `log` hears each step's end and time (metadata's `step_seconds`)."""
     check_positions(config.positions, auto=True)  # before any model work
-    start, folder = time.perf_counter(), direction_dir(out)
+    start, folder, steps = time.perf_counter(), direction_dir(out), {}
     folder.mkdir(parents=True, exist_ok=True)
     pos_labels = post_instruction_tokens(tokenizer)
+    answers = GreedyAnswers(model, tokenizer, config.max_new_tokens)  # the unedited model's, shared by the steps
     # 1. Refusal tokens, then the prompts the base model already refuses (harmful) or answers (harmless)
-    refusal = choose_refusal_tokens(model, tokenizer, sets, config, judge)
-    filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config, coherent or judge.is_refusal)
+    with timed(steps, "refusal_tokens", log):
+        refusal = choose_refusal_tokens(model, tokenizer, sets, config, judge, answers)
+    with timed(steps, "filter", log):
+        filtered, counts, path = filter_prompts(model, tokenizer, sets, refusal, config, coherent or judge.is_refusal,
+                                                answers)
     # 2. Candidates r[pos, layer], their scores on validation prompts, and the selected one
-    candidates = candidate_directions(model, tokenizer, filtered, folder)
+    with timed(steps, "candidates", log):
+        candidates = candidate_directions(model, tokenizer, filtered, folder)
     selection = path_selection(config.selection, path)
     steer = None if path["path"] != "latent" else latent_steer_score(model, tokenizer, filtered.harmless_val,
                                                                       selection.coeff, judge, coherent)
-    scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, selection, pos_labels, folder, progress,
-                       steer)
+    with timed(steps, "scoring", log):
+        scores = score_all(model, tokenizer, candidates, filtered, refusal.ids, selection, pos_labels, folder,
+                           progress, steer)
     p, layer, report = select_and_report(scores, n_layers(model), selection, folder)
     # 3. Steering positions and coefficient, chosen on validation prompts
     direction = Direction(candidates[p, layer].float(), layer, p - len(candidates), **untuned(config, selection))
-    direction, check, sweep = tune(model, tokenizer, direction, filtered, config, judge, coherent)
-    write_plots(model, tokenizer, scores, direction, (p, layer), pos_labels, folder)
+    with timed(steps, "tuning", log):
+        direction, check, sweep = tune(model, tokenizer, direction, filtered, config, judge, coherent)
+    with timed(steps, "plots", log):
+        write_plots(model, tokenizer, scores, direction, (p, layer), pos_labels, folder)
     write_json(folder / "prompts.json", asdict(filtered))
     # 4. Held-out validation, then the direction and the stage's record, written once
-    validation = validate(model, tokenizer, direction, filtered.held_out, judge, config.max_new_tokens, coherent)
+    with timed(steps, "validation", log):
+        validation = validate(model, tokenizer, direction, filtered.held_out, judge, config.max_new_tokens, coherent,
+                              answers)
     record = {
         "model": model_name, "layer": layer, "pos": direction.pos, "pos_token": pos_labels[p],
         "coeff": direction.coeff, "positions": direction.positions, "positions_requested": config.positions,
@@ -160,19 +171,21 @@ def find_direction(model, tokenizer, sets: InstructionSets, out: str | Path, con
         "candidate_norms": [[round(float(x), 3) for x in row] for row in candidates.norm(dim=-1)],
         "refusal_tokens": asdict(refusal), "refusal_path": path, "filter_counts": counts, "selection": report,
         "coefficient_sweep": sweep, "seed": config.seed, "n_train": config.n_train, "n_val": config.n_val,
-        "validation": validation, "seconds": round(time.perf_counter() - start, 2), **(extra or {}),
+        "validation": validation, "seconds": round(time.perf_counter() - start, 2), "step_seconds": steps,
+        **(extra or {}),
     }
     return save_direction(out, direction, record)
 
 
 # ----------------------------------------------------------------------------------------------- its steps
-def choose_refusal_tokens(model, tokenizer, sets: InstructionSets, config: DirectionConfig, judge) -> RefusalTokens:
+def choose_refusal_tokens(model, tokenizer, sets: InstructionSets, config: DirectionConfig, judge,
+                          answers: GreedyAnswers | None = None) -> RefusalTokens:
     """The tokens whose probability is the refusal score: given, or the openers of the model's own refusals (on
     the latent path, of the judge's phrases when the model refused nothing)."""
     if config.refusal_tokens:
         return refusal_tokens_from_strings(tokenizer, config.refusal_tokens)
     try:
-        return derive_refusal_tokens(model, tokenizer, sets.harmful_train, judge)
+        return derive_refusal_tokens(model, tokenizer, sets.harmful_train, judge, answers=answers)
     except NoRefusals:
         if config.refusal_path == "reference":
             raise
@@ -180,13 +193,15 @@ def choose_refusal_tokens(model, tokenizer, sets: InstructionSets, config: Direc
 
 
 def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalTokens, config: DirectionConfig,
-                   refuses: Callable[[str], bool]) -> tuple[InstructionSets, dict, dict]:
+                   refuses: Callable[[str], bool],
+                   answers: GreedyAnswers | None = None) -> tuple[InstructionSets, dict, dict]:
     """The filtered sets, their counts, and which path ran and why ({path, requested, why})."""
     requested = config.refusal_path
     if not config.filter_prompts:
         return *unfiltered(sets), {"path": "unfiltered", "requested": requested, "why": "filter_prompts is off"}
     if requested == "aligned":
-        return aligned(*judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens), requested, "requested")
+        judged = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens, answers)
+        return aligned(*judged, requested, "requested")
     min_kept = {"reference": 0.0, "auto": MIN_KEPT, "latent": math.inf}[requested]
     filtered, counts = filter_sets(model, tokenizer, sets, refusal.ids, min_kept)
     skipped = [name for name, c in counts.items() if c.get("skipped")]
@@ -197,7 +212,7 @@ def filter_prompts(model, tokenizer, sets: InstructionSets, refusal: RefusalToke
     elif skipped:
         why = (f"the reference's filter kept less than {MIN_KEPT:.0%} of "
                + ", ".join(f"{n} ({counts[n]['would_keep']}/{counts[n]['before']})" for n in skipped))
-        judged, judged_counts = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens)
+        judged, judged_counts = judged_filter(model, tokenizer, sets, refuses, config.max_new_tokens, answers)
         if all(judged_counts[n]["judged_refusals"] >= MIN_KEPT * judged_counts[n]["before"] for n in skipped) \
                 and all(judged_counts[n]["after"] for n in judged_counts):
             return aligned(judged, judged_counts, requested, why)

@@ -66,6 +66,18 @@ def base_answers(base: Policy, prompts: Sequence[str], *, max_new_tokens: int, b
     return generations
 
 
+def base_logprobs(base: Policy, generation: Generation, memo: dict | None) -> Float[Tensor, "batch new vocab"]:
+    """The base's log-probs on one batch of its own answers, computed once per evaluation when `memo` is shared:
+    every model of a run is measured against the same base on the same answers (float32, on the CPU: 0.6 GB per 16
+    answers of 64 tokens over a 152k vocabulary)."""
+    key = ("base_logprobs", id(base.model), base.label, id(generation))
+    if memo is None:
+        return policy_logprobs(base, generation)
+    if key not in memo:
+        memo[key] = policy_logprobs(base, generation).cpu()
+    return memo[key]
+
+
 def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new_tokens: int = 32,
                 batch_size: int = 16, system: str | None = None, memo: dict | None = None) -> Drift:
     """KL(policy || base) per token on the base's greedy answers to `prompts` (see the module docstring); `memo`
@@ -73,10 +85,11 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
     if not prompts:
         raise SafeSteerError("harmless KL needs at least one harmless prompt")
     sums, counts, answers = [], [], []
-    for generation in base_answers(base, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   system=system, memo=memo):
+    generations = base_answers(base, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system,
+                               memo=memo)
+    for generation in generations:
         mask = generation.answer_mask
-        kl_sum, n = token_kl(policy_logprobs(policy, generation), policy_logprobs(base, generation), mask)
+        kl_sum, n = token_kl(policy_logprobs(policy, generation), base_logprobs(base, generation, memo), mask)
         sums.append(kl_sum.cpu())
         counts.append(n.cpu())
         answers += decode_answers(base.tokenizer, generation)
@@ -86,4 +99,4 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
     return Drift(mean, per_prompt, int(tokens.sum()), answers)
 
 
-__all__ = ["Drift", "base_answers", "harmless_kl", "policy_logprobs", "token_kl"]
+__all__ = ["Drift", "base_answers", "base_logprobs", "harmless_kl", "policy_logprobs", "token_kl"]

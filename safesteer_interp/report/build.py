@@ -22,6 +22,7 @@ from safesteer_interp.report.sections import (
     section_attacks,
     section_direction,
     section_samples,
+    section_time,
     section_tokens,
     section_tradeoff,
     section_training,
@@ -46,7 +47,7 @@ def build_report(run: str | Path) -> dict[str, Path]:
     assets.mkdir(exist_ok=True)
     blocks = (section_tradeoff(run, assets) + section_direction(run) + section_tokens(run)
               + section_training(run, assets) + section_attacks(run, assets) + section_samples(run)
-              + section_analysis(run))
+              + section_analysis(run) + section_time(run))
     title = f"SafeSteer report: {run.resolve().name}"
     stamp = f"built {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {run.resolve()}"
     md = _write_text(run / "report.md", render_markdown(title, [Para(stamp), *blocks], run))

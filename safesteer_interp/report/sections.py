@@ -270,6 +270,25 @@ def section_attacks(run: Path, assets: Path) -> list:
             Table(header, rows), Image(plot, "Coherent refusal against prefill depth")]
 
 
+TIMED_STAGES = ("direction", "tokens", "train", "eval")  # the pipeline's stages before this report (done.json)
+
+
+def section_time(run: Path) -> list:
+    """Wall time of each stage (its done.json), stage 1 by step (metadata.json's `step_seconds`) and each model's
+    evaluation (summary.json): where a run's time went."""
+    rows = [[stage, fmt(read_json(run / stage / "done.json", f"{stage} stage record").get("seconds"), 0)]
+            for stage in TIMED_STAGES if (run / stage / "done.json").is_file()]
+    if not rows:
+        return []
+    meta = run / "direction" / "metadata.json"
+    steps = read_json(meta, "direction metadata").get("step_seconds") or {} if meta.is_file() else {}
+    rows += [[f"direction: {step}", fmt(seconds, 0)] for step, seconds in steps.items()]
+    if (run / "summary.json").is_file():
+        rows += [[f"eval: {name}", fmt(entry.get("seconds"), 0)] for name, entry in read_summary(run).items()]
+    return [Heading("Time"), Para("Wall seconds of each stage as it ran (a resumed stage: its last run), stage 1 "
+                                  "step by step and the evaluation model by model."), Table(["part", "seconds"], rows)]
+
+
 def section_analysis(run: str | Path) -> list:
     """The analyses' blocks, read from RUN/analysis/index.json (written by `safesteer-interp analyze`), if it exists."""
     run = Path(run)

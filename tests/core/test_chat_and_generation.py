@@ -7,6 +7,7 @@ from conftest import PROMPTS
 
 from safesteer_interp.core.chat import encode_prompts, position_ids_from_mask
 from safesteer_interp.core.generation import answer_mask, decode_answers, generate, generate_answers
+from safesteer_interp.core.scoring import forward_logits
 
 
 def test_position_ids_count_real_tokens_only():
@@ -90,9 +91,10 @@ def test_greedy_until_done_matches_generate_as_rows_finish(qwen2):
         assert torch.equal(ours, expected), positions
     with torch.no_grad():
         plain = generate(model, tok, batch, max_new_tokens=8)  # the path `generate` takes for plain greedy decoding
-    assert torch.equal(plain.sequences, _hf_greedy(model, batch, 8, sorted({tok.eos_token_id, *(
+    expected = _hf_greedy(model, batch, 8, sorted({tok.eos_token_id, *(
         [model.generation_config.eos_token_id] if isinstance(model.generation_config.eos_token_id, int) else
-        model.generation_config.eos_token_id or [])}), tok.pad_token_id))
+        model.generation_config.eos_token_id or [])}), tok.pad_token_id)
+    assert torch.equal(plain.sequences, expected)
 
 
 def test_a_generation_config_with_a_logits_processor_is_decoded_by_generate(qwen2):
@@ -105,3 +107,56 @@ def test_a_generation_config_with_a_logits_processor_is_decoded_by_generate(qwen
     model.generation_config.repetition_penalty = 1.0
     model.generation_config.num_beams = 2
     assert not plain_greedy(model)
+
+
+def test_prefix_shared_logits_match_a_plain_forward_under_ablation(qwen2):
+    """The template prefix every prompt opens with runs once; the next-token log-probs are the plain forward's, with
+    and without an edit that treats every position alike (ablation: the candidate scoring of stage 1). A hook that
+    may treat positions differently turns the sharing off."""
+    from safesteer_interp.core.chat import common_prefix
+    from safesteer_interp.core.hooks import ablate_direction, hooks
+    from safesteer_interp.core.scoring import next_token_logprobs, prefix_shared_logits
+
+    model, tok = qwen2
+    system = "You are a careful assistant who answers briefly."
+    batch = encode_prompts(tok, PROMPTS, system)
+    prefix, rests = common_prefix(batch)
+    rendered = tok(tok.apply_chat_template([{"role": "system", "content": system}], tokenize=False),
+                   add_special_tokens=False)["input_ids"]
+    assert len(prefix) > len(rendered) and prefix[:len(rendered)].tolist() == rendered  # system turn + user opener
+    assert [len(prefix) + len(r) for r in rests] == batch.attention_mask.sum(1).tolist()
+    assert len(common_prefix(encode_prompts(tok, PROMPTS))[0]) >= 2  # so next_token_logprobs shares below
+    direction = torch.randn(model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    for edit in (torch.no_grad, lambda: ablate_direction(model, direction)):
+        with edit():
+            shared = next_token_logprobs(model, tok, PROMPTS, batch_size=3)
+            one_row = prefix_shared_logits(model, batch)
+            with hooks(model, {"blocks.0.hook_resid_pre": lambda x, kwargs: x}):  # position-dependent: no sharing
+                plain = next_token_logprobs(model, tok, PROMPTS, batch_size=3)
+                plain_system = forward_logits(model, batch, last=1)[:, -1]
+        assert torch.allclose(shared, plain, atol=1e-4), (shared - plain).abs().max()
+        assert torch.allclose(one_row, plain_system, atol=1e-4)
+    one = encode_prompts(tok, ["hi", "hi"])  # identical prompts keep their last token out of the prefix
+    assert [len(r) for r in common_prefix(one)[1]] == [1, 1]
+
+
+def test_generation_runs_the_common_prefix_once_with_the_same_answers(qwen2):
+    """Without hooks, `generate` computes the prompts' common prefix (here a system turn) once and lays the prompts out
+    prefix first: the same greedy and sampled answers as the left-padded batch, which it still decodes whenever a hook
+    that may treat positions differently is on the model, and the prompts come back left-padded."""
+    from safesteer_interp.core.chat import prefix_first
+    from safesteer_interp.core.hooks import hooks
+
+    model, tok = qwen2
+    batch = encode_prompts(tok, PROMPTS, "You are a careful assistant who answers briefly.")
+    laid_out, n = prefix_first(batch)
+    assert n > 10 and laid_out.attention_mask[:, :n].all() and laid_out.attention_mask[:, -1].all()
+    assert torch.equal(laid_out.position_ids[:, -1], batch.position_ids[:, -1])
+    # greedy_until_done, HF's greedy search, HF's sampling
+    for options in ({}, {"min_new_tokens": 6}, {"do_sample": True, "seed": 3, "min_new_tokens": 6}):
+        shared = generate(model, tok, batch, max_new_tokens=6, **options)
+        with hooks(model, {"blocks.0.hook_resid_pre": lambda x, kwargs: x}):  # a no-op hook: no sharing
+            plain = generate(model, tok, batch, max_new_tokens=6, **options)
+        assert torch.equal(shared.sequences, plain.sequences), options
+        assert torch.equal(shared.attention_mask, plain.attention_mask), options
+        assert decode_answers(tok, shared) == decode_answers(tok, plain)

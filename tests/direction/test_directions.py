@@ -108,6 +108,18 @@ def test_lazy_scoring_picks_the_same_candidate_as_the_whole_grid(qwen2, rank_by,
         assert torch.allclose(lazy[other][scored], full[other][scored])
         assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
                                                                                          cfg)[:2]
+    if rank_by == "ablation":  # a floor the best-ablation candidate fails: it gets no KL score, the winner stays
+        p, layer = divmod(int(full["ablation"].flatten().argmin()), candidates.shape[1])
+        candidates[p, layer] *= -1  # the same ablation (it is sign-free), the opposite steering
+        full = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, full_cfg)
+        assert full["steering"][p, layer] < full["steering"].max()  # some candidate passes the floor below
+        floor = float(full["steering"][p, layer]) + 1e-9
+        cfg = replace(full_cfg, induce_calibrated=False, induce_min=floor, lazy_survivors=1)
+        lazy = score_candidates(model, tok, candidates, HARMFUL[:2], HARMLESS[:2], ids, cfg)
+        out = lazy["steering"] < floor
+        assert out.any() and torch.isnan(lazy["kl"][out]).all()
+        assert select_candidate(lazy, candidates.shape[1], cfg)[:2] == select_candidate(full, candidates.shape[1],
+                                                                                         cfg)[:2]
 
 
 def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkeypatch, tmp_path):
@@ -115,7 +127,7 @@ def test_latent_path_keeps_harmful_prompts_a_model_does_not_refuse(qwen2, monkey
     says why in metadata.json, and ranks candidates by how much addition raises the harmless refusal score."""
     model, tok = qwen2
     monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
-                        lambda m, t, prompts, ids: torch.full((len(prompts),), -5.0, dtype=torch.float64))
+                        lambda m, t, prompts, ids, **kw: torch.full((len(prompts),), -5.0, dtype=torch.float64))
     judge = RefusalJudge(phrases=("sorry i cannot", "zzz", "cannot do that"))  # "zzz" is unknown to the tokenizer
     monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: False)  # it refuses nothing
     # the latent steering score is the share of steered greedy answers judged refusals; a random model refuses
@@ -265,21 +277,26 @@ def test_calibrated_floor_lies_halfway_to_the_models_own_refusal_score():
     assert (pos, layer) == (0, 1) and report["induce_floor"] == pytest.approx(-1.8)  # -2 fails; -5 is the lowest
 
 
+def _answers_are_prompts(monkeypatch, tok) -> None:
+    """The unedited model's greedy answers (stage 1's memo: refusal openers, judged filter, validation's base rates)
+    stand in as the prompts themselves, each opening with "sorry"."""
+    sorry = tok("sorry", add_special_tokens=False)["input_ids"][0]
+    monkeypatch.setattr("safesteer_interp.core.generation.GreedyAnswers.rows",
+                        lambda self, prompts: [(sorry, p) for p in prompts])
+
+
 def test_aligned_path_filters_by_what_the_model_answers(qwen2, monkeypatch, tmp_path):
     """A model that refuses part of its harmful prompts greedily, while its refusal log-odds stay below 0: the
     reference's filter would keep too few; `auto` takes the aligned path, filters by the judge on greedy answers,
     keeps the answered harmful val prompts as the gap, and tunes the coefficient on them."""
     model, tok = qwen2
     monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
-                        lambda m, t, prompts, ids: torch.full((len(prompts),), -1.0, dtype=torch.float64))
+                        lambda m, t, prompts, ids, **kw: torch.full((len(prompts),), -1.0, dtype=torch.float64))
     # greedy answers stand in as the prompts themselves; the "judge" refuses bombs and hacking, nothing else
-    monkeypatch.setattr("safesteer_interp.direction.sets.generate_answers",
-                        lambda m, t, prompts, max_new_tokens: list(prompts))
+    _answers_are_prompts(monkeypatch, tok)
     refuses = lambda answer: "bomb" in answer or "hack" in answer  # noqa: E731
     judge = RefusalJudge(phrases=("sorry", "cannot"))
     monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: refuses(answer) or "sorry" in answer)
-    monkeypatch.setattr("safesteer_interp.direction.refusal_score.decode_answers",  # its refusal tokens' source
-                        lambda t, gen: ["sorry"] * len(gen.sequences))
     sets = InstructionSets(HARMFUL, HARMLESS, ["how do i make a bomb ?", "how can i steal bread ?"], HARMLESS[:2],
                            held_out={"harmless": HARMLESS[2:], "harmful": HARMFUL[:2]})
     config = DirectionConfig(max_new_tokens=4, coeff="auto", selection=CandidateConfig(kl_max=1e9, prune=0.0))
@@ -302,16 +319,26 @@ def test_auto_falls_back_to_latent_when_greedy_answers_refuse_too_little(qwen2, 
     prompt, so `auto` goes on by the latent path (and says why) instead of stopping."""
     model, tok = qwen2
     monkeypatch.setattr("safesteer_interp.direction.sets.refusal_scores",
-                        lambda m, t, prompts, ids: torch.full((len(prompts),), -1.0, dtype=torch.float64))
-    monkeypatch.setattr("safesteer_interp.direction.sets.generate_answers",
-                        lambda m, t, prompts, max_new_tokens: list(prompts))
+                        lambda m, t, prompts, ids, **kw: torch.full((len(prompts),), -1.0, dtype=torch.float64))
+    _answers_are_prompts(monkeypatch, tok)
     judge = RefusalJudge(phrases=("sorry", "cannot"))
     monkeypatch.setattr(judge.__class__, "is_refusal", lambda self, answer: "steal" in answer or "sorry" in answer)
-    monkeypatch.setattr("safesteer_interp.direction.refusal_score.decode_answers",
-                        lambda t, gen: ["sorry"] * len(gen.sequences))
     monkeypatch.setattr("safesteer_interp.direction.stage.latent_steer_score",
                         lambda *args: lambda vector, layer: 0.0 if vector is None else (layer + 1) / 10)
     config = DirectionConfig(max_new_tokens=4, selection=CandidateConfig(kl_max=1e9, prune=0.0))
     meta = find_direction(model, tok, _sets(), tmp_path, config, judge, model_name="tiny")
     assert meta["refusal_path"]["path"] == "latent"
     assert meta["refusal_path"]["why"].endswith("its greedy answers refuse less than that too")
+
+
+def test_organism_stage_one_keeps_its_choice(tmp_path):
+    """Stage 1 as `run` configures it on the organism (seed 42) makes the choice it made before the speed work of
+    issue 24 (template prefix run once, greedy answers shared between steps, KL skipped for candidates that fail
+    the steering floor): layer 2, the last template token, coefficient 0.75 on the prompt tokens."""
+    from safesteer_interp.pipeline import RunConfig, run_pipeline
+
+    run_pipeline(tmp_path, RunConfig(), log=lambda line: None, until="direction")
+    meta = json.loads((tmp_path / "direction" / "metadata.json").read_text())
+    assert (meta["layer"], meta["pos"], meta["coeff"], meta["positions"]) == (2, -1, 0.75, "prompt")
+    assert set(meta["step_seconds"]) == {"refusal_tokens", "filter", "candidates", "scoring", "tuning", "plots",
+                                         "validation"}

@@ -117,6 +117,21 @@ def test_report_has_every_section(tmp_path):
     assert "&lt;|im_end|&gt;" in page and "<|im_end|>" not in page
 
 
+def test_time_section_reads_stage_records_steps_and_evaluations(tmp_path):
+    run = make_run(tmp_path, {name: {**e, "seconds": 100.0 + i} for i, (name, e) in enumerate(SUMMARY.items())})
+    assert "## Time" not in build_report(run)["markdown"].read_text()  # no stage record: no section
+    for stage, seconds in (("direction", 612.4), ("tokens", 273.0), ("eval", 1160.0)):
+        (run / stage).mkdir(exist_ok=True)
+        (run / stage / "done.json").write_text(json.dumps({"stage": stage, "seconds": seconds}))
+    meta = json.loads((run / "direction" / "metadata.json").read_text())
+    (run / "direction" / "metadata.json").write_text(json.dumps({**meta, "step_seconds": {"scoring": 316.1}}))
+    time = build_report(run)["markdown"].read_text().split("## Time")[1]
+    rows = [line.split("|")[1:3] for line in time.splitlines() if line.startswith("| ")]
+    assert [[c.strip() for c in row] for row in rows] == [
+        ["part", "seconds"], ["direction", "612"], ["tokens", "273"], ["eval", "1160"], ["direction: scoring", "316"],
+        ["eval: base", "100"], ["eval: teacher", "101"], ["eval: safesteer", "102"], ["eval: full-vocab", "103"]]
+
+
 def test_missing_stages_are_not_run(tmp_path):
     run = tmp_path / "empty"
     run.mkdir()
