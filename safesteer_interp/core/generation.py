@@ -18,7 +18,7 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts, prefix_first
-from safesteer_interp.core.hooks import position_dependent_hooks
+from safesteer_interp.core.hooks import hooked, position_dependent_hooks
 from safesteer_interp.errors import SafeSteerError
 
 
@@ -136,17 +136,15 @@ def shared_prompt_cache(model, batch: ChatBatch, repeats: int) -> dict:
 MIN_SHARED_PREFIX = 2  # fewer common tokens are not worth the extra forward
 
 
-def hooked(model) -> bool:
-    """Whether any forward hook or pre-hook is registered on the model (steering, ablation, recording)."""
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
-
-
 @torch.no_grad()
 def prefix_cache(model, batch: ChatBatch) -> tuple[ChatBatch, dict | None]:
     """(the batch laid out prefix first (`chat.prefix_first`), a KV cache that already holds the rows' common
-    prefix) or (batch, None) when they share fewer than MIN_SHARED_PREFIX tokens. The prefix runs once, as one
-    row, and its keys and values are repeated for every row: a chat template's system turn is 24 of the ~45 tokens of
-    Qwen's HarmBench prompts. Callers continue from column `cached_length(cache)` with the whole attention mask."""
+    prefix) or (batch, None) for a single row or rows that share fewer than MIN_SHARED_PREFIX tokens. The prefix
+    runs once, as one row, and its keys and values are repeated for every row: a chat template's system turn is 24
+    of the ~45 tokens of Qwen's HarmBench prompts. Callers continue from column `cached_length(cache)` with the
+    whole attention mask."""
+    if len(batch) < 2:
+        return batch, None
     laid_out, n = prefix_first(batch)
     if n < MIN_SHARED_PREFIX:
         return batch, None
@@ -229,7 +227,7 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     `greedy_until_done` (finished rows leave the batch) instead of `model.generate`."""
     device = next(model.parameters()).device
     prompts, cached = batch, None
-    if num_return_sequences == 1 and len(batch) > 1 and not position_dependent_hooks(model):
+    if num_return_sequences == 1 and not position_dependent_hooks(model):
         batch, cached = prefix_cache(model, batch)  # (a hook that tells the prefill from decoding would misread it)
     prompt_length = batch.input_ids.shape[1]  # the same width in both layouts
     if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model):

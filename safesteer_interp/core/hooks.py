@@ -74,11 +74,21 @@ def everywhere(edit: Edit) -> Edit:
     return edit
 
 
+def registered_hooks(model: nn.Module) -> Iterator[Callable]:
+    """Every forward hook and pre-hook on the model's modules (ours and anyone else's)."""
+    for module in model.modules():
+        yield from (*module._forward_hooks.values(), *module._forward_pre_hooks.values())
+
+
+def hooked(model: nn.Module) -> bool:
+    """Whether any forward hook or pre-hook is registered on the model (steering, ablation, recording)."""
+    return any(True for _ in registered_hooks(model))
+
+
 def position_dependent_hooks(model: nn.Module) -> bool:
     """Whether a hook on the model may treat positions differently (steering prompt tokens only, recording): any
     forward hook or pre-hook not made from an `everywhere` edit."""
-    return any(not getattr(hook, "everywhere", False) for m in model.modules()
-               for hook in (*m._forward_hooks.values(), *m._forward_pre_hooks.values()))
+    return any(not getattr(hook, "everywhere", False) for hook in registered_hooks(model))
 
 
 def _pre_hook(edit: Edit):
@@ -248,5 +258,5 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
 
 
 __all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "addition", "cache_activations", "check_layer",
-           "check_vector", "everywhere", "hook_names", "hooks", "is_decode_step", "position_dependent_hooks",
-           "project_out"]
+           "check_vector", "everywhere", "hook_names", "hooked", "hooks", "is_decode_step", "position_dependent_hooks",
+           "project_out", "registered_hooks"]

@@ -38,7 +38,7 @@ def next_token_logprobs(model, tokenizer, instructions: Sequence[str], *,
     out = []
     for start in range(0, len(instructions), batch_size):
         batch = encode_prompts(tokenizer, instructions[start:start + batch_size])
-        shared = len(batch) > 1 and not position_dependent_hooks(model)
+        shared = not position_dependent_hooks(model)
         logits = prefix_shared_logits(model, batch) if shared else forward_logits(model, batch, last=1)[:, -1]
         out.append(torch.log_softmax(logits.double(), -1).cpu())
     return torch.cat(out)

@@ -126,23 +126,23 @@ def lazy_rest(scores: dict[str, Tensor], cells: list[tuple[int, int]], rest: Seq
     every filter: the first of them is the whole grid's winner."""
     by_steering, floor = config.rank_by == "steering", induce_floor(config, scores)
     order = sorted(cells, key=lambda c: -float(scores["steering"][c]) if by_steering else float(scores["ablation"][c]))
-    # the filters of `select_candidate` each score answers: KL at most kl_max, (ranked by ablation) steering at or
-    # above the floor; a candidate out by one score does not need the next
-    passes = {"ablation": lambda cell: True, "kl": lambda cell: bool(scores["kl"][cell] <= config.kl_max),
-              "steering": lambda cell: by_steering or bool(scores["steering"][cell] >= floor)}
+    def out(cell: tuple[int, int]) -> bool:
+        """A filter of `select_candidate` already fails: KL above kl_max, or (ranked by ablation) steering below the
+        floor. A score not computed yet (NaN) fails neither, so a candidate out by one score needs no next one."""
+        return bool(scores["kl"][cell] > config.kl_max or (not by_steering and scores["steering"][cell] < floor))
+
     found = 0
     for cell in order:
         if by_steering and scores["steering"][cell] <= floor:
             break  # every later candidate fails the same filter
-        passed = True
         for score in rest:
             score(*cell)
-            if not passes[score.__name__](cell):
-                passed = False
+            if out(cell):
                 break
-        found += passed
-        if found == config.lazy_survivors:
-            break
+        else:
+            found += 1
+            if found == config.lazy_survivors:
+                break
 
 
 def pruned_from(n_layers: int, config: CandidateConfig) -> int:

@@ -85,9 +85,8 @@ def harmless_kl(policy: Policy, base: Policy, prompts: Sequence[str], *, max_new
     if not prompts:
         raise SafeSteerError("harmless KL needs at least one harmless prompt")
     sums, counts, answers = [], [], []
-    generations = base_answers(base, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, system=system,
-                               memo=memo)
-    for generation in generations:
+    for generation in base_answers(base, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   system=system, memo=memo):
         mask = generation.answer_mask
         kl_sum, n = token_kl(policy_logprobs(policy, generation), base_logprobs(base, generation, memo), mask)
         sums.append(kl_sum.cpu())
