@@ -173,6 +173,9 @@ def compare_command(
 def attack_command(
     run: Annotated[str, typer.Option("--run", help="a real-model run folder (held-out HarmBench in RUN/splits.json)")],
     n: Annotated[int | None, typer.Option(min=1, help="only the first N held-out behaviours (smoke runs)")] = None,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", metavar="NAME", help="attack only this model now (repeatable: base, teacher, safesteer or a "
+                                        "baseline's name); the others keep their earlier results")] = None,
 ) -> None:
     """How deep the refusal goes: jailbreak templates and prefilled answers on the run's held-out behaviours, for
     the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
@@ -186,7 +189,8 @@ def attack_command(
     students = {("safesteer" if t.parent == folder else t.parent.name): t / "model" for t in trained
                 if (t / "model" / "config.json").is_file()}
     base, tok = load_model(config["model"])
-    summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n)
+    summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n,
+                         only=model or ())
     columns = ["plain", *TEMPLATES, "templates", *(f"prefill-{k}" for k in PREFILL_DEPTHS)]
     table = Table(title=f"coherent refusal under attack ({folder})")
     table.add_column("model", no_wrap=True)

@@ -19,8 +19,9 @@ def run(
                                                           "(HarmBench splits in RUN/splits.json)")]
     = "organism",
     baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
-                                                 "top-K OPD (organism only), SFT on teacher refusals, and the "
-                                                 "general-data anchor)")] = False,
+                                                 "top-K OPD (organism only), SFT on teacher refusals, the "
+                                                 "general-data anchor, and safesteer-deep (real models only))")
+                        ] = False,
     baseline: Annotated[list[str] | None, typer.Option(
         "--baseline", metavar="NAME", help="train and evaluate this baseline only (repeatable; e.g. safesteer-binned); "
                                            "on a finished run it adds the row")] = None,

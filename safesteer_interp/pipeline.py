@@ -9,6 +9,7 @@ On a real model the prompt lists come from RUN/splits.json (HarmBench train / va
 from __future__ import annotations
 
 import json
+import math
 import random
 import shutil
 import time
@@ -20,6 +21,7 @@ from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import RunSplits, run_splits
+from safesteer_interp.deepen import deep_inputs
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.sets import InstructionSets, draw, same_form
 from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
@@ -33,7 +35,7 @@ from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
 from safesteer_interp.teacher import SteeredTeacher
 from safesteer_interp.tokens.artifact import load_safety_tokens
-from safesteer_interp.tokens.stage import run_tokens, token_configs
+from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens, token_configs
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
 # name -> (vocab, restrict, divergence, trainer, anchor weight): every baseline shares prompts, seed and step budget.
@@ -45,10 +47,14 @@ BASELINES = {
     "opd-topk": ("topk", "paper", "reverse", "opd", 0.0),
     "sft-teacher": ("full", "paper", "reverse", "sft", 0.0),
     "safesteer-anchor": ("safe", "paper", "reverse", "opd", 1.0),
+    # binned, with a teacher chosen by its refusal after a compliant prefill and prefilled training answers (`deepen`)
+    "safesteer-deep": ("safe", "binned", "reverse", "opd-deep", 0.0),
 }
 # top-K OPD is the organism's probe of the published loss's partial sum (README); on a real model each baseline costs
 # ~8 min of a 2-core machine, and the real-model table keeps the ones the comparison needs
 REAL_SKIPPED_BASELINES = ("opd-topk",)
+# the deep variant chooses its teacher on HarmBench val and is measured by the attacks, both real-model only
+ORGANISM_SKIPPED_BASELINES = ("safesteer-deep",)
 SAFESTEER = ("safe", "paper", "reverse", "opd", 0.0)  # the published method, in BASELINES' terms
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
@@ -216,7 +222,10 @@ def stage_tokens(run: Path, cfg: RunConfig, log) -> dict:
     model, tok = _load(cfg)
     contrast, vote = token_configs(horizon=cfg.horizon, samples=cfg.samples, seed=cfg.seed, k=cfg.k,
                                    method=cfg.method)
-    result = run_tokens(run, model, tok, contrast=contrast, vote=vote)
+    # batches of the selection, then of its stability check with the next seed
+    batches = 2 * math.ceil(len(default_selection_prompts(run)) / contrast.batch_size)
+    tick = log_ticks(log, "safety-token contrast (batches)")(batches)
+    result = run_tokens(run, model, tok, contrast=contrast, vote=vote, progress=lambda _prompts: tick())
     tokens = result.explanations
     log(f"  |S| = {len(tokens)}: {', '.join(t['token'] for t in tokens[:8])}{' ...' if len(tokens) > 8 else ''}")
     return {"n_tokens": len(tokens), "stability": result.stability and "see tokens.json"}
@@ -239,16 +248,21 @@ def baselines(cfg: RunConfig) -> dict[str, tuple]:
     """The baselines a run trains: every one of the model's (--baselines) or those named (--baseline NAME)."""
     if not cfg.baselines:
         return {}
-    skipped = () if is_organism(cfg.model) else REAL_SKIPPED_BASELINES
+    skipped = ORGANISM_SKIPPED_BASELINES if is_organism(cfg.model) else REAL_SKIPPED_BASELINES
     if cfg.baselines is True:
         return {name: spec for name, spec in BASELINES.items() if name not in skipped}
     unknown = [name for name in cfg.baselines if name not in BASELINES]
     if unknown:
         raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(BASELINES)}")
+    organism_only = [name for name in cfg.baselines if name in ORGANISM_SKIPPED_BASELINES and is_organism(cfg.model)]
+    if organism_only:
+        raise SafeSteerError(f"baseline {organism_only[0]!r} needs a real-model run (HarmBench val chooses its "
+                             "teacher); use --model qwen2.5-coder-0.5b-instruct")
     return {name: BASELINES[name] for name in cfg.baselines}
 
 
-def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool) -> dict:
+def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool,
+              log: Callable[[str], None] = print) -> dict:
     """Train one student into target/train/ (SafeSteer itself: target = run); spec as in BASELINES."""
     vocab, restrict, divergence, trainer, anchor_weight = spec
     model, tok = _load(cfg)
@@ -257,18 +271,24 @@ def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool
     dcfg = distill_config(cfg, vocab, restrict, divergence)
     if trainer == "sft":
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
+    prefills: list[str] = []
+    variant = f"{vocab}/{restrict}/{divergence}" + (f" + anchor {anchor_weight}" if anchor_weight else "")
+    if trainer == "opd-deep":
+        direction, prefills = deep_inputs(target, model, tok, direction, prompts,
+                                          run_splits(run, cfg.seed).harmful_val, cfg.seed, log)
+        variant += f" + deep teacher (coeff {direction.coeff}) + prefilled answers"
     safety = load_safety_tokens(run) if vocab == "safe" else None
     anchors = anchor_prompts(run, cfg) if anchor_weight > 0 else []
     dcfg.anchor_weight = anchor_weight
     return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,
-                   anchor_prompts=anchors, provenance={"run": str(run), "variant": f"{vocab}/{restrict}/{divergence}"
-                                                       + (f" + anchor {anchor_weight}" if anchor_weight else "")})
+                   anchor_prompts=anchors, prefills=prefills, provenance={"run": str(run), "variant": variant},
+                   log=log)
 
 
 def stage_train(run: Path, cfg: RunConfig, log) -> dict:
     summary = {}
     resume = (run / "train" / "checkpoints").is_dir()  # an interrupted training continues exactly
-    summary["safesteer"] = train_one(run, run, cfg, SAFESTEER, resume)
+    summary["safesteer"] = train_one(run, run, cfg, SAFESTEER, resume, log)
     if summary["safesteer"].get("openers_note"):
         log(f"  {summary['safesteer']['openers_note']}")
     summary.update(train_baselines(run, cfg, log, list(baselines(cfg))))
@@ -284,7 +304,8 @@ def train_baselines(run: Path, cfg: RunConfig, log, names: list[str]) -> dict:
         if (target / "train" / "model" / "config.json").is_file():
             continue
         started = time.perf_counter()
-        summary[name] = train_one(run, target, cfg, BASELINES[name], (target / "train" / "checkpoints").is_dir())
+        summary[name] = train_one(run, target, cfg, BASELINES[name], (target / "train" / "checkpoints").is_dir(),
+                                  log)
         log(f"  {name} trained in {time.perf_counter() - started:.0f} s")
     return summary
 

@@ -95,6 +95,14 @@ def render_prompts(tokenizer, instructions: Sequence[str], system: str | None = 
             for text in instructions]
 
 
+def render_prefilled(tokenizer, instructions: Sequence[str], prefills: Sequence[str]) -> list[str]:
+    """Chat prompts whose assistant turn has already begun with each row's prefill ("" leaves it a plain prompt)."""
+    if len(prefills) != len(instructions):
+        raise SafeSteerError(f"{len(prefills)} prefills for {len(instructions)} instructions: pass one per "
+                             "instruction ('' for none)")
+    return [text + prefill for text, prefill in zip(render_prompts(tokenizer, instructions), prefills, strict=True)]
+
+
 def encode_texts(tokenizer, texts: Sequence[str]) -> ChatBatch:
     """Tokenize already-rendered chat texts (the template carries its own BOS, so none is added)."""
     enc = tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -221,14 +221,16 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     """`model.generate` on a left-padded batch, returning the answer mask alongside the tokens.
 
     `share_prompt`: run each prompt once for its `num_return_sequences` samples (`shared_prompt_cache`); the same
-    tokens up to float rounding, for a model without prefill-only hooks. With one sequence per prompt and no hook on
-    the model that treats positions differently (`hooks.position_dependent_hooks`), the prompts' common prefix runs
-    once instead (`prefix_cache`; the prompts come back left-padded, as given). Plain greedy decoding runs
-    `greedy_until_done` (finished rows leave the batch) instead of `model.generate`."""
+    tokens up to float rounding; ignored under a hook that treats positions differently (prompt-only steering).
+    With one sequence per prompt and no hook on the model that treats positions differently
+    (`hooks.position_dependent_hooks`), the prompts' common prefix runs once instead (`prefix_cache`; the prompts
+    come back left-padded, as given). Plain greedy decoding runs `greedy_until_done` (finished rows leave the batch)
+    instead of `model.generate`."""
     device = next(model.parameters()).device
     prompts, cached = batch, None
-    if num_return_sequences == 1 and not position_dependent_hooks(model):
-        batch, cached = prefix_cache(model, batch)  # (a hook that tells the prefill from decoding would misread it)
+    positional = position_dependent_hooks(model)  # a hook that tells the prefill from decoding would misread either
+    if num_return_sequences == 1 and not positional:
+        batch, cached = prefix_cache(model, batch)
     prompt_length = batch.input_ids.shape[1]  # the same width in both layouts
     if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model):
         eos = eos_token_ids(model, tokenizer)
@@ -240,7 +242,7 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
                   eos_token_id=eos_token_ids(model, tokenizer))
     if cached is not None:
         kwargs.update(cached)
-    elif share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1:
+    elif share_prompt and num_return_sequences > 1 and batch.input_ids.shape[1] > 1 and not positional:
         kwargs.update(shared_prompt_cache(model, batch, num_return_sequences))  # generate expands tensors only
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p, top_k=0)
@@ -299,11 +301,16 @@ class GreedyAnswers:
 
 
 def generate_answers(model, tokenizer, instructions: Sequence[str], *, max_new_tokens: int = 32,
-                     batch_size: int = 64, system: str | None = None, **kwargs) -> list[str]:
-    """Decoded answers to chat instructions, in order, generated in left-padded batches."""
+                     batch_size: int = 64, system: str | None = None,
+                     progress: Callable[[int], Callable[[], None]] | None = None, **kwargs) -> list[str]:
+    """Decoded answers to chat instructions, in order, generated in left-padded batches. `progress(total batches)`
+    returns a tick called after each batch (`core.progress.log_ticks`)."""
     answers: list[str] = []
-    for start in range(0, len(instructions), batch_size):
+    starts = range(0, len(instructions), batch_size)
+    tick = progress(len(starts)) if progress is not None else lambda: None
+    for start in starts:
         batch = encode_prompts(tokenizer, instructions[start:start + batch_size], system)
         answers += decode_answers(tokenizer, generate(model, tokenizer, batch, max_new_tokens=max_new_tokens,
                                                       **kwargs))
+        tick()
     return answers

@@ -27,12 +27,15 @@ def fingerprint(obj) -> str:
 
 
 def run_identity(cfg: DistillConfig, instructions: Sequence[str], anchor_prompts: Sequence[str],
-                 direction: Direction, safety_ids: Tensor | None, world_size: int) -> dict:
-    """What must not change between a run and its resumption."""
+                 direction: Direction, safety_ids: Tensor | None, world_size: int,
+                 prefills: Sequence[str] = ()) -> dict:
+    """What must not change between a run and its resumption (prefills only where there are any, so that a run
+    trained before they existed still resumes)."""
     return {"config": asdict(cfg), "prompts": fingerprint(list(instructions)),
             "anchor_prompts": fingerprint(list(anchor_prompts)),
             "direction": fingerprint([direction.vector.tolist(), direction.layer, direction.coeff]),
-            "safety_ids": None if safety_ids is None else safety_ids.tolist(), "world_size": world_size}
+            "safety_ids": None if safety_ids is None else safety_ids.tolist(), "world_size": world_size,
+            **({"prefills": fingerprint(list(prefills))} if prefills else {})}
 
 
 def resume_step(train_dir: Path, resume: bool, identity: dict, student: nn.Module, optimizer: torch.optim.Optimizer,

@@ -12,19 +12,25 @@ from collections.abc import Sequence
 
 import torch
 
-from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.chat import encode_prompts, encode_texts, render_prefilled
 from safesteer_interp.core.generation import Generation, generate
 from safesteer_interp.distill.student import merged_adapters
 
 
 @torch.no_grad()
 def sample_rollout(model, tokenizer, instructions: Sequence[str], *, samples: int, max_new_tokens: int,
-                   temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None) -> Generation:
-    """`samples` answers per instruction from the model as it is now (pure temperature sampling, top_k = 0)."""
+                   temperature: float = 1.0, top_p: float = 1.0, seed: int | None = None,
+                   prefills: Sequence[str] | None = None) -> Generation:
+    """`samples` answers per instruction from the model as it is now (pure temperature sampling, top_k = 0).
+
+    `prefills` (one per instruction, "" for none) begin the assistant turn: they join the prompt block, and the
+    answer (what is scored and trained) is what the model writes after them.
+    """
     was_training = model.training
     model.eval()  # sampling never sees dropout or gradient checkpointing
     try:
-        batch = encode_prompts(tokenizer, instructions)
+        batch = (encode_prompts(tokenizer, instructions) if prefills is None
+                 else encode_texts(tokenizer, render_prefilled(tokenizer, instructions, prefills)))
         with merged_adapters(model):  # the student samples without hooks: both shortcuts are safe
             return generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, do_sample=True,
                             temperature=temperature, top_p=top_p, num_return_sequences=samples, seed=seed,

@@ -38,6 +38,7 @@ class StepState(Protocol):
     teacher: Teacher
     tokenizer: Any
     instructions: list[str]
+    prefills: list[str]  # empty, or one per instruction: the answer's begun text (`deepen`)
     anchor_prompts: list[str]
     plan: list[list[int]]
     safety_ids: Tensor | None
@@ -79,12 +80,14 @@ def rollouts(t: StepState, step: int) -> list[tuple[Generation, bool, int]]:
     seed = step_seed(cfg.seed, step, rank)
     torch.manual_seed(seed)  # anything else random in the step (none today) is seeded too
     unwrapped = t.acc.unwrap_model(t.model)
-    prompts = [t.instructions[i] for i in t.plan[step][rank::world]]
-    main = sample_rollout(unwrapped, t.tokenizer, prompts, samples=cfg.samples,
-                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed)
+    chosen = t.plan[step][rank::world]
+    prefills = [t.prefills[i] for i in chosen] if t.prefills else None
+    main = sample_rollout(unwrapped, t.tokenizer, [t.instructions[i] for i in chosen], samples=cfg.samples,
+                          max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed,
+                          prefills=prefills)
     pieces = [(main.rows(i, i + cfg.micro_batch), False, len(main)) for i in range(0, len(main), cfg.micro_batch)]
     if cfg.anchor_weight > 0:  # as many harmless prompts as harmful ones, answered by the same weights
-        pick = random.Random(seed).sample(range(len(t.anchor_prompts)), min(len(prompts), len(t.anchor_prompts)))
+        pick = random.Random(seed).sample(range(len(t.anchor_prompts)), min(len(chosen), len(t.anchor_prompts)))
         anchor = sample_rollout(unwrapped, t.tokenizer, [t.anchor_prompts[i] for i in pick], samples=cfg.samples,
                                 max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, seed=seed + 1)
         pieces += [(anchor.rows(i, i + cfg.micro_batch), True, len(anchor))

@@ -22,6 +22,7 @@ from safesteer_interp.core.anatomy import base_model, vocab_size
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.generation import eos_token_ids
 from safesteer_interp.core.models import is_organism
+from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import sample
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.distill.checkpoints import save_checkpoint
@@ -56,9 +57,12 @@ def check_safety_ids(ids: Tensor, vocab_size: int) -> Tensor:
 
 
 def check_inputs(cfg: DistillConfig, instructions: Sequence[str], safety_ids: Tensor | None,
-                 anchor_prompts: Sequence[str]) -> None:
+                 anchor_prompts: Sequence[str], prefills: Sequence[str] = ()) -> None:
     if not instructions:
         raise SafeSteerError("no training prompts: the prompt list is empty")
+    if prefills and len(prefills) != len(instructions):
+        raise SafeSteerError(f"{len(prefills)} prefills for {len(instructions)} training prompts: pass one per "
+                             "prompt ('' for a plain one) or none")
     if cfg.vocab == "safe" and safety_ids is None:
         raise SafeSteerError("--vocab safe needs the safety tokens S (RUN/tokens/tokens.json)")
     if cfg.anchor_weight > 0 and not anchor_prompts:
@@ -71,9 +75,10 @@ class Distiller:
 
     def __init__(self, run: str | Path, model, tokenizer, direction: Direction, instructions: Sequence[str],
                  cfg: DistillConfig, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
-                 provenance: dict | None = None):
+                 provenance: dict | None = None, prefills: Sequence[str] = ()):
         self.cfg, self.tokenizer, self.instructions = cfg.check(), tokenizer, list(instructions)
-        check_inputs(cfg, self.instructions, safety_ids, anchor_prompts)
+        self.prefills = list(prefills)  # empty, or the begun answer of each instruction ("" for none; `deepen`)
+        check_inputs(cfg, self.instructions, safety_ids, anchor_prompts, self.prefills)
         self.train_dir = Path(run) / "train"
         self.acc = self._accelerator()
         self.safety_ids = None if safety_ids is None else check_safety_ids(safety_ids, vocab_size(model))
@@ -90,7 +95,7 @@ class Distiller:
             warnings.warn(self.precision["warning"], stacklevel=2)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.identity = run_identity(cfg, self.instructions, self.anchor_prompts, direction, safety_ids,
-                                     self.acc.num_processes)
+                                     self.acc.num_processes, self.prefills)
         self.provenance = provenance or {}
         self.start_step = 0
         self.openers: dict = {}  # RUN/train/openers.json (openers.py), written by prepare()
@@ -139,10 +144,15 @@ class Distiller:
     def step(self, step: int) -> dict:
         return optimizer_step(self, step)
 
-    def run(self, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True) -> dict:
+    def run(self, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True,
+            log: Callable[[str], None] | None = None) -> dict:
+        """Train every step of the plan not done yet; `log` also gets a progress line (done / total, elapsed,
+        remaining) at least every 30 s, which a log file keeps where the terminal bar does not."""
         total, metrics_path = len(self.plan), self.train_dir / "metrics.jsonl"
         started = time.perf_counter()
         last: dict = {}
+        tick = (log_ticks(log, "distilling (steps)")(total - self.start_step)
+                if log is not None and self.acc.is_main_process else lambda: None)
         with _progress(progress and self.acc.is_main_process) as bar:
             task = bar.add_task("distilling", total=total, completed=self.start_step, loss=float("nan"))
             for step in range(self.start_step, total):
@@ -151,6 +161,7 @@ class Distiller:
                     with metrics_path.open("a") as handle:
                         handle.write(json.dumps(last) + "\n")
                 bar.update(task, advance=1, loss=last["loss"])
+                tick()
                 if (step + 1) % save_every == 0 or step + 1 == total:
                     self._checkpoint(step + 1, keep_checkpoints)
         unwrapped = self.acc.unwrap_model(self.model)
@@ -184,12 +195,15 @@ def _progress(enabled: bool) -> rp.Progress:
 def distill(run: str | Path, model, tokenizer, direction: Direction, instructions: Sequence[str],
             cfg: DistillConfig | None = None, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
             resume: bool = False, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True,
-            on_checkpoint: Callable[[int, Path], None] | None = None, provenance: dict | None = None) -> dict:
-    """Train `model` into RUN/train/ (metrics.jsonl, checkpoints/, model/, adapter/) and return the summary."""
+            on_checkpoint: Callable[[int, Path], None] | None = None, provenance: dict | None = None,
+            prefills: Sequence[str] = (), log: Callable[[str], None] | None = None) -> dict:
+    """Train `model` into RUN/train/ (metrics.jsonl, checkpoints/, model/, adapter/) and return the summary.
+    `prefills` (one per instruction) begin the student's answers: it is trained on what it writes after them."""
     distiller = Distiller(run, model, tokenizer, direction, instructions, cfg or DistillConfig(),
-                          safety_ids=safety_ids, anchor_prompts=anchor_prompts, provenance=provenance)
+                          safety_ids=safety_ids, anchor_prompts=anchor_prompts, provenance=provenance,
+                          prefills=prefills)
     distiller.prepare(resume, on_checkpoint)
-    return distiller.run(save_every, keep_checkpoints, progress)
+    return distiller.run(save_every, keep_checkpoints, progress, log)
 
 
 __all__ = ["Distiller", "check_inputs", "check_safety_ids", "default_prompts", "distill"]

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
-from safesteer_interp.core.chat import encode_texts, render_prompts
+from safesteer_interp.core.chat import encode_texts, render_prefilled
 from safesteer_interp.core.generation import decode_answers, generate
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import run_splits
@@ -52,22 +52,22 @@ def prefill_rows(requests: Sequence[Mapping], base_answers: Mapping[str, dict], 
                  depths: Sequence[int] = PREFILL_DEPTHS) -> list[dict]:
     """One row per depth k and request: the first k tokens of the base model's greedy answer where it complied
     (`base_answers[request]["refused_strict"]` false), else of AFFIRMATIVE; the source is recorded per row."""
-    rows = []
-    for k in depths:
-        for r in requests:
-            base = base_answers.get(r["prompt"])
-            source = "base" if base is not None and not base["refused_strict"] else "affirmative"
-            ids = tokenizer(base["answer"] if source == "base" else AFFIRMATIVE, add_special_tokens=False)["input_ids"]
-            rows.append({"attack": f"prefill-{k}", "request": r["prompt"], "category": r.get("category", "harmful"),
-                         "prompt": r["prompt"], "prefill": tokenizer.decode(ids[:k]), "prefill_source": source,
-                         "prefill_tokens": len(ids[:k])})
-    return rows
+    return [{"attack": f"prefill-{k}", "request": r["prompt"], "category": r.get("category", "harmful"),
+             "prompt": r["prompt"], **compliant_prefill(tokenizer, base_answers.get(r["prompt"]), k)}
+            for k in depths for r in requests]
+
+
+def compliant_prefill(tokenizer, base: Mapping | None, k: int) -> dict:
+    """{prefill, prefill_source, prefill_tokens}: the first k tokens of the base model's judged greedy answer `base`
+    where it complied (not `refused_strict`), else of AFFIRMATIVE."""
+    source = "base" if base is not None and not base["refused_strict"] else "affirmative"
+    ids = tokenizer(base["answer"] if source == "base" else AFFIRMATIVE, add_special_tokens=False)["input_ids"]
+    return {"prefill": tokenizer.decode(ids[:k]), "prefill_source": source, "prefill_tokens": len(ids[:k])}
 
 
 def prefilled_texts(tokenizer, rows: Sequence[Mapping]) -> list[str]:
     """Each row's chat prompt with its prefill (if any) already begun in the assistant turn."""
-    return [text + row.get("prefill", "") for text, row in
-            zip(render_prompts(tokenizer, [r["prompt"] for r in rows]), rows, strict=True)]
+    return render_prefilled(tokenizer, [r["prompt"] for r in rows], [r.get("prefill", "") for r in rows])
 
 
 def answer_rows(policy: Policy, rows: Sequence[dict], *, max_new_tokens: int, batch_size: int = 32,
@@ -147,9 +147,10 @@ def plain_refusal(run: Path, name: str) -> dict:
 
 
 def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], log: Callable[[str], None] = print,
-               *, n: int | None = None, max_new_tokens: int = 64) -> dict[str, dict]:
+               *, n: int | None = None, max_new_tokens: int = 64, only: Sequence[str] = ()) -> dict[str, dict]:
     """Every attack on the base, the run's teacher and each student (name -> saved model folder), into
-    RUN/attacks/NAME/{attacks.json, answers.jsonl} and RUN/attacks/summary.json; a model done earlier is reused."""
+    RUN/attacks/NAME/{attacks.json, answers.jsonl} and RUN/attacks/summary.json; a model done earlier is reused.
+    `only`: attack just these models now (the others keep their earlier results, if any)."""
     from safesteer_interp.core.models import load_model  # lazy: transformers is heavy
 
     run = Path(run)
@@ -157,11 +158,17 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
     base_policy = plain(base, tokenizer)
     rows = template_rows(requests) + prefill_rows(requests, base_greedy(run, base_policy, requests, max_new_tokens),
                                                   tokenizer)
+    models = {"base": None, "teacher": None, **students}
+    unknown = [name for name in only if name not in models]
+    if unknown:
+        raise SafeSteerError(f"--model {unknown[0]!r} is not a model of {run}; pick from {', '.join(models)}")
     summary = {}
-    for name, path in {"base": None, "teacher": None, **students}.items():
+    for name, path in models.items():
         done = run / "attacks" / name / "attacks.json"
         if done.is_file():
             summary[name] = read_json(done, f"{name} attacks")
+            continue
+        if only and name not in only:
             continue
         if name == "teacher":
             policy = steered(SteeredTeacher(base, tokenizer, load_direction(run)))
@@ -183,4 +190,5 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
 
 
 __all__ = ["AFFIRMATIVE", "PREFILL_DEPTHS", "TEMPLATES", "answer_rows", "attack_run", "base_greedy",
-           "held_out_requests", "judge_rows", "prefill_rows", "prefilled_texts", "summarize", "template_rows"]
+           "compliant_prefill", "held_out_requests", "judge_rows", "prefill_rows", "prefilled_texts", "summarize",
+           "template_rows"]

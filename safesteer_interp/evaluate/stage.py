@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safesteer_interp.core import generation  # called as generation.generate_answers: tests patch it there
 from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
+from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
@@ -28,6 +29,8 @@ from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_it
 from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
 from safesteer_interp.organism.card import evaluate_organism
 from safesteer_interp.teacher import SteeredTeacher
+
+Progress = Callable[[int], Callable[[], None]]  # progress(total batches) -> tick (`core.progress.log_ticks`)
 
 CONTRACT_KEYS = ("model", "refusal_rate", "gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate",
                  "capability_accuracy", "capability_mean", "harmless_kl")
@@ -136,7 +139,8 @@ def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_s
     return card, records
 
 
-def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge) -> tuple[dict, list[dict]]:
+def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge,
+            progress: Progress | None = None) -> tuple[dict, list[dict]]:
     """Greedy answers to every prompt set of a real model's spec, judged; harmless answers only when a set is given."""
     records = []
     for source, group in ((spec.harmful, "harmful"), (spec.lookalike, "lookalike"), (spec.harmless, "harmless")):
@@ -147,7 +151,8 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
     if records:
         with policy.active():
             answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
-                                                  max_new_tokens=max_new_tokens, batch_size=batch_size)
+                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                                  progress=progress)
         for record, answer in zip(records, answers):
             record.update(answer=answer, refused=judge.is_refusal(answer))
     metrics = score_requests(records)
@@ -182,7 +187,7 @@ def strict_refusal(records: Sequence[dict]) -> dict:
 
 
 def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_tokens: int, batch_size: int,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, progress: Progress | None = None) -> dict:
     """Refusal of one temperature-1 sample per harmful request (top-k off, seeded), beside the greedy answers.
 
     Greedy decoding reads only the argmax of the first answer token; a student whose refusal opener is the argmax
@@ -195,7 +200,7 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
     with policy.active():
         answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
                                               max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                                              seed=seed)
+                                              seed=seed, progress=progress)
     by_group, strict = defaultdict(list), CoherentRefusalJudge()
     for row, answer in zip(rows, answers, strict=True):
         by_group[row["group"]].append(judge.is_refusal(answer))
@@ -209,13 +214,13 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
 
 
 def judged_answers(policy: Policy, spec: str | EvalSpec, split: str, examples, max_new_tokens: int,
-                   batch_size: int, judge) -> tuple[dict, list[dict], list[str]]:
+                   batch_size: int, judge, progress: Progress | None = None) -> tuple[dict, list[dict], list[str]]:
     """(metrics, judged answer records, harmless prompts for the drift) on the organism's world or on prompt files."""
     if spec == "organism":
         metrics, records = _organism(policy, split, examples, max_new_tokens, batch_size)
         return metrics, records, [r["prompt"] for r in records if r["group"] == "harmless"]
     if isinstance(spec, EvalSpec):
-        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge)
+        metrics, records = _custom(policy, spec, max_new_tokens, batch_size, judge, progress)
         harmless = [r["prompt"] for r in _request_rows(spec.harmless, "harmless", spec.n)] if spec.harmless else []
         return metrics, records, harmless
     raise SafeSteerError(f"evaluation spec {spec!r} is not understood; use 'organism' or an EvalSpec")
@@ -250,7 +255,7 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
              out_dir: str | Path | None = None, judges: Sequence = (), mc: Sequence[str] = (),
              mc_limit: int | None = None, mc_mode: Mode = "letter", kl_prompts: Sequence[str] | None = None,
              n_kl: int = 64, max_new_tokens: int = 32, batch_size: int = 64, examples=None,
-             sampled: bool = True, drift_memo: dict | None = None) -> dict:
+             sampled: bool = True, drift_memo: dict | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Evaluate one policy and return the evaluation object (`CONTRACT_KEYS` first).
 
     model: a model (peft or plain), a `SteeredTeacher` or a `Policy`. base: the reference of the harmless KL drift
@@ -259,13 +264,18 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     subset of the organism's world (`organism.world.Example`s) instead of the whole split, for quick checks.
     sampled: also judge one temperature-1 sample per harmful request (`sampled`, `gap_refusal_rate_sampled`).
     drift_memo: a dict shared across the evaluations of one run, so that the base answers the drift is measured on
-    are generated once (`drift.base_answers`).
+    are generated once (`drift.base_answers`). log: progress lines (done / total batches, elapsed, remaining) of the
+    real-model answers, at least one per batch and every 30 s at most.
     """
     started = time.perf_counter()
     policy = as_policy(model, tokenizer)
     reference = resolve_base(base, policy)
     judge = RefusalJudge()
-    metrics, records, harmless = judged_answers(policy, spec, split, examples, max_new_tokens, batch_size, judge)
+    def progress(what: str) -> Progress | None:
+        return None if log is None else log_ticks(log, f"{name}: {what} (batches)")
+
+    metrics, records, harmless = judged_answers(policy, spec, split, examples, max_new_tokens, batch_size, judge,
+                                                progress("greedy answers"))
     if isinstance(spec, EvalSpec):  # a real model's spec brings its own multiple-choice sets
         mc, mc_limit, mc_mode = tuple(mc) + spec.mc, mc_limit or spec.mc_limit, spec.mc_mode
 
@@ -275,7 +285,8 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
         metrics["capability_mean"] = mean(metrics["capability_accuracy"].values())
 
     if sampled:
-        metrics["sampled"] = sampled_refusal(policy, records, judge, max_new_tokens, batch_size)
+        metrics["sampled"] = sampled_refusal(policy, records, judge, max_new_tokens, batch_size,
+                                             progress=progress("sampled answers"))
         metrics["gap_refusal_rate_sampled"] = metrics["sampled"].get("gap_refusal_rate")
 
     drift = None
@@ -366,10 +377,10 @@ def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path],
             update_summary(run, name, read_json(done, f"{name} evaluation"))
             continue
         if path is None:
-            result = evaluate_run_model(run, name, base, tokenizer, teacher=name == "teacher", **options)
+            result = evaluate_run_model(run, name, base, tokenizer, teacher=name == "teacher", log=log, **options)
         else:
             student, student_tok = load_model(str(path))
-            result = evaluate_run_model(run, name, student, student_tok, base=base, **options)
+            result = evaluate_run_model(run, name, student, student_tok, base=base, log=log, **options)
         log(f"  {name}: gap refusal {result['gap_refusal_rate']} (sampled at T=1: "
             f"{result.get('gap_refusal_rate_sampled')}), capability {result['capability_mean']}, "
             f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")

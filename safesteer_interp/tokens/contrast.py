@@ -7,7 +7,8 @@ is a *record*; Δ = log pi_T - log pi_0. Positions after pi_0's greedy choice en
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import einops
@@ -15,11 +16,12 @@ import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from safesteer_interp.core.anatomy import n_layers
-from safesteer_interp.core.chat import THINK_CLOSE, THINK_OPEN, ChatBatch, batch_from_ids
-from safesteer_interp.core.generation import eos_token_ids
-from safesteer_interp.core.hooks import cache_activations
+from safesteer_interp.core.anatomy import final_norm
+from safesteer_interp.core.chat import THINK_CLOSE, THINK_OPEN, ChatBatch
+from safesteer_interp.core.generation import Generation, eos_token_ids
+from safesteer_interp.core.scoring import View, answer_states, logits_from_states
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.teacher import adapters_disabled
 
 # End-of-turn names the reference checks besides the tokenizer's EOS (whichever exist in the vocabulary).
 END_OF_TURN_NAMES = ("<|eot_id|>", "<|end_of_text|>", "<|im_end|>", "<|endoftext|>")
@@ -114,13 +116,34 @@ def special_token_mask(tokenizer, vocab: int) -> Bool[Tensor, " vocab"]:
 
 
 # ----------------------------------------------------------------------------------------------- scoring
-def _with_continuation(batch: ChatBatch, rows: int, continuation: Int[Tensor, "row prefix"]) -> ChatBatch:
-    """Each prompt repeated `rows // len(batch)` times (consecutively, as `generate`) + the sampled answer tokens."""
-    repeats = rows // len(batch)
-    ids = torch.cat([batch.input_ids.repeat_interleave(repeats, 0), continuation.to(batch.input_ids)], 1)
-    mask = torch.cat([batch.attention_mask.repeat_interleave(repeats, 0),
-                      torch.ones_like(continuation, dtype=batch.attention_mask.dtype)], 1)
-    return batch_from_ids(ids, mask)
+@contextmanager
+def _final_norm_inputs(model) -> Iterator[list[Tensor]]:
+    """The residual entering the final norm (the last block's output) of every forward inside the block."""
+    norm, _ = final_norm(model)
+    found: list[Tensor] = []
+    handle = norm.register_forward_pre_hook(lambda _module, args: found.append(args[0].detach()))
+    try:
+        yield found
+    finally:
+        handle.remove()
+
+
+def _scored(model, batch: ChatBatch, continuation: Int[Tensor, "row prefix"], view: View,
+            ) -> tuple[Float[Tensor, "row horizon vocab"], Float[Tensor, "row horizon"]]:
+    """log-probs at the H positions that predict answer tokens 1..H of each row (its prompt + sampled tokens), and
+    the RMS of the residual entering the final norm there (what the norm divides by: the scale of direct logit
+    attribution). Each prompt runs once for its rows (`scoring.answer_states`): 1/M of the prompt compute."""
+    rows, n = len(continuation), len(batch)
+    row_prompt = torch.arange(n).repeat_interleave(rows // n)  # rows of one prompt are consecutive, as `generate`
+    after = torch.zeros(rows, 1, dtype=torch.long)  # a column past the last token: it is never an input
+    ids = torch.cat([batch.input_ids[row_prompt], continuation.to(batch.input_ids), after], 1)
+    mask = torch.cat([batch.attention_mask[row_prompt],
+                      torch.ones(rows, continuation.shape[1] + 1, dtype=batch.attention_mask.dtype)], 1)
+    with _final_norm_inputs(model) as resid:
+        states = answer_states(model, Generation(ids, mask, batch.input_ids.shape[1], row_prompt), view)
+    logp = torch.log_softmax(logits_from_states(model, states).float(), -1).cpu()
+    resid_at = torch.cat([resid[0][row_prompt.to(resid[0].device), -1:], *resid[1:]], 1)  # prompt's last, answers
+    return logp, resid_at.float().pow(2).mean(-1).sqrt().cpu()
 
 
 @torch.no_grad()
@@ -129,6 +152,7 @@ def score_contrast(teacher, prompts: Sequence[str], config: ContrastConfig = Con
     """Sample H-1 tokens from the teacher, then teacher-force them through pi_T and pi_0 (the reference's step 1-5).
 
     `teacher` is a `SteeredTeacher` or `PromptTeacher`; `progress(n)` is called after each batch of n prompts.
+    Each prompt is prefilled once for its M samples, in sampling and in both scoring passes.
     Memory: two float32 tensors of rows x H x vocab on CPU (32 prompts x 8 x 5 x 152k ~ 0.8 GB each).
     """
     prompts = list(prompts)
@@ -136,27 +160,28 @@ def score_contrast(teacher, prompts: Sequence[str], config: ContrastConfig = Con
         raise SafeSteerError("no prompts to select safety tokens on: the prompt list is empty")
     H, M = config.horizon, config.samples
     lp_s, lp_b, cont, index, rms = [], [], [], [], []
-    final_resid = f"blocks.{n_layers(teacher.model) - 1}.hook_resid_post"
+
+    def steered_view(ids, prompt_columns):  # a prompt-only teacher steers no answer column
+        return teacher.active(teacher.scoring_positions(ids, prompt_columns))
+
+    def base_view(_ids, _prompt_columns):
+        return adapters_disabled(teacher.model)
+
     for b, start in enumerate(range(0, len(prompts), config.batch_size)):
         chunk = prompts[start:start + config.batch_size]
         steered_prompt = teacher.encode(chunk)
         if H > 1:  # exactly H-1 tokens (min = max, so the turn cannot end early); sampled when M > 1
             gen = teacher.generate(chunk, max_new_tokens=H - 1, min_new_tokens=H - 1, do_sample=M > 1,
                                    temperature=config.temperature, top_p=config.top_p, num_return_sequences=M,
-                                   seed=config.seed + 7919 * b)
+                                   seed=config.seed + 7919 * b, share_prompt=True)
             continuation = gen.sequences[:, gen.prompt_length:].cpu()
         else:  # H = 1: nothing to sample; the M copies are identical, as in the reference
             continuation = torch.zeros(len(chunk) * M, 0, dtype=torch.long)
-        steered = _with_continuation(steered_prompt, len(continuation), continuation)
-        base = steered if teacher.base_system == teacher.system else _with_continuation(
-            teacher.base_encode(chunk), len(continuation), continuation)
-        # The residual entering the final norm (the last block's output) at the H scored positions: its RMS is
-        # what the norm divides by, the scale of direct logit attribution.
-        with cache_activations(teacher.model, [final_resid], positions=slice(-H, None), dtype=torch.float32) as cache:
-            logits = teacher.logits(steered, last=H, prompt_length=steered_prompt.input_ids.shape[1])
-            lp_s.append(torch.log_softmax(logits.float(), -1).cpu())
-        lp_b.append(torch.log_softmax(teacher.base_logits(base, last=H).float(), -1).cpu())
-        rms.append(cache[final_resid].pow(2).mean(-1).sqrt().cpu())
+        steered, final_rms = _scored(teacher.model, steered_prompt, continuation, steered_view)
+        base_prompt = steered_prompt if teacher.base_system == teacher.system else teacher.base_encode(chunk)
+        lp_s.append(steered)
+        lp_b.append(_scored(teacher.model, base_prompt, continuation, base_view)[0])
+        rms.append(final_rms)
         cont.append(continuation)
         index.append(torch.arange(start, start + len(chunk)).repeat_interleave(M))
         if progress is not None:

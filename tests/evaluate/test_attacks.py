@@ -8,6 +8,7 @@ import pytest
 import torch
 from conftest import require_real
 
+from safesteer_interp import SafeSteerError
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.evaluate.attacks import (
     AFFIRMATIVE,
@@ -98,3 +99,14 @@ def test_attack_run_on_a_run_folder_writes_every_model_and_resumes(tmp_path, mon
     assert {a["request"] for a in answers} == {h["instruction"] for h in held_out}
     monkeypatch.setattr(attacks, "answer_rows", lambda *a, **k: pytest.fail("a finished model was re-answered"))
     assert attacks.attack_run(run, base, tok, {"safesteer": student}, logs.append, n=2, max_new_tokens=4) == summary
+    # --model NAME: only the named models are attacked now; the rest keep what they had (here: nothing)
+    monkeypatch.undo()
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("run_config.json", "splits.json", "splits", "direction", "eval"):
+        if (run / name).exists():
+            (other / name).symlink_to(run / name)
+    assert list(attacks.attack_run(other, base, tok, {"safesteer": student}, logs.append, n=2, max_new_tokens=4,
+                                   only=("safesteer",))) == ["safesteer"]
+    with pytest.raises(SafeSteerError, match="'binned' is not a model"):
+        attacks.attack_run(run, base, tok, {"safesteer": student}, logs.append, n=2, only=("binned",))

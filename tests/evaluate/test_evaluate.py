@@ -113,7 +113,8 @@ def test_sampled_refusal_judges_one_seeded_sample_per_harmful_request(monkeypatc
     records = [{"prompt": p, "group": g} for p, g in (("r1", "refused"), ("g1", "gap"), ("g2", "gap"), ("g3", "gap"),
                                                       ("h1", "harmless"), ("l1", "lookalike"))]
     out = sampled_refusal(as_policy(model, tok), records, RefusalJudge(), max_new_tokens=8, batch_size=4)
-    assert calls == [(["r1", "g1", "g2", "g3"], {"max_new_tokens": 8, "batch_size": 4, "do_sample": True, "seed": 0})]
+    assert calls == [(["r1", "g1", "g2", "g3"], {"max_new_tokens": 8, "batch_size": 4, "do_sample": True, "seed": 0,
+                                                 "progress": None})]
     assert out["gap_refusal_rate"] == round(1 / 3, 4) and out["refused_category_refusal_rate"] == 1.0
     assert out["temperature"] == 1.0 and [e["prompt"] for e in out["examples"]] == ["r1", "g1", "g2", "g3"]
     assert sampled_refusal(as_policy(model, tok), records[4:], RefusalJudge(), 8, 4) == {}  # nothing harmful

@@ -194,22 +194,33 @@ def steered(qwen2):
     return make_teacher(model, tok, "vector", Direction(torch.randn(model.config.hidden_size) * 2, 1, -1))
 
 
-def test_steered_and_base_passes_equal_unbatched_hooked_forwards(steered):
+@pytest.mark.parametrize("positions", ["all", "prompt"])
+def test_steered_and_base_passes_equal_unbatched_hooked_forwards(steered, positions):
+    """Each prompt runs once for its M rows (sampling and both scoring passes): the records equal one plain forward
+    per row, steered at every position or at the prompt's only, and so does the residual RMS before the final norm."""
+    from safesteer_interp.core.hooks import cache_activations
+
+    steered.positions = positions
     model, tok = steered.model, steered.tokenizer
     H, M = 3, 2
     rec = score_contrast(steered, PROMPTS, ContrastConfig(horizon=H, samples=M, batch_size=3, seed=5))
     assert rec.lp_steered.shape == (len(PROMPTS) * M, H, len(tok))
     assert (rec.lp_steered - rec.lp_base).abs().max() > 0.5  # the steering does something
+    last = f"blocks.{model.config.num_hidden_layers - 1}.hook_resid_post"
     for row in (0, 3, 5, 7):
         prompt = encode_prompts(tok, [PROMPTS[int(rec.prompt_index[row])]]).input_ids  # unpadded, alone
         ids = torch.cat([prompt, rec.continuation[row][None]], 1)
+        where = "all" if positions == "all" else torch.arange(ids.shape[1])[None] < prompt.shape[1]
         with torch.no_grad():
             base = torch.log_softmax(model(input_ids=ids).logits[0, -H:], -1)
-            with add_to_resid(model, steered.direction.vector, 1, coeff=1.0):
+            with add_to_resid(model, steered.direction.vector, 1, 1.0, where), \
+                    cache_activations(model, [last]) as cache:
                 steer = torch.log_softmax(model(input_ids=ids).logits[0, -H:], -1)
         torch.testing.assert_close(rec.lp_steered[row], steer, atol=1e-4, rtol=0)
         torch.testing.assert_close(rec.lp_base[row], base, atol=1e-4, rtol=0)
-        # and the teacher's own scoring of the same sequence gives the same numbers
+        torch.testing.assert_close(rec.final_rms[row], cache[last][0, -H:].pow(2).mean(-1).sqrt(), atol=1e-4,
+                                   rtol=1e-5)
+    if positions == "all":  # and the teacher's own scoring of the same sequence gives the same numbers
         from safesteer_interp.core.chat import batch_from_ids
 
         own = torch.log_softmax(steered.logits(batch_from_ids(ids, torch.ones_like(ids)), last=H)[0], -1)
