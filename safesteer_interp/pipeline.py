@@ -254,9 +254,9 @@ def baselines(cfg: RunConfig) -> dict[str, tuple]:
     unknown = [name for name in cfg.baselines if name not in BASELINES]
     if unknown:
         raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(BASELINES)}")
-    organism_only = [name for name in cfg.baselines if name in ORGANISM_SKIPPED_BASELINES and is_organism(cfg.model)]
-    if organism_only:
-        raise SafeSteerError(f"baseline {organism_only[0]!r} needs a real-model run (HarmBench val chooses its "
+    real_only = [name for name in cfg.baselines if name in ORGANISM_SKIPPED_BASELINES and is_organism(cfg.model)]
+    if real_only:
+        raise SafeSteerError(f"baseline {real_only[0]!r} needs a real-model run (HarmBench val chooses its "
                              "teacher); use --model qwen2.5-coder-0.5b-instruct")
     return {name: BASELINES[name] for name in cfg.baselines}
 
