@@ -20,7 +20,14 @@ from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.core.progress import timed
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.attacks import answer_rows, compliant_prefill, judge_rows, prefill_rows, summarize
+from safesteer_interp.evaluate.attacks import (
+    answer_rows,
+    compliant_prefill,
+    judge_rows,
+    judged_plain,
+    prefill_rows,
+    summarize,
+)
 from safesteer_interp.evaluate.policies import plain, steered
 from safesteer_interp.teacher import SteeredTeacher
 
@@ -29,12 +36,6 @@ COEFF_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0)  # multiples of stage 1's coefficient 
 RECOVERY_TARGET = 0.5  # the smallest coefficient whose teacher recovers this often wins (the issue's goal)
 PLAIN_SHARE, MAX_DEPTH = 0.25, 24  # training prompts left plain; the deepest training prefill
 ANSWER_TOKENS, JUDGED_TOKENS = 64, 32  # the base's greedy answers (the prefills' text); the teacher's judged replies
-
-
-def judged_greedy(policy, requests: Sequence[str], max_new_tokens: int = ANSWER_TOKENS) -> dict[str, dict]:
-    """request -> the policy's greedy answer with both judges' verdicts (`attacks.judge_rows`)."""
-    rows = [{"attack": "plain", "prompt": r} for r in requests]
-    return {r["prompt"]: r for r in judge_rows(rows, answer_rows(policy, rows, max_new_tokens=max_new_tokens))}
 
 
 def training_prefills(requests: Sequence[str], base_answers: dict[str, dict], tokenizer, seed: int) -> list[dict]:
@@ -92,7 +93,8 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
     if not path.is_file():
         seconds: dict[str, float] = {}
         with timed(seconds, "base greedy answers (train + val)", log):
-            answers = judged_greedy(plain(model, tokenizer), list(train_requests) + list(val_requests))
+            judged = judged_plain(plain(model, tokenizer), list(train_requests) + list(val_requests), ANSWER_TOKENS)
+            answers = {r["prompt"]: r for r in judged}
         with timed(seconds, "coefficient on validation", log):
             sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
         coeff, reason = choose_coeff(sweep)
@@ -110,5 +112,5 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
     return replace(direction, coeff=record["coeff"]), [r["prefill"] for r in record["prefills"]]
 
 
-__all__ = ["COEFF_FACTORS", "DEPTH", "RECOVERY_TARGET", "choose_coeff", "deep_inputs", "judged_greedy",
-           "recovery_sweep", "training_prefills"]
+__all__ = ["COEFF_FACTORS", "DEPTH", "RECOVERY_TARGET", "choose_coeff", "deep_inputs", "recovery_sweep",
+           "training_prefills"]

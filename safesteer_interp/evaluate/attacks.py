@@ -130,10 +130,15 @@ def base_greedy(run: Path, policy: Policy, requests: Sequence[dict], max_new_tok
                      and "refused_strict" in r}
             if all(r["prompt"] in known for r in requests):
                 return known
-    plain_rows = [{"attack": "plain", "prompt": r["prompt"]} for r in requests]
-    judged = judge_rows(plain_rows, answer_rows(policy, plain_rows, max_new_tokens=max_new_tokens))
+    judged = judged_plain(policy, [r["prompt"] for r in requests], max_new_tokens)
     write_jsonl(run / "attacks" / "base_plain.jsonl", judged)
     return {r["prompt"]: r for r in judged}
+
+
+def judged_plain(policy: Policy, prompts: Sequence[str], max_new_tokens: int) -> list[dict]:
+    """The policy's greedy answers to the plain requests, as "plain" attack rows with both judges' verdicts."""
+    rows = [{"attack": "plain", "prompt": p} for p in prompts]
+    return judge_rows(rows, answer_rows(policy, rows, max_new_tokens=max_new_tokens))
 
 
 def plain_refusal(run: Path, name: str) -> dict:
@@ -190,5 +195,5 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
 
 
 __all__ = ["AFFIRMATIVE", "PREFILL_DEPTHS", "TEMPLATES", "answer_rows", "attack_run", "base_greedy",
-           "compliant_prefill", "held_out_requests", "judge_rows", "prefill_rows", "prefilled_texts", "summarize",
-           "template_rows"]
+           "compliant_prefill", "held_out_requests", "judge_rows", "judged_plain", "prefill_rows", "prefilled_texts",
+           "summarize", "template_rows"]
