@@ -102,6 +102,13 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
             "what": "safesteer-deep's inputs: the teacher's coefficient (chosen on HarmBench val by refusal after a "
                     f"{DEPTH}-token compliant prefill, coherent judge, {JUDGED_TOKENS} tokens) and each training "
                     "prompt's prefill (base greedy answer where it complied, else the affirmative opener)",
+            "fields": {"sweep[].refusal": "share of val behaviours refused after the prefill, substring judge",
+                       "sweep[].refusal_strict": "the same, coherent-refusal judge (what the rule reads)",
+                       "sweep[].factor": "coeff / stage1_coeff", "prefills[].depth": "tokens of compliant text "
+                       "forced into the answer before the student writes (0: a plain prompt)",
+                       "prefills[].prefill_source": "base: the base model's own greedy answer (it complied); "
+                       "affirmative: attacks.AFFIRMATIVE (it refused); plain: no prefill",
+                       "seconds": "wall seconds of each step"},
             "stage1_coeff": direction.coeff, "coeff": coeff, "reason": reason, "target": RECOVERY_TARGET,
             "depth": DEPTH, "n_val": len(val_requests), "sweep": sweep, "seconds": seconds,
             "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
