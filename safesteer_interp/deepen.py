@@ -2,11 +2,13 @@
 answers that start after one.
 
 Safety decided at the first answer token is shallow: prefill a few compliant tokens and the model carries on (Qi et
-al. 2024; `evaluate.attacks`). This variant keeps SafeSteer's recipe (the student's own samples scored by the steered
-teacher on S plus one rest bucket, <= 100 harmful behaviours, no general data) and changes two inputs, neither chosen
-on held-out behaviours: the teacher's coefficient, taken on HarmBench val by how often the steered model recovers
-after a 10-token compliant prefill, and the prompts, most of which begin the answer with k tokens of the base model's
-own compliant answer (k uniform in 1..24; a quarter stay plain). Everything chosen is written to TARGET/deep.json.
+al. 2024; `evaluate.attacks`). These variants keep SafeSteer's recipe (the student's own samples scored by the steered
+teacher on S plus one rest bucket, <= 100 harmful behaviours, no general data) and change two inputs, neither chosen
+on held-out behaviours: the teacher, taken on HarmBench val by how often it recovers after a 10-token compliant
+prefill, and the prompts, most of which begin the answer with k tokens of the base model's own compliant answer (k
+uniform in 1..24; a quarter stay plain). `safesteer-deep` only scales stage 1's coefficient; `safesteer-recover` adds
+a refusing-answer direction (`direction.answer`, read on the training behaviours) at a layer and coefficient chosen
+on val. Everything chosen is written to TARGET/deep.json (the answer directions: TARGET/answer_directions.safetensors).
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Literal
 
-from safesteer_interp.core.artifacts import read_json, write_json
+from safesteer_interp.core.artifacts import read_json, read_tensors, write_json, write_tensors
 from safesteer_interp.core.progress import timed
+from safesteer_interp.direction.answer import answer_directions
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.attacks import (
+    AFFIRMATIVE,
     answer_rows,
     compliant_prefill,
     judge_rows,
@@ -36,6 +41,11 @@ COEFF_FACTORS = (1.0, 1.5, 2.0, 3.0, 4.0)  # multiples of stage 1's coefficient 
 RECOVERY_TARGET = 0.5  # the smallest coefficient whose teacher recovers this often wins (the issue's goal)
 PLAIN_SHARE, MAX_DEPTH = 0.25, 24  # training prompts left plain; the deepest training prefill
 ANSWER_TOKENS, JUDGED_TOKENS = 64, 32  # the base's greedy answers (the prefills' text); the teacher's judged replies
+# safesteer-recover: the refusing-answer direction is read at layers this far from stage 1's and added with these
+# coefficients (x its raw norm), beside stage 1's addition; READ_TOKENS answer tokens are averaged
+LAYER_OFFSETS, ANSWER_COEFFS, READ_TOKENS = (-5, -3, -1), (0.5, 1.0), 12
+REFUSAL = "I'm sorry, but I can't help with that."  # a refusing answer for requests the base never refused at all
+TeacherRule = Literal["coeff", "answer"]
 
 
 def training_prefills(requests: Sequence[str], base_answers: dict[str, dict], tokenizer, seed: int) -> list[dict]:
@@ -54,6 +64,14 @@ def training_prefills(requests: Sequence[str], base_answers: dict[str, dict], to
     return rows
 
 
+def prefilled_refusal(teacher: SteeredTeacher, rows: Sequence[dict], depth: int = DEPTH) -> dict:
+    """{refusal, refusal_strict, examples}: how often `teacher` refuses the prefilled `rows` (both judges)."""
+    judged = judge_rows(rows, answer_rows(steered(teacher), rows, max_new_tokens=JUDGED_TOKENS))
+    rates = summarize(judged)[f"prefill-{depth}"]
+    return {"refusal": rates["refusal"], "refusal_strict": rates["refusal_strict"],
+            "examples": [{"prefill": r["prefill"], "answer": r["answer"]} for r in judged[:2]]}
+
+
 def recovery_sweep(model, tokenizer, direction: Direction, requests: Sequence[str], base_answers: dict[str, dict],
                    factors: Sequence[float] = COEFF_FACTORS, depth: int = DEPTH,
                    log: Callable[[str], None] | None = None) -> list[dict]:
@@ -63,61 +81,135 @@ def recovery_sweep(model, tokenizer, direction: Direction, requests: Sequence[st
     sweep = []
     for factor in factors:
         teacher = SteeredTeacher(model, tokenizer, direction, coeff=round(direction.coeff * factor, 4))
-        judged = judge_rows(rows, answer_rows(steered(teacher), rows, max_new_tokens=JUDGED_TOKENS))
-        rates = summarize(judged)[f"prefill-{depth}"]
-        sweep.append({"coeff": teacher.coeff, "factor": factor, "refusal": rates["refusal"],
-                      "refusal_strict": rates["refusal_strict"],
-                      "examples": [{"prefill": r["prefill"], "answer": r["answer"]} for r in judged[:2]]})
-        if log is not None:
-            log(f"  deep teacher, coeff {teacher.coeff}: refusal after {depth} prefilled tokens "
-                f"{rates['refusal_strict']:.2f} (coherent), {rates['refusal']:.2f} (substring)")
+        sweep.append({"coeff": teacher.coeff, "factor": factor, **prefilled_refusal(teacher, rows, depth)})
+        _log_rates(log, f"coeff {teacher.coeff}", sweep[-1], depth)
     return sweep
 
 
-def choose_coeff(sweep: Sequence[dict], target: float = RECOVERY_TARGET) -> tuple[float, str]:
-    """The smallest coefficient whose coherent prefilled refusal reaches `target`, else the most recovering one."""
+def _log_rates(log: Callable[[str], None] | None, what: str, rates: dict, depth: int) -> None:
+    if log is not None:
+        log(f"  deep teacher, {what}: refusal after {depth} prefilled tokens {rates['refusal_strict']:.2f} "
+            f"(coherent), {rates['refusal']:.2f} (substring)")
+
+
+def answer_layers(direction: Direction, n_layers: int) -> list[int]:
+    """The layers the refusing-answer direction is tried at: LAYER_OFFSETS from stage 1's, inside the model."""
+    return sorted({min(max(direction.layer + offset, 0), n_layers - 1) for offset in LAYER_OFFSETS})
+
+
+def answer_texts(requests: Sequence[str], base_answers: dict[str, dict]) -> tuple[list[str], list[str]]:
+    """(refusing, complying) continuation per request: the base's own answer on its side, and on the other side
+    the base's refusals in turn (REFUSAL if it never refused) or AFFIRMATIVE."""
+    refusals = [base_answers[r]["answer"] for r in requests if base_answers[r]["refused_strict"]] or [REFUSAL]
+    refusing, complying = [], []
+    for request in requests:
+        base = base_answers[request]
+        refusing.append(base["answer"] if base["refused_strict"] else refusals[len(refusing) % len(refusals)])
+        complying.append(AFFIRMATIVE if base["refused_strict"] else base["answer"])
+    return refusing, complying
+
+
+def answer_sweep(model, tokenizer, direction: Direction, vectors: dict[int, object], requests: Sequence[str],
+                 base_answers: dict[str, dict], depth: int = DEPTH,
+                 log: Callable[[str], None] | None = None) -> list[dict]:
+    """Per (layer, coefficient): stage 1's teacher plus the refusing-answer direction of that layer, and how often it
+    refuses after a `depth`-token compliant prefill of each validation request."""
+    rows = prefill_rows([{"prompt": r} for r in requests], base_answers, tokenizer, depths=(depth,))
+    sweep = []
+    for layer, vector in vectors.items():
+        for coeff in ANSWER_COEFFS:
+            also = Direction(vector, layer=layer, pos=0, coeff=coeff)
+            teacher = SteeredTeacher(model, tokenizer, direction, also=(also,))
+            sweep.append({"layer": layer, "coeff": coeff, **prefilled_refusal(teacher, rows, depth)})
+            _log_rates(log, f"answer direction at layer {layer} x {coeff}", sweep[-1], depth)
+    return sweep
+
+
+def choose(sweep: Sequence[dict], target: float = RECOVERY_TARGET) -> tuple[dict, str]:
+    """The entry with the smallest coefficient whose coherent prefilled refusal reaches `target` (first in sweep
+    order on a tie), else the most recovering one (the smaller coefficient on a tie)."""
     reaching = [s for s in sweep if s["refusal_strict"] >= target]
     if reaching:
-        best = min(reaching, key=lambda s: s["coeff"])
-        return best["coeff"], f"the smallest coefficient with coherent refusal >= {target} after the prefill"
-    best = max(sweep, key=lambda s: (s["refusal_strict"], -s["coeff"]))
-    return best["coeff"], f"no coefficient reached {target}; the one that recovers most often"
+        return (min(reaching, key=lambda s: s["coeff"]),
+                f"the smallest coefficient with coherent refusal >= {target} after the prefill")
+    return (max(sweep, key=lambda s: (s["refusal_strict"], -s["coeff"])),
+            f"no coefficient reached {target}; the one that recovers most often")
+
+
+def choose_coeff(sweep: Sequence[dict], target: float = RECOVERY_TARGET) -> tuple[float, str]:
+    """`choose`'s coefficient and reason."""
+    best, reason = choose(sweep, target)
+    return best["coeff"], reason
 
 
 def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, train_requests: Sequence[str],
                 val_requests: Sequence[str], seed: int, log: Callable[[str], None] = print,
-                ) -> tuple[Direction, list[str]]:
-    """(the deep teacher's direction, one prefill per training request), chosen once and kept in TARGET/deep.json
-    (a rerun reads it back: the choice is part of the variant's identity)."""
-    path = Path(target) / "deep.json"
+                teacher: TeacherRule = "coeff") -> tuple[Direction, list[str], tuple[Direction, ...]]:
+    """(the deep teacher's direction, one prefill per training request, the teacher's further directions), chosen
+    once and kept in TARGET/deep.json (a rerun reads it back: the choice is part of the variant's identity).
+    teacher="coeff": stage 1's direction at the best multiple of its coefficient (`safesteer-deep`); "answer": stage
+    1's teacher plus the refusing-answer direction at the best layer and coefficient (`safesteer-recover`)."""
+    target = Path(target)
+    path = target / "deep.json"
     if not path.is_file():
         seconds: dict[str, float] = {}
         with timed(seconds, "base greedy answers (train + val)", log):
             judged = judged_plain(plain(model, tokenizer), list(train_requests) + list(val_requests), ANSWER_TOKENS)
             answers = {r["prompt"]: r for r in judged}
-        with timed(seconds, "coefficient on validation", log):
-            sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
-        coeff, reason = choose_coeff(sweep)
+        chosen: dict = {}
+        if teacher == "coeff":
+            with timed(seconds, "coefficient on validation", log):
+                sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
+        else:
+            with timed(seconds, "refusing-answer directions (training behaviours)", log):
+                refusing, complying = answer_texts(train_requests, answers)
+                vectors = answer_directions(model, tokenizer, train_requests, refusing, complying,
+                                            answer_layers(direction, model.config.num_hidden_layers),
+                                            n_tokens=READ_TOKENS)
+                write_tensors(target / "answer_directions.safetensors",
+                              {f"layer{layer}": v for layer, v in vectors.items()},
+                              {"what": "refusing minus complying answers' mean resid_pre over the first "
+                                       f"{READ_TOKENS} answer tokens, per layer (deepen.answer_texts)"})
+            with timed(seconds, "layer and coefficient on validation", log):
+                sweep = answer_sweep(model, tokenizer, direction, vectors, val_requests, answers, log=log)
+        best, reason = choose(sweep)
+        coeff = best["coeff"] if teacher == "coeff" else direction.coeff
+        if teacher == "answer":  # how far the refusing-answer direction is from stage 1's (cosine, across layers)
+            chosen = {"also": [{"layer": best["layer"], "coeff": best["coeff"]}],
+                      "cos_with_stage1": {str(layer): round(float(v @ direction.unit / v.norm()), 4)
+                                          for layer, v in vectors.items()}}
         write_json(path, {
-            "what": "safesteer-deep's inputs: the teacher's coefficient (chosen on HarmBench val by refusal after a "
-                    f"{DEPTH}-token compliant prefill, coherent judge, {JUDGED_TOKENS} tokens) and each training "
-                    "prompt's prefill (base greedy answer where it complied, else the affirmative opener)",
+            "what": f"{'safesteer-deep' if teacher == 'coeff' else 'safesteer-recover'}'s inputs: the teacher "
+                    f"(chosen on HarmBench val by refusal after a {DEPTH}-token compliant prefill, coherent judge, "
+                    f"{JUDGED_TOKENS} tokens) and each training prompt's prefill (base greedy answer where it "
+                    "complied, else the affirmative opener)",
             "fields": {"sweep[].refusal": "share of val behaviours refused after the prefill, substring judge",
                        "sweep[].refusal_strict": "the same, coherent-refusal judge (what the rule reads)",
-                       "sweep[].factor": "coeff / stage1_coeff", "prefills[].depth": "tokens of compliant text "
-                       "forced into the answer before the student writes (0: a plain prompt)",
+                       "sweep[].factor": "coeff / stage1_coeff",
+                       "sweep[].layer": "where the refusing-answer direction is added (coeff x its raw vector)",
+                       "also": "the teacher's further additions beside stage 1's (answer_directions.safetensors)",
+                       "cos_with_stage1": "cosine of each layer's refusing-answer direction with stage 1's vector",
+                       "prefills[].depth": "tokens of compliant text forced into the answer before the student "
+                       "writes (0: a plain prompt)",
                        "prefills[].prefill_source": "base: the base model's own greedy answer (it complied); "
                        "affirmative: attacks.AFFIRMATIVE (it refused); plain: no prefill",
                        "seconds": "wall seconds of each step"},
-            "stage1_coeff": direction.coeff, "coeff": coeff, "reason": reason, "target": RECOVERY_TARGET,
-            "depth": DEPTH, "n_val": len(val_requests), "sweep": sweep, "seconds": seconds,
-            "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
+            "teacher_rule": teacher, "stage1_coeff": direction.coeff, "coeff": coeff, **chosen, "reason": reason,
+            "target": RECOVERY_TARGET, "depth": DEPTH, "n_val": len(val_requests), "sweep": sweep,
+            "seconds": seconds, "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
     record = read_json(path, "deep variant inputs")
     if [r["request"] for r in record["prefills"]] != list(train_requests):
         raise SafeSteerError(f"{path} was made for other training prompts; delete it to choose again")
-    log(f"  deep teacher: coeff {record['coeff']} (stage 1: {record['stage1_coeff']}; {record['reason']})")
-    return replace(direction, coeff=record["coeff"]), [r["prefill"] for r in record["prefills"]]
+    also: tuple[Direction, ...] = ()
+    if record.get("also"):
+        vectors = read_tensors(target / "answer_directions.safetensors", "refusing-answer directions")
+        also = tuple(Direction(vectors[f"layer{a['layer']}"], layer=a["layer"], pos=0, coeff=a["coeff"])
+                     for a in record["also"])
+    log(f"  deep teacher: coeff {record['coeff']} (stage 1: {record['stage1_coeff']}; {record['reason']})"
+        + "".join(f"; plus the refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also))
+    return replace(direction, coeff=record["coeff"]), [r["prefill"] for r in record["prefills"]], also
 
 
-__all__ = ["COEFF_FACTORS", "DEPTH", "RECOVERY_TARGET", "choose_coeff", "deep_inputs", "recovery_sweep",
-           "training_prefills"]
+__all__ = ["ANSWER_COEFFS", "COEFF_FACTORS", "DEPTH", "LAYER_OFFSETS", "RECOVERY_TARGET", "answer_layers",
+           "answer_sweep", "answer_texts", "choose", "choose_coeff", "deep_inputs", "prefilled_refusal",
+           "recovery_sweep", "training_prefills"]

@@ -49,12 +49,14 @@ BASELINES = {
     "safesteer-anchor": ("safe", "paper", "reverse", "opd", 1.0),
     # binned, with a teacher chosen by its refusal after a compliant prefill and prefilled training answers (`deepen`)
     "safesteer-deep": ("safe", "binned", "reverse", "opd-deep", 0.0),
+    # safesteer-deep's prefilled answers, with stage 1's teacher plus a refusing-answer direction (`deepen`)
+    "safesteer-recover": ("safe", "binned", "reverse", "opd-recover", 0.0),
 }
 # top-K OPD is the organism's probe of the published loss's partial sum (README); on a real model each baseline costs
 # ~8 min of a 2-core machine, and the real-model table keeps the ones the comparison needs
 REAL_SKIPPED_BASELINES = ("opd-topk",)
 # the deep variant chooses its teacher on HarmBench val and is measured by the attacks, both real-model only
-ORGANISM_SKIPPED_BASELINES = ("safesteer-deep",)
+ORGANISM_SKIPPED_BASELINES = ("safesteer-deep", "safesteer-recover")
 SAFESTEER = ("safe", "paper", "reverse", "opd", 0.0)  # the published method, in BASELINES' terms
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
@@ -272,16 +274,21 @@ def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool
     if trainer == "sft":
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
     prefills: list[str] = []
+    also: tuple = ()
     variant = f"{vocab}/{restrict}/{divergence}" + (f" + anchor {anchor_weight}" if anchor_weight else "")
-    if trainer == "opd-deep":
-        direction, prefills = deep_inputs(target, model, tok, direction, prompts,
-                                          run_splits(run, cfg.seed).harmful_val, cfg.seed, log)
-        variant += f" + deep teacher (coeff {direction.coeff}) + prefilled answers"
+    if trainer in ("opd-deep", "opd-recover"):
+        direction, prefills, also = deep_inputs(target, model, tok, direction, prompts,
+                                                run_splits(run, cfg.seed).harmful_val, cfg.seed, log,
+                                                teacher="coeff" if trainer == "opd-deep" else "answer")
+        variant += (f" + deep teacher (coeff {direction.coeff}"
+                    + "".join(f", refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also)
+                    + ") + prefilled answers")
     safety = load_safety_tokens(run) if vocab == "safe" else None
     anchors = anchor_prompts(run, cfg) if anchor_weight > 0 else []
     dcfg.anchor_weight = anchor_weight
     return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,
-                   anchor_prompts=anchors, prefills=prefills, provenance={"run": str(run), "variant": variant},
+                   anchor_prompts=anchors, prefills=prefills, teacher_also=also,
+                   provenance={"run": str(run), "variant": variant},
                    log=log)
 
 

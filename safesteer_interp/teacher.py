@@ -110,8 +110,13 @@ class SteeredTeacher:
                                                           _generate)
 
     def __init__(self, model, tokenizer, direction: Direction, *, coeff: float | None = None,
-                 positions: Positions | None = None):
+                 positions: Positions | None = None, also: Sequence[Direction] = ()):
         self.model, self.tokenizer, self.direction = model, tokenizer, direction
+        # further additions, each `d.coeff * d.vector` at its own layer on every position (`safesteer-recover`'s
+        # refusing-answer direction beside stage 1's)
+        self.also = tuple(also)
+        if any(d.positions != "all" for d in self.also):
+            raise SafeSteerError("a teacher's further directions steer every position; set their positions to 'all'")
         self.coeff = direction.coeff if coeff is None else coeff
         self.positions = direction.positions if positions is None else positions  # the direction stage's choice
         self.system: str | None = None  # the teacher sees the same prompt as the student
@@ -124,6 +129,8 @@ class SteeredTeacher:
             stack.enter_context(adapters_disabled(self.model))
             stack.enter_context(add_to_resid(self.model, self.direction.vector, self.direction.layer,
                                              self.coeff, self.positions if positions is None else positions))
+            for extra in self.also:
+                stack.enter_context(add_to_resid(self.model, extra.vector, extra.layer, extra.coeff, "all"))
             yield
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from safesteer_interp import SafeSteerError, deepen
+from safesteer_interp.core.artifacts import read_tensors
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.distill.config import DistillConfig
@@ -90,12 +91,12 @@ def test_deep_inputs_choose_on_validation_once_and_keep_the_choice(qwen2, tmp_pa
     model, tok = qwen2
     direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=1, pos=-1, coeff=2.0)
     logs: list[str] = []
-    steered, prefills = deepen.deep_inputs(tmp_path, model, tok, direction, HARMFUL[:4], HARMFUL[4:6], seed=0,
-                                           log=logs.append)
+    steered, prefills, also = deepen.deep_inputs(tmp_path, model, tok, direction, HARMFUL[:4], HARMFUL[4:6], seed=0,
+                                                 log=logs.append)
     record = json.loads((tmp_path / "deep.json").read_text())
     assert [s["coeff"] for s in record["sweep"]] == [2.0 * f for f in deepen.COEFF_FACTORS]
     assert steered.coeff == record["coeff"] == deepen.choose_coeff(record["sweep"])[0]
-    assert torch.equal(steered.vector, direction.vector) and steered.layer == direction.layer
+    assert torch.equal(steered.vector, direction.vector) and steered.layer == direction.layer and also == ()
     assert prefills == [r["prefill"] for r in record["prefills"]] and len(prefills) == 4
     assert record["n_val"] == 2 and any("deep teacher, coeff" in line for line in logs)
     monkeypatch.setattr(deepen, "answer_rows", lambda *a, **k: pytest.fail("the kept choice was made again"))
@@ -103,3 +104,54 @@ def test_deep_inputs_choose_on_validation_once_and_keep_the_choice(qwen2, tmp_pa
     assert again[0].coeff == steered.coeff and again[1] == prefills
     with pytest.raises(SafeSteerError, match="other training prompts"):
         deepen.deep_inputs(tmp_path, model, tok, direction, HARMFUL[1:5], HARMFUL[4:6], seed=0, log=logs.append)
+
+
+def test_the_recover_teacher_adds_a_refusing_answer_direction_chosen_on_validation(qwen2, tmp_path, monkeypatch):
+    model, tok = qwen2
+    direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=1, pos=-1, coeff=2.0)
+    logs: list[str] = []
+    steered, prefills, also = deepen.deep_inputs(tmp_path, model, tok, direction, HARMFUL[:4], HARMFUL[4:6], seed=0,
+                                                 log=logs.append, teacher="answer")
+    record = json.loads((tmp_path / "deep.json").read_text())
+    layers = deepen.answer_layers(direction, model.config.num_hidden_layers)
+    assert [(s["layer"], s["coeff"]) for s in record["sweep"]] == [(la, c) for la in layers
+                                                                     for c in deepen.ANSWER_COEFFS]
+    best, _ = deepen.choose(record["sweep"])
+    assert steered.coeff == direction.coeff == record["coeff"]  # stage 1's addition is kept as it is
+    assert record["also"] == [{"layer": best["layer"], "coeff": best["coeff"]}] and len(prefills) == 4
+    assert set(record["cos_with_stage1"]) == {str(layer) for layer in layers}
+    saved = read_tensors(tmp_path / "answer_directions.safetensors")
+    assert len(also) == 1 and also[0].layer == best["layer"] and also[0].coeff == best["coeff"]
+    assert torch.equal(also[0].vector, saved[f"layer{best['layer']}"])
+    assert any("plus the refusing-answer direction" in line for line in logs)
+    monkeypatch.setattr(deepen, "answer_rows", lambda *a, **k: pytest.fail("the kept choice was made again"))
+    again = deepen.deep_inputs(tmp_path, model, tok, direction, HARMFUL[:4], HARMFUL[4:6], seed=0, log=logs.append,
+                               teacher="answer")
+    assert torch.equal(again[2][0].vector, also[0].vector) and again[1] == prefills
+
+
+def test_answer_texts_pair_each_request_with_a_refusal_and_a_compliance():
+    base = {"a": {"answer": "I cannot.", "refused_strict": True},
+            "b": {"answer": "Step 1: mix", "refused_strict": False},
+            "c": {"answer": "Sure: go", "refused_strict": False}}
+    refusing, complying = deepen.answer_texts(["a", "b", "c"], base)
+    assert refusing == ["I cannot.", "I cannot.", "I cannot."] and complying == [AFFIRMATIVE, "Step 1: mix", "Sure: go"]
+    never = {k: {**v, "refused_strict": False} for k, v in base.items()}
+    assert deepen.answer_texts(["b"], never)[0] == [deepen.REFUSAL]
+
+
+def test_a_recover_teacher_trains_and_resumes_only_with_the_same_further_directions(qwen2, tmp_path):
+    model, tok = qwen2
+    width = model.config.hidden_size
+    direction = Direction(torch.randn(width) * 3, layer=1, pos=-1, coeff=1.0)
+    also = (Direction(torch.randn(width), layer=0, pos=0, coeff=0.5),)
+    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
+                        max_new_tokens=4, lr=1e-2, max_steps=1)
+    safety = torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))
+    distill(tmp_path, model, tok, direction, HARMFUL[:4], cfg, safety_ids=safety, teacher_also=also,
+            progress=False, save_every=1)
+    config = json.loads((tmp_path / "train" / "config.json").read_text())
+    assert config["teacher"]["also"] == [{"layer": 0, "coeff": 0.5}] and "teacher_also" in config
+    with pytest.raises(SafeSteerError, match="teacher_also differ"):
+        distill(tmp_path, model, tok, direction, HARMFUL[:4], cfg, safety_ids=safety, resume=True, progress=False,
+                teacher_also=(Direction(also[0].vector, layer=0, pos=0, coeff=1.0),))

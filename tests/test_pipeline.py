@@ -72,12 +72,16 @@ def test_baselines_of_a_run():
     assert baselines(RunConfig()) == {}
     organism = baselines(RunConfig(baselines=True))
     real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
-    assert set(organism) - set(real) == {"opd-topk"} and set(real) - set(organism) == {"safesteer-deep"}
+    assert set(organism) - set(real) == {"opd-topk"}
+    assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover"}
     assert real["safesteer-anchor"] == ("safe", "paper", "reverse", "opd", 1.0)
     assert real["safesteer-deep"] == ("safe", "binned", "reverse", "opd-deep", 0.0)
+    assert real["safesteer-recover"] == ("safe", "binned", "reverse", "opd-recover", 0.0)
     assert {spec[4] for name, spec in organism.items() if name != "safesteer-anchor"} == {0.0}
     with pytest.raises(SafeSteerError, match="safesteer-deep.*real-model run"):  # it chooses on HarmBench val
         baselines(RunConfig(baselines=["safesteer-deep"]))
+    with pytest.raises(SafeSteerError, match="safesteer-recover.*real-model run"):
+        baselines(RunConfig(baselines=["safesteer-recover"]))
 
 
 def test_a_named_baseline_added_to_a_finished_run_trains_and_evaluates_only_itself(tiny_organism, tmp_path):

@@ -89,3 +89,18 @@ def test_teacher_shares_weights_with_a_peft_student(qwen2):
     teacher = SteeredTeacher(student, tok, direction)
     torch.testing.assert_close(teacher.base_logits(batch), clean, atol=1e-5, rtol=0)
     torch.testing.assert_close(teacher.logits(batch), clean_steered, atol=1e-5, rtol=0)
+
+
+def test_a_teacher_with_further_directions_adds_each_at_its_layer(qwen2):
+    model, tok = qwen2
+    width = model.config.hidden_size
+    first = Direction(torch.randn(width), layer=1, pos=-1, coeff=2.0)
+    second = Direction(torch.randn(width), layer=0, pos=0, coeff=0.5)
+    batch = encode_prompts(tok, PROMPTS[:2])
+    with SteeredTeacher(model, tok, first, also=(second,)).active(), torch.no_grad():
+        got = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    with add_to_resid(model, first.vector, 1, 2.0), add_to_resid(model, second.vector, 0, 0.5), torch.no_grad():
+        want = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(got, want)
+    with pytest.raises(SafeSteerError, match="further directions steer every position"):
+        SteeredTeacher(model, tok, first, also=(Direction(torch.randn(width), layer=0, pos=0, positions="prompt"),))

@@ -28,14 +28,16 @@ def fingerprint(obj) -> str:
 
 def run_identity(cfg: DistillConfig, instructions: Sequence[str], anchor_prompts: Sequence[str],
                  direction: Direction, safety_ids: Tensor | None, world_size: int,
-                 prefills: Sequence[str] = ()) -> dict:
-    """What must not change between a run and its resumption (prefills only where there are any, so that a run
-    trained before they existed still resumes)."""
+                 prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = ()) -> dict:
+    """What must not change between a run and its resumption (prefills and the teacher's further directions only
+    where there are any, so that a run trained before they existed still resumes)."""
     return {"config": asdict(cfg), "prompts": fingerprint(list(instructions)),
             "anchor_prompts": fingerprint(list(anchor_prompts)),
             "direction": fingerprint([direction.vector.tolist(), direction.layer, direction.coeff]),
             "safety_ids": None if safety_ids is None else safety_ids.tolist(), "world_size": world_size,
-            **({"prefills": fingerprint(list(prefills))} if prefills else {})}
+            **({"prefills": fingerprint(list(prefills))} if prefills else {}),
+            **({"teacher_also": fingerprint([[d.vector.tolist(), d.layer, d.coeff] for d in teacher_also])}
+               if teacher_also else {})}
 
 
 def resume_step(train_dir: Path, resume: bool, identity: dict, student: nn.Module, optimizer: torch.optim.Optimizer,

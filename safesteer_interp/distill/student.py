@@ -11,7 +11,7 @@ import copy
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -65,12 +65,13 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
               lora_alpha: float | None = None, lora_targets: str | list[str] = ALL_LINEAR,
               teacher_device: str | None = None, teacher_positions: str | None = None,
-              ) -> tuple[nn.Module, Teacher]:
+              teacher_also: Sequence[Direction] = ()) -> tuple[nn.Module, Teacher]:
     """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
 
     `teacher_positions`: where the teacher steers, "all" (the reference), "prompt" (prompt tokens only) or "last"
     (the last prompt token only);
-    None: the direction's own choice (`Direction.positions`, set by the direction stage).
+    None: the direction's own choice (`Direction.positions`, set by the direction stage). `teacher_also`: further
+    directions the teacher adds (`SteeredTeacher.also`).
     """
     disable_dropout(model)
     if full_ft:
@@ -78,11 +79,12 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
         if teacher_device:
             frozen.to(teacher_device)
         model.requires_grad_(True)
-        return model, SteeredTeacher(frozen, tokenizer, direction, positions=teacher_positions)
+        return model, SteeredTeacher(frozen, tokenizer, direction, positions=teacher_positions,
+                                     also=teacher_also)
     if teacher_device:
         raise SafeSteerError("--teacher-device needs --full-ft: with LoRA the teacher shares the student's weights")
     student = lora_student(model, lora_r, lora_alpha, lora_targets)
-    return student, SteeredTeacher(student, tokenizer, direction, positions=teacher_positions)
+    return student, SteeredTeacher(student, tokenizer, direction, positions=teacher_positions, also=teacher_also)
 
 
 @contextmanager

@@ -75,7 +75,7 @@ class Distiller:
 
     def __init__(self, run: str | Path, model, tokenizer, direction: Direction, instructions: Sequence[str],
                  cfg: DistillConfig, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
-                 provenance: dict | None = None, prefills: Sequence[str] = ()):
+                 provenance: dict | None = None, prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = ()):
         self.cfg, self.tokenizer, self.instructions = cfg.check(), tokenizer, list(instructions)
         self.prefills = list(prefills)  # empty, or the begun answer of each instruction ("" for none; `deepen`)
         check_inputs(cfg, self.instructions, safety_ids, anchor_prompts, self.prefills)
@@ -87,6 +87,7 @@ class Distiller:
         if cfg.prompts_per_step % self.acc.num_processes:
             raise SafeSteerError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of "
                                  f"processes ({self.acc.num_processes})")
+        self.teacher_also = tuple(teacher_also)  # further directions the teacher adds (`SteeredTeacher.also`)
         self.student, self.teacher = self._pair(model, tokenizer, direction)
         self.params = trainable(self.student)
         self.eos = eos_token_ids(base_model(self.student), tokenizer)  # ends of turn, for the step statistics
@@ -95,7 +96,7 @@ class Distiller:
             warnings.warn(self.precision["warning"], stacklevel=2)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.identity = run_identity(cfg, self.instructions, self.anchor_prompts, direction, safety_ids,
-                                     self.acc.num_processes, self.prefills)
+                                     self.acc.num_processes, self.prefills, self.teacher_also)
         self.provenance = provenance or {}
         self.start_step = 0
         self.openers: dict = {}  # RUN/train/openers.json (openers.py), written by prepare()
@@ -112,7 +113,8 @@ class Distiller:
         torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
         student, teacher = make_pair(model, tokenizer, direction, full_ft=cfg.full_ft, lora_r=cfg.lora_r,
                                      lora_alpha=cfg.lora_alpha, lora_targets=targets,
-                                     teacher_device=cfg.teacher_device, teacher_positions=cfg.teacher_positions)
+                                     teacher_device=cfg.teacher_device, teacher_positions=cfg.teacher_positions,
+                                     teacher_also=self.teacher_also)
         if cfg.grad_checkpointing:
             base_model(student).gradient_checkpointing_enable({"use_reentrant": False})
         return student, teacher
@@ -137,7 +139,9 @@ class Distiller:
                 "n_prompts": len(self.instructions), "baseline_anchor": self.cfg.anchor_weight > 0,
                 "precision": self.precision, "teacher": {"positions": self.teacher.positions,
                                                          "coeff": self.teacher.coeff,
-                                                         "layer": self.teacher.direction.layer},
+                                                         "layer": self.teacher.direction.layer,
+                                                         "also": [{"layer": d.layer, "coeff": d.coeff}
+                                                                  for d in self.teacher_also]},
                 **self.provenance}
 
     # -------------------------------------------------------------------------------------- steps
@@ -196,12 +200,14 @@ def distill(run: str | Path, model, tokenizer, direction: Direction, instruction
             cfg: DistillConfig | None = None, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
             resume: bool = False, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True,
             on_checkpoint: Callable[[int, Path], None] | None = None, provenance: dict | None = None,
-            prefills: Sequence[str] = (), log: Callable[[str], None] | None = None) -> dict:
+            prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
+            log: Callable[[str], None] | None = None) -> dict:
     """Train `model` into RUN/train/ (metrics.jsonl, checkpoints/, model/, adapter/) and return the summary.
-    `prefills` (one per instruction) begin the student's answers: it is trained on what it writes after them."""
+    `prefills` (one per instruction) begin the student's answers: it is trained on what it writes after them.
+    `teacher_also`: further directions the teacher adds beside `direction` (`SteeredTeacher.also`)."""
     distiller = Distiller(run, model, tokenizer, direction, instructions, cfg or DistillConfig(),
                           safety_ids=safety_ids, anchor_prompts=anchor_prompts, provenance=provenance,
-                          prefills=prefills)
+                          prefills=prefills, teacher_also=teacher_also)
     distiller.prepare(resume, on_checkpoint)
     return distiller.run(save_every, keep_checkpoints, progress, log)
 
