@@ -142,6 +142,45 @@ def choose_coeff(sweep: Sequence[dict], target: float = RECOVERY_TARGET) -> tupl
     return best["coeff"], reason
 
 
+FIELDS = {"sweep[].refusal": "share of val behaviours refused after the prefill, substring judge",
+          "sweep[].refusal_strict": "the same, coherent-refusal judge (what the rule reads)",
+          "sweep[].factor": "coeff / stage1_coeff",
+          "sweep[].layer": "where the refusing-answer direction is added (coeff x its raw vector)",
+          "also": "the teacher's further additions beside stage 1's (answer_directions.safetensors)",
+          "cos_with_stage1": "cosine of each layer's refusing-answer direction with stage 1's vector",
+          "prefills[].depth": "tokens of compliant text forced into the answer before the student writes (0: a plain "
+                              "prompt)",
+          "prefills[].prefill_source": "base: the base model's own greedy answer (it complied); affirmative: "
+                                       "attacks.AFFIRMATIVE (it refused); plain: no prefill",
+          "seconds": "wall seconds of each step"}  # deep.json's keys, written into it
+
+
+def choose_teacher(target: Path, model, tokenizer, direction: Direction, train_requests: Sequence[str],
+                   val_requests: Sequence[str], answers: dict[str, dict], teacher: TeacherRule,
+                   seconds: dict[str, float], log: Callable[[str], None]) -> dict:
+    """deep.json's teacher part: {coeff, [also, cos_with_stage1,] reason, sweep}, chosen by the prefilled-val rule."""
+    if teacher == "coeff":
+        with timed(seconds, "coefficient on validation", log):
+            sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
+        best, reason = choose(sweep)
+        return {"coeff": best["coeff"], "reason": reason, "sweep": sweep}
+    with timed(seconds, "refusing-answer directions (training behaviours)", log):
+        refusing, complying = answer_texts(train_requests, answers)
+        vectors = answer_directions(model, tokenizer, train_requests, refusing, complying,
+                                    answer_layers(direction, model.config.num_hidden_layers), n_tokens=READ_TOKENS)
+        write_tensors(target / "answer_directions.safetensors", {f"layer{layer}": v for layer, v in vectors.items()},
+                      {"what": "refusing minus complying answers' mean resid_pre over the first "
+                               f"{READ_TOKENS} answer tokens, per layer (deepen.answer_texts)"})
+    with timed(seconds, "layer and coefficient on validation", log):
+        sweep = answer_sweep(model, tokenizer, direction, vectors, val_requests, answers, log=log)
+    best, reason = choose(sweep)
+    return {"coeff": direction.coeff, "also": [{"layer": best["layer"], "coeff": best["coeff"]}],
+            # how far the refusing-answer direction is from stage 1's (a cosine across layers)
+            "cos_with_stage1": {str(layer): round(float(v @ direction.unit / v.norm()), 4)
+                                for layer, v in vectors.items()},
+            "reason": reason, "sweep": sweep}
+
+
 def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, train_requests: Sequence[str],
                 val_requests: Sequence[str], seed: int, log: Callable[[str], None] = print,
                 teacher: TeacherRule = "coeff") -> tuple[Direction, list[str], tuple[Direction, ...]]:
@@ -156,47 +195,16 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
         with timed(seconds, "base greedy answers (train + val)", log):
             judged = judged_plain(plain(model, tokenizer), list(train_requests) + list(val_requests), ANSWER_TOKENS)
             answers = {r["prompt"]: r for r in judged}
-        chosen: dict = {}
-        if teacher == "coeff":
-            with timed(seconds, "coefficient on validation", log):
-                sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
-        else:
-            with timed(seconds, "refusing-answer directions (training behaviours)", log):
-                refusing, complying = answer_texts(train_requests, answers)
-                vectors = answer_directions(model, tokenizer, train_requests, refusing, complying,
-                                            answer_layers(direction, model.config.num_hidden_layers),
-                                            n_tokens=READ_TOKENS)
-                write_tensors(target / "answer_directions.safetensors",
-                              {f"layer{layer}": v for layer, v in vectors.items()},
-                              {"what": "refusing minus complying answers' mean resid_pre over the first "
-                                       f"{READ_TOKENS} answer tokens, per layer (deepen.answer_texts)"})
-            with timed(seconds, "layer and coefficient on validation", log):
-                sweep = answer_sweep(model, tokenizer, direction, vectors, val_requests, answers, log=log)
-        best, reason = choose(sweep)
-        coeff = best["coeff"] if teacher == "coeff" else direction.coeff
-        if teacher == "answer":  # how far the refusing-answer direction is from stage 1's (cosine, across layers)
-            chosen = {"also": [{"layer": best["layer"], "coeff": best["coeff"]}],
-                      "cos_with_stage1": {str(layer): round(float(v @ direction.unit / v.norm()), 4)
-                                          for layer, v in vectors.items()}}
+        chosen = choose_teacher(target, model, tokenizer, direction, train_requests, val_requests, answers, teacher,
+                                seconds, log)
         write_json(path, {
             "what": f"{'safesteer-deep' if teacher == 'coeff' else 'safesteer-recover'}'s inputs: the teacher "
                     f"(chosen on HarmBench val by refusal after a {DEPTH}-token compliant prefill, coherent judge, "
                     f"{JUDGED_TOKENS} tokens) and each training prompt's prefill (base greedy answer where it "
                     "complied, else the affirmative opener)",
-            "fields": {"sweep[].refusal": "share of val behaviours refused after the prefill, substring judge",
-                       "sweep[].refusal_strict": "the same, coherent-refusal judge (what the rule reads)",
-                       "sweep[].factor": "coeff / stage1_coeff",
-                       "sweep[].layer": "where the refusing-answer direction is added (coeff x its raw vector)",
-                       "also": "the teacher's further additions beside stage 1's (answer_directions.safetensors)",
-                       "cos_with_stage1": "cosine of each layer's refusing-answer direction with stage 1's vector",
-                       "prefills[].depth": "tokens of compliant text forced into the answer before the student "
-                       "writes (0: a plain prompt)",
-                       "prefills[].prefill_source": "base: the base model's own greedy answer (it complied); "
-                       "affirmative: attacks.AFFIRMATIVE (it refused); plain: no prefill",
-                       "seconds": "wall seconds of each step"},
-            "teacher_rule": teacher, "stage1_coeff": direction.coeff, "coeff": coeff, **chosen, "reason": reason,
-            "target": RECOVERY_TARGET, "depth": DEPTH, "n_val": len(val_requests), "sweep": sweep,
-            "seconds": seconds, "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
+            "fields": FIELDS, "teacher_rule": teacher, "stage1_coeff": direction.coeff, **chosen,
+            "target": RECOVERY_TARGET, "depth": DEPTH, "n_val": len(val_requests), "seconds": seconds,
+            "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
     record = read_json(path, "deep variant inputs")
     if [r["request"] for r in record["prefills"]] != list(train_requests):
         raise SafeSteerError(f"{path} was made for other training prompts; delete it to choose again")
@@ -211,5 +219,5 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
 
 
 __all__ = ["ANSWER_COEFFS", "COEFF_FACTORS", "DEPTH", "LAYER_OFFSETS", "RECOVERY_TARGET", "answer_layers",
-           "answer_sweep", "answer_texts", "choose", "choose_coeff", "deep_inputs", "prefilled_refusal",
-           "recovery_sweep", "training_prefills"]
+           "answer_sweep", "answer_texts", "choose", "choose_coeff", "choose_teacher", "deep_inputs",
+           "prefilled_refusal", "recovery_sweep", "training_prefills"]
