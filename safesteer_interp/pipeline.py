@@ -51,12 +51,15 @@ BASELINES = {
     "safesteer-deep": ("safe", "binned", "reverse", "opd-deep", 0.0),
     # safesteer-deep's prefilled answers, with stage 1's teacher plus a refusing-answer direction (`deepen`)
     "safesteer-recover": ("safe", "binned", "reverse", "opd-recover", 0.0),
+    # the same with the anchor's general data (a KL-to-base term on harmless prompts): outside the no-general-data
+    # spirit, it asks whether the recovering student's over-refusal comes from having no counter-examples
+    "safesteer-recover-anchor": ("safe", "binned", "reverse", "opd-recover", 1.0),
 }
 # top-K OPD is the organism's probe of the published loss's partial sum (README); on a real model each baseline costs
 # ~8 min of a 2-core machine, and the real-model table keeps the ones the comparison needs
 REAL_SKIPPED_BASELINES = ("opd-topk",)
 # the deep variant chooses its teacher on HarmBench val and is measured by the attacks, both real-model only
-ORGANISM_SKIPPED_BASELINES = ("safesteer-deep", "safesteer-recover")
+ORGANISM_SKIPPED_BASELINES = ("safesteer-deep", "safesteer-recover", "safesteer-recover-anchor")
 SAFESTEER = ("safe", "paper", "reverse", "opd", 0.0)  # the published method, in BASELINES' terms
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction

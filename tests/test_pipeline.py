@@ -73,11 +73,12 @@ def test_baselines_of_a_run():
     organism = baselines(RunConfig(baselines=True))
     real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
     assert set(organism) - set(real) == {"opd-topk"}
-    assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover"}
+    assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor"}
     assert real["safesteer-anchor"] == ("safe", "paper", "reverse", "opd", 1.0)
     assert real["safesteer-deep"] == ("safe", "binned", "reverse", "opd-deep", 0.0)
     assert real["safesteer-recover"] == ("safe", "binned", "reverse", "opd-recover", 0.0)
-    assert {spec[4] for name, spec in organism.items() if name != "safesteer-anchor"} == {0.0}
+    assert real["safesteer-recover-anchor"] == ("safe", "binned", "reverse", "opd-recover", 1.0)
+    assert {spec[4] for name, spec in real.items() if "anchor" not in name} == {0.0}
     with pytest.raises(SafeSteerError, match="safesteer-deep.*real-model run"):  # it chooses on HarmBench val
         baselines(RunConfig(baselines=["safesteer-deep"]))
     with pytest.raises(SafeSteerError, match="safesteer-recover.*real-model run"):
