@@ -87,8 +87,7 @@ class Distiller:
         if cfg.prompts_per_step % self.acc.num_processes:
             raise SafeSteerError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of "
                                  f"processes ({self.acc.num_processes})")
-        self.teacher_also = tuple(teacher_also)  # further directions the teacher adds (`SteeredTeacher.also`)
-        self.student, self.teacher = self._pair(model, tokenizer, direction)
+        self.student, self.teacher = self._pair(model, tokenizer, direction, teacher_also)
         self.params = trainable(self.student)
         self.eos = eos_token_ids(base_model(self.student), tokenizer)  # ends of turn, for the step statistics
         self.precision = precision_report(self.params.values(), cfg.learning_rate)
@@ -96,7 +95,7 @@ class Distiller:
             warnings.warn(self.precision["warning"], stacklevel=2)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.identity = run_identity(cfg, self.instructions, self.anchor_prompts, direction, safety_ids,
-                                     self.acc.num_processes, self.prefills, self.teacher_also)
+                                     self.acc.num_processes, self.prefills, self.teacher.also)
         self.provenance = provenance or {}
         self.start_step = 0
         self.openers: dict = {}  # RUN/train/openers.json (openers.py), written by prepare()
@@ -107,14 +106,14 @@ class Distiller:
         gpu = torch.cuda.is_available()  # cpu=True lets torchrun / accelerate launch run DDP over gloo on CPUs
         return Accelerator(cpu=not gpu, mixed_precision="bf16" if self.cfg.bf16 and gpu else "no")
 
-    def _pair(self, model: nn.Module, tokenizer, direction: Direction):
+    def _pair(self, model: nn.Module, tokenizer, direction: Direction, teacher_also: Sequence[Direction]):
         cfg = self.cfg
         targets = cfg.lora_targets if cfg.lora_targets == ALL_LINEAR else cfg.lora_targets.split(",")
         torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
         student, teacher = make_pair(model, tokenizer, direction, full_ft=cfg.full_ft, lora_r=cfg.lora_r,
                                      lora_alpha=cfg.lora_alpha, lora_targets=targets,
                                      teacher_device=cfg.teacher_device, teacher_positions=cfg.teacher_positions,
-                                     teacher_also=self.teacher_also)
+                                     teacher_also=teacher_also)
         if cfg.grad_checkpointing:
             base_model(student).gradient_checkpointing_enable({"use_reentrant": False})
         return student, teacher
@@ -141,7 +140,7 @@ class Distiller:
                                                          "coeff": self.teacher.coeff,
                                                          "layer": self.teacher.direction.layer,
                                                          "also": [{"layer": d.layer, "coeff": d.coeff}
-                                                                  for d in self.teacher_also]},
+                                                                  for d in self.teacher.also]},
                 **self.provenance}
 
     # -------------------------------------------------------------------------------------- steps
