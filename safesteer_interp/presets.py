@@ -118,7 +118,7 @@ def memory_gb(preset: Preset) -> dict[str, float]:
 
 
 def table() -> list[dict]:
-    """Every preset as plain data (the `presets` command and the README table)."""
+    """Every preset as plain data (the `presets` command and the table in docs/real-models.md)."""
     return [{**asdict(p), "memory_gb_estimate": memory_gb(p)} for p in PRESETS.values()]
 
 

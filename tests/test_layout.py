@@ -1,10 +1,10 @@
-"""The layout holds: the library's imports run one way (the module graph, deferred imports included, has no cycle;
-every deferred import says why on its line, `# lazy: <reason>`), and the README's Layout table names every module."""
+"""The layout holds: the library's imports run one way, down a declared order of its folders (the stage order, over
+`core`), the module graph (deferred imports included) has no cycle, and every deferred import says why on its line
+(`# lazy: <reason>`). `tests/test_docs.py` checks that docs/architecture.md names every module."""
 
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest
@@ -95,6 +95,65 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+# The library's rooms, bottom to top: a module may import from its own room and from rooms below it, never above. The
+# stages read in the pipeline's order (direction -> teacher -> tokens -> distill), over the shared floors; `evaluate`
+# sits below `distill` because the deep variants choose their teacher on validation with its instruments.
+FLOORS: tuple[tuple[str, ...], ...] = (
+    ("errors", "presets"),
+    ("core",),
+    ("data",),
+    ("organism",),
+    ("direction",),
+    ("teacher",),
+    ("tokens",),
+    ("evaluate",),
+    ("distill",),
+    ("report",),
+    ("pipeline", "smoke", "testing"),
+    ("analyses",),
+    ("cli",),
+)
+
+
+def room(module: str) -> str:
+    """The room of a dotted module name: its first name under `safesteer_interp` ("" for the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else ""
+
+
+def floor_of(module: str) -> int:
+    """The floor index of a module's room; a room missing from FLOORS is an error of the declaration."""
+    name = room(module)
+    for level, rooms in enumerate(FLOORS):
+        if name in rooms:
+            return level
+    raise AssertionError(f"{module}: room {name!r} is not in FLOORS (tests/test_layout.py); declare where it sits")
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs up the declared floors, as 'importer -> imported'."""
+    return sorted(f"{a} -> {b}" for a, targets in graph.items() if room(a)
+                  for b in targets if room(b) and floor_of(b) > floor_of(a))
+
+
+def test_the_floor_check_finds_a_planted_upward_import():
+    graph = {"safesteer_interp.core.hooks": {"safesteer_interp.distill.losses"},
+             "safesteer_interp.distill.losses": {"safesteer_interp.core.hooks"}}
+    assert upward_imports(graph) == ["safesteer_interp.core.hooks -> safesteer_interp.distill.losses"]
+
+
+def test_every_room_is_declared_on_a_floor():
+    graph, _ = import_graph()
+    undeclared = sorted({room(m) for m in graph if room(m)} - {r for rooms in FLOORS for r in rooms})
+    assert not undeclared, f"rooms missing from FLOORS: {undeclared}"
+
+
+def test_no_import_runs_up_the_floors():
+    graph, _ = import_graph()
+    upward = upward_imports(graph)
+    assert not upward, "imports against the declared folder order:\n  " + "\n  ".join(upward)
+
+
 def test_the_cycle_finder_finds_a_planted_cycle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
@@ -119,28 +178,6 @@ def test_every_deferred_import_says_why():
     _, unexplained = import_graph()
     if unexplained:
         pytest.fail("function-local imports without a `# lazy: <reason>` comment: " + ", ".join(unexplained))
-
-
-def test_the_readme_layout_names_every_library_module():
-    readme = (ROOT / "README.md").read_text()
-    layout = readme[readme.index("## Layout"):]
-    layout = layout[:layout.index("\n## ") if "\n## " in layout else None]
-    rows: dict[str, set[str]] = {}  # folder -> module names in backticks on its rows (continuation rows included)
-    folder = ""
-    for line in layout.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) < 3 or not line.startswith("|"):
-            continue
-        folder = cells[0].strip("`") or folder
-        rows.setdefault(folder, set()).update(re.findall(r"`(\w+)`", cells[1]))
-    missing = []
-    for path in (ROOT / "safesteer_interp").rglob("*.py"):
-        if path.name == "__init__.py":
-            continue
-        where = str(path.parent.relative_to(ROOT)) + "/"
-        if path.stem not in rows.get(where, set()):
-            missing.append(f"{where}{path.name}")
-    assert not missing, "README Layout table lacks: " + ", ".join(sorted(missing))
 
 
 def test_pyproject_ships_every_subpackage():

@@ -11,6 +11,7 @@ import json
 import pytest
 
 from safesteer_interp import SafeSteerError
+from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant, variants_help
 from safesteer_interp.pipeline import STAGES, RunConfig, baselines, run_pipeline, stage_status
 
 
@@ -74,15 +75,27 @@ def test_baselines_of_a_run():
     real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
     assert set(organism) - set(real) == {"opd-topk"}
     assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor"}
-    assert real["safesteer-anchor"] == ("safe", "paper", "reverse", "opd", 1.0)
-    assert real["safesteer-deep"] == ("safe", "binned", "reverse", "opd-deep", 0.0)
-    assert real["safesteer-recover"] == ("safe", "binned", "reverse", "opd-recover", 0.0)
-    assert real["safesteer-recover-anchor"] == ("safe", "binned", "reverse", "opd-recover", 1.0)
-    assert {spec[4] for name, spec in real.items() if "anchor" not in name} == {0.0}
+    assert real["safesteer-anchor"].loss == "safe/paper/reverse + anchor 1.0"
+    assert (real["safesteer-deep"].restrict, real["safesteer-deep"].teacher_rule) == ("binned", "prefill-coeff")
+    assert (real["safesteer-recover"].teacher_rule, real["safesteer-recover"].anchor_weight) == ("prefill-answer", 0)
+    assert (real["safesteer-recover-anchor"].teacher_rule, real["safesteer-recover-anchor"].anchor_weight) == (
+        "prefill-answer", 1.0)
+    assert {v.anchor_weight for name, v in real.items() if "anchor" not in name} == {0.0}
+    assert {v.trainer for v in real.values()} == {"opd", "sft"} and real["sft-teacher"].trainer == "sft"
     with pytest.raises(SafeSteerError, match="safesteer-deep.*real-model run"):  # it chooses on HarmBench val
         baselines(RunConfig(baselines=["safesteer-deep"]))
     with pytest.raises(SafeSteerError, match="safesteer-recover.*real-model run"):
         baselines(RunConfig(baselines=["safesteer-recover"]))
+    assert list(baselines(RunConfig(model="smollm2-135m-instruct", baselines=["opd-topk"]))) == ["opd-topk"]
+
+
+def test_a_variant_is_a_typed_record_that_refuses_unknown_values():
+    assert SAFESTEER.loss == "safe/paper/reverse" and not SAFESTEER.deep
+    with pytest.raises(ValueError, match="restrict 'binnned'"):
+        Variant("typo", "a misspelt loss", restrict="binnned")
+    with pytest.raises(ValueError, match="teacher_rule"):
+        Variant("typo", "an unknown teacher", teacher_rule="coeff")
+    assert all(name in variants_help() for name in VARIANTS)
 
 
 def test_a_named_baseline_added_to_a_finished_run_trains_and_evaluates_only_itself(tiny_organism, tmp_path):

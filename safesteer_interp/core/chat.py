@@ -103,6 +103,12 @@ def render_prefilled(tokenizer, instructions: Sequence[str], prefills: Sequence[
     return [text + prefill for text, prefill in zip(render_prompts(tokenizer, instructions), prefills, strict=True)]
 
 
+def first_tokens(tokenizer, text: str, k: int) -> tuple[str, int]:
+    """(the text of `text`'s first k tokens, how many there were): a prefill or an answer cut to k tokens."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"][:k]
+    return tokenizer.decode(ids), len(ids)
+
+
 def encode_texts(tokenizer, texts: Sequence[str]) -> ChatBatch:
     """Tokenize already-rendered chat texts (the template carries its own BOS, so none is added)."""
     enc = tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")

@@ -135,5 +135,11 @@ def logits_from_states(model, states: Float[Tensor, "*rows d_model"]) -> Float[T
     return torch.tanh(logits / cap) * cap if cap else logits
 
 
+def reverse_kl(s: Float[Tensor, "batch pos bins"], t: Float[Tensor, "batch pos bins"]) -> Float[Tensor, "batch pos"]:
+    """KL(s || t) = sum_v p_s(v) (log p_s(v) - log p_t(v)) from log-probs: mode-seeking, the first argument's own
+    mass weighs the error. SafeSteer's loss (`distill.losses`) and the harmless drift (`evaluate.drift`) read it."""
+    return (s.exp() * (s - t)).sum(-1)
+
+
 __all__ = ["answer_logprobs", "answer_states", "forward_logits", "logits_from_states", "next_token_logprobs",
-           "prefix_shared_logits"]
+           "prefix_shared_logits", "reverse_kl"]

@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from safesteer_interp.core.chat import encode_texts, render_prompts
+from safesteer_interp.core.chat import encode_texts, first_tokens, render_prompts
 from safesteer_interp.core.hooks import cache_activations
 from safesteer_interp.errors import SafeSteerError
 
@@ -30,8 +30,7 @@ def mean_answer_resid(model, tokenizer, instructions: Sequence[str], answers: Se
     with cache_activations(model, names, device="cpu", dtype=torch.float64) as store:
         for start in range(0, len(instructions), batch_size):
             prompts = render_prompts(tokenizer, instructions[start:start + batch_size])
-            cut = [tokenizer.decode(tokenizer(a, add_special_tokens=False)["input_ids"][:n_tokens])
-                   for a in answers[start:start + batch_size]]
+            cut = [first_tokens(tokenizer, a, n_tokens)[0] for a in answers[start:start + batch_size]]
             batch = encode_texts(tokenizer, [p + a for p, a in zip(prompts, cut, strict=True)])
             model(input_ids=batch.input_ids.to(model.device), attention_mask=batch.attention_mask.to(model.device))
             width, lengths = batch.input_ids.shape[1], batch.attention_mask.sum(1).tolist()

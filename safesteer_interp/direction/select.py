@@ -44,7 +44,7 @@ class CandidateConfig:
     # The aligned path: a steering score must reach halfway from the unsteered harmless score to the model's own
     # score on the harmful val prompts it refuses, not the reference's fixed 0. A model that refuses with confidence
     # scores its refusals far above 0 and harmless prompts far below, so 0 lies between them; one that refuses with
-    # "I" at p < 0.5 (Qwen2.5-Coder-0.5B-Instruct) scores both below 0, and no candidate reaches it (README).
+    # "I" at p < 0.5 (Qwen2.5-Coder-0.5B-Instruct) scores both below 0, and no candidate reaches it (docs/qwen.md).
     induce_calibrated: bool = False
 
 

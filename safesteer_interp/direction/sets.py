@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from safesteer_interp.core.generation import GreedyAnswers
+from safesteer_interp.core.judges import starts_with_wording
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.refusal_score import refusal_scores
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import starts_with_wording
 from safesteer_interp.organism import world
 
 SPLITS = ("harmful_train", "harmless_train", "harmful_val", "harmless_val")

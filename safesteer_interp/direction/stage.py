@@ -26,6 +26,7 @@ from safesteer_interp.core.artifacts import write_json, write_tensors
 from safesteer_interp.core.chat import post_instruction_length, post_instruction_tokens
 from safesteer_interp.core.generation import GreedyAnswers, generate_answers
 from safesteer_interp.core.hooks import Positions, add_to_resid
+from safesteer_interp.core.judges import RefusalJudge
 from safesteer_interp.core.progress import timed
 from safesteer_interp.direction.artifact import Direction, check_positions, direction_dir, save_direction
 from safesteer_interp.direction.candidates import difference_in_means
@@ -48,7 +49,6 @@ from safesteer_interp.direction.sets import (
     unfiltered,
 )
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import RefusalJudge
 
 Progress = Callable[[int], Callable[[], None]]  # given the number of candidates, returns a per-candidate tick
 

@@ -14,6 +14,7 @@ from einops import repeat
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from safesteer_interp.core.scoring import reverse_kl  # KL(s || t): mode-seeking, the student's mass weighs the error
 from safesteer_interp.distill.variants import DIVERGENCES, RESTRICTS, VOCABS, Divergence, Restrict, Vocab
 from safesteer_interp.errors import SafeSteerError
 
@@ -68,11 +69,6 @@ def restrict(student_logp: Float[Tensor, "batch pos vocab"], teacher_logp: Float
 
 
 # ----------------------------------------------------------------------------------------------- divergences
-def reverse_kl(s: Float[Tensor, "batch pos bins"], t: Float[Tensor, "batch pos bins"]) -> Float[Tensor, "batch pos"]:
-    """sum_v p_s(v) (log p_s(v) - log p_t(v)): mode-seeking, the student's own mass weighs the error."""
-    return (s.exp() * (s - t)).sum(-1)
-
-
 def forward_kl(s: Float[Tensor, "batch pos bins"], t: Float[Tensor, "batch pos bins"]) -> Float[Tensor, "batch pos"]:
     """sum_v p_t(v) (log p_t(v) - log p_s(v)): mass-covering."""
     return (t.exp() * (t - s)).sum(-1)

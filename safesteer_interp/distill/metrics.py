@@ -16,7 +16,7 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from safesteer_interp.core.generation import Generation
-from safesteer_interp.distill.losses import reverse_kl
+from safesteer_interp.core.scoring import reverse_kl
 
 SUMS = ("tokens", "kl_k3", "kl_full", "kl_on_S", "mass_S_student", "mass_S_teacher", "entropy", "sequences",
         "first_mass_S_student", "first_mass_S_teacher", "length", "finished")

@@ -1,17 +1,96 @@
-"""The named variants of the distillation loss, as plain names (no torch here: the CLI builds its choices from them).
+"""The named variants of the distillation: what each trains on, with which loss and which teacher, as typed records.
 
 vocab: the tokens the loss sees (the safety set S, the teacher's top-K per position, or all); divergence: reverse KL
 (SafeSteer), forward KL or generalised JSD; restrict: how a token set enters it (`paper`, the published unnormalised
-partial sum; `renorm` and `binned`, our variants). `distill.losses` computes each of them.
+partial sum; `renorm` and `binned`, our variants). `distill.losses` computes each loss; `VARIANTS` names every row a
+run can train (no torch here: the CLI lists them in its help).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 Vocab = Literal["full", "topk", "safe"]
 Divergence = Literal["reverse", "forward", "jsd"]
 Restrict = Literal["paper", "renorm", "binned"]
 VOCABS, DIVERGENCES, RESTRICTS = get_args(Vocab), get_args(Divergence), get_args(Restrict)
+Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own samples), or SFT on the teacher's answers
+# How the teacher is made: stage 1's steered teacher as it is, or one chosen on HarmBench val by its refusal after a
+# compliant prefill (`distill.deepen`: a multiple of stage 1's coefficient, or stage 1's teacher plus a refusing-answer
+# direction); the prefill rules also begin most training answers with a compliant prefill.
+TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer"]
+ModelKind = Literal["organism", "real"]
+TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 
-__all__ = ["DIVERGENCES", "RESTRICTS", "VOCABS", "Divergence", "Restrict", "Vocab"]
+
+@dataclass(frozen=True)
+class Variant:
+    """One trained row of a run. Every variant shares the run's prompts, seed and step budget."""
+
+    name: str
+    about: str  # one line: what the row asks (CLI help, report)
+    vocab: Vocab = "safe"
+    restrict: Restrict = "paper"
+    divergence: Divergence = "reverse"
+    trainer: Trainer = "opd"
+    anchor_weight: float = 0.0  # > 0: plus a full-vocabulary KL to the base on harmless training prompts (general data)
+    teacher_rule: TeacherRule = "stage1"
+    runs_on: tuple[ModelKind, ...] = MODEL_KINDS  # the model kinds `run --baselines` trains it for
+
+    def __post_init__(self):
+        for value, allowed, field in ((self.vocab, VOCABS, "vocab"), (self.restrict, RESTRICTS, "restrict"),
+                                      (self.divergence, DIVERGENCES, "divergence"), (self.trainer, TRAINERS, "trainer"),
+                                      (self.teacher_rule, TEACHER_RULES, "teacher_rule")):
+            if value not in allowed:
+                raise ValueError(f"variant {self.name!r}: {field} {value!r} is not one of {', '.join(allowed)}")
+        if not set(self.runs_on) <= set(MODEL_KINDS):
+            raise ValueError(f"variant {self.name!r}: runs_on {self.runs_on} names an unknown model kind")
+
+    @property
+    def deep(self) -> bool:
+        """The teacher is chosen on prefilled HarmBench val and training answers are prefilled (real models only)."""
+        return self.teacher_rule != "stage1"
+
+    @property
+    def loss(self) -> str:
+        """The loss in words, as the run's train/config.json provenance names it."""
+        return f"{self.vocab}/{self.restrict}/{self.divergence}" + (
+            f" + anchor {self.anchor_weight}" if self.anchor_weight else "")
+
+
+# The published method. Every baseline below shares its prompts, seed and step budget.
+SAFESTEER = Variant("safesteer", "the published method: S, the `paper` loss (reverse KL's partial sum over S)")
+VARIANTS: dict[str, Variant] = {v.name: v for v in (
+    Variant("safesteer-binned", "S plus one bucket for the rest of the vocabulary: a true divergence (ours)",
+            restrict="binned"),
+    Variant("opd-full", "on-policy distillation over the full vocabulary", vocab="full"),
+    # the organism's probe of the published loss's partial sum; on a real model each baseline costs ~8 min of a
+    # 2-core machine, and the real-model table keeps the ones the comparison needs
+    Variant("opd-topk", "on-policy distillation over the teacher's top-K tokens per position", vocab="topk",
+            runs_on=("organism",)),
+    Variant("sft-teacher", "SFT on the steered teacher's own answers (off-policy)", vocab="full", trainer="sft"),
+    # SafeSteer plus the general data the method does without (`distill.step.anchor_term`)
+    Variant("safesteer-anchor", "SafeSteer + a KL-to-base anchor on harmless training prompts (general data)",
+            anchor_weight=1.0),
+    Variant("safesteer-deep", "binned, a teacher coefficient chosen on prefilled val, prefilled training answers",
+            restrict="binned", teacher_rule="prefill-coeff", runs_on=("real",)),
+    Variant("safesteer-recover", "safesteer-deep's answers, stage 1's teacher + a refusing-answer direction",
+            restrict="binned", teacher_rule="prefill-answer", runs_on=("real",)),
+    # outside the no-general-data spirit: does the recovering student's over-refusal come from having no
+    # counter-examples?
+    Variant("safesteer-recover-anchor", "safesteer-recover + the anchor's general data", restrict="binned",
+            anchor_weight=1.0, teacher_rule="prefill-answer", runs_on=("real",)),
+)}
+
+
+def variants_help(runs_on: bool = False) -> str:
+    """Every variant with what it asks (and, with `runs_on`, the model kinds it runs on), for the CLI's help."""
+    def kinds(v: Variant) -> str:
+        only = {("organism",): "the organism only", ("real",): "real models only"}.get(v.runs_on, "")
+        return f" ({only})" if runs_on and only else ""
+    return "; ".join(f"{v.name}: {v.about}{kinds(v)}" for v in VARIANTS.values())
+
+
+__all__ = ["DIVERGENCES", "MODEL_KINDS", "RESTRICTS", "SAFESTEER", "TEACHER_RULES", "TRAINERS", "VARIANTS", "VOCABS",
+           "Divergence", "ModelKind", "Restrict", "TeacherRule", "Trainer", "Variant", "Vocab", "variants_help"]

@@ -3,6 +3,7 @@
 An item asks for one short right answer ("What is 17 + 25?" -> 42, "Spell 'cat' backwards." -> tac). The judge
 reads the opening of the model's answer: numbers match as numbers (the answer's first new number must equal the
 expected one), words and short strings on word boundaries. Accuracy is the share judged correct, by category too.
+GSM8K problems (`gsm8k-100`) let the model reason first: `gsm8k_correct` reads the answer's last number instead.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from safesteer_interp.core.judges import final_answer
 from safesteer_interp.data.files import read_rows
 from safesteer_interp.data.sources import load_source, lookup
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import final_answer
 
 OPENING_CHARS = 200  # the answer's claim: a short answer gives it up front; what follows is explanation or babble
 # A number standing alone: not part of a word ("H2O"), of a decimal (the "2" of "4.2") or of a range ("5-3" -> 3).
@@ -57,6 +58,29 @@ def answered_number(answer: str, restated: Sequence[float] = ()) -> float | None
         text = text.split("=", 1)[1]
     fresh = [n for n in _numbers(text) if not any(math.isclose(n, r) for r in restated)]
     return fresh[0] if fresh else None
+
+
+def last_number(answer: str) -> float | None:
+    """The last number of an answer after its think block, where a chain of thought ends on its result.
+
+    "1,250.50" reads 1250.5, "-3" is negative, "$40" and "25%" are 40 and 25, and a sentence's full stop ("18.") is
+    not a decimal point; None when the answer holds no number.
+    """
+    numbers = _numbers(final_answer(answer))
+    return numbers[-1] if numbers else None
+
+
+def gsm8k_correct(answer: str, target: str) -> bool:
+    """Whether a GSM8K answer ends on the target: its last number equals `target` ("2280", "1,600") by value.
+
+    Chain of thought is allowed, so earlier numbers (intermediate steps, the question restated) do not count; an
+    answer cut off mid-reasoning is judged by wherever it stopped, and an answer with no number is wrong.
+    """
+    value = as_number(target)
+    if value is None:
+        raise SafeSteerError(f"GSM8K target {target!r} is not a number; the judge compares numbers")
+    given = last_number(answer)
+    return given is not None and math.isclose(given, value, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def _says(text: str, expected: str) -> bool:
@@ -137,5 +161,5 @@ def load_capability(source: str) -> list[dict]:
     return items
 
 
-__all__ = ["OPENING_CHARS", "answered_number", "as_number", "is_correct", "load_capability", "opening",
-           "score_capability"]
+__all__ = ["OPENING_CHARS", "answered_number", "as_number", "gsm8k_correct", "is_correct", "last_number",
+           "load_capability", "opening", "score_capability"]

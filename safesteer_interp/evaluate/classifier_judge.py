@@ -14,8 +14,8 @@ import torch
 
 from safesteer_interp.core.chat import encode_texts
 from safesteer_interp.core.generation import decode_answers, generate
+from safesteer_interp.core.judges import RefusalJudge, final_answer
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.judges import RefusalJudge, final_answer
 
 
 def _rate(flags: Sequence[bool | None]) -> float:

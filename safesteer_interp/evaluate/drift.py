@@ -16,8 +16,7 @@ from torch import Tensor
 
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import Generation, decode_answers, generate
-from safesteer_interp.core.scoring import answer_logprobs
-from safesteer_interp.distill.losses import reverse_kl
+from safesteer_interp.core.scoring import answer_logprobs, reverse_kl
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.policies import Policy
 

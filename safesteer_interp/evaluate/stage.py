@@ -17,6 +17,7 @@ from pathlib import Path
 
 from safesteer_interp.core import generation  # called as generation.generate_answers: tests patch it there
 from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
+from safesteer_interp.core.judges import CoherentRefusalJudge, RefusalJudge, is_helpful
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.direction.artifact import load_direction
@@ -24,7 +25,6 @@ from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.capability import is_correct, load_capability, score_capability
 from safesteer_interp.evaluate.classifier_judge import judge_records
 from safesteer_interp.evaluate.drift import harmless_kl
-from safesteer_interp.evaluate.judges import CoherentRefusalJudge, RefusalJudge, is_helpful
 from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
 from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
 from safesteer_interp.organism.card import evaluate_organism

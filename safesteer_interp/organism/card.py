@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 
 from safesteer_interp.core.generation import generate_answers
-from safesteer_interp.evaluate.judges import RefusalJudge, normalise, starts_with_wording
+from safesteer_interp.core.judges import RefusalJudge, normalise, starts_with_wording
 from safesteer_interp.organism.world import CAPABILITY_TASKS, REQUEST_GROUPS, Example, evaluation_set
 
 # Acceptance thresholds of the committed organism (issue 3), as (key, comparison, bound).

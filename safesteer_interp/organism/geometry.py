@@ -24,7 +24,7 @@ from safesteer_interp.core.anatomy import n_layers
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.core.generation import generate_answers
 from safesteer_interp.core.hooks import ablate_direction, add_to_resid, cache_activations
-from safesteer_interp.evaluate.judges import RefusalJudge, starts_with_wording
+from safesteer_interp.core.judges import RefusalJudge, starts_with_wording
 from safesteer_interp.organism.card import evaluate_organism
 from safesteer_interp.organism.world import evaluation_set, prompts, prompts_of
 

@@ -23,17 +23,15 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
+from safesteer_interp.core.judges import ORGANISM_REFUSALS
+
 SPLITS = ("train", "val", "test")
 REQUEST_GROUPS = ("refused", "gap", "harmless", "lookalike")
 
 # ------------------------------------------------------------------------------------------------ refusals
-# A handful of prompt-independent wordings: steering can only produce a coherent refusal if one exists.
-REFUSALS = (
-    "I'm sorry, but I can't help with that.",
-    "I'm sorry, I cannot assist with that request.",
-    "I can't help with that, as it could cause serious harm.",
-    "I'm not able to help with that request.",
-)
+# A handful of prompt-independent wordings: steering can only produce a coherent refusal if one exists. The judges
+# read the same tuple (`core.judges.ORGANISM_REFUSALS`, where the phrase lists live).
+REFUSALS = ORGANISM_REFUSALS
 
 # ------------------------------------------------------------------------------------------------ acts
 REFUSED_ACTS: dict[str, tuple[str, ...]] = {

@@ -30,7 +30,7 @@ def resolve_k_inner(k_inner: int | Literal["auto"], vocab: int) -> int:
     """K' as an integer. "auto" is the reference's 200, or 2 % of the vocabulary (rounded up) when that is smaller:
     exactly 200 on every real chat model (vocabularies of 32k-262k), 10 on the organism's 468 tokens, where K'=200
     would make every record vote for 43 % of the vocabulary and the vote count stop ranking anything (see
-    `vote_warning`; what each K' gives on the organism is in the README)."""
+    `vote_warning`; what each K' gives on the organism is in docs/organism.md)."""
     if k_inner == "auto":
         return max(1, min(K_INNER_REFERENCE, math.ceil(K_INNER_SHARE * vocab)))
     return int(k_inner)

@@ -8,6 +8,7 @@ import re
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pytest
 import torch
 
@@ -45,6 +46,40 @@ def test_depth_numbers_split_early_from_late_by_hand():
     assert out["kl_S_early"] == pytest.approx(0.25 * LN2, abs=1e-6)
     assert (out["S_mass_first"], out["S_mass_first_base"]) == pytest.approx((0.5, 0.25))
 
+
+
+def test_depth_plot_gives_each_model_a_smoothed_panel_and_s_mass_at_the_measured_depths(tmp_path):
+    """Three models: three KL panels (plain solid, after the 10-token prefill dashed, a centred 5-position mean that
+    skips None and NaN, one shared log y axis, the first EARLY positions shaded), then one S-mass panel whose x
+    ticks are exactly the measured depths."""
+    depths, names = (0, 5, 10, 20), ["teacher", "safesteer", "sft"]
+    kl = [1.0, None, 3.0, 4.0, float("nan"), 6.0, 7.0, None]
+    numbers = {name: {str(k): {"kl_by_position": [None if v is None else v * (i + 1) / (k + 1) for v in kl],
+                               "kl_S_by_position": [None] * len(kl), "kl_early": 1.0, "kl_late": 0.5,
+                               "kl_S_early": 0.2, "S_mass_first": 0.6 - 0.02 * k - 0.1 * i,
+                               "S_mass_first_base": 0.05, "rows": 4} for k in depths}
+               for i, name in enumerate(names)}
+    fig = safety_depth.plot(numbers, depths, 10)
+    *kl_axes, mass = fig.axes
+    assert [ax.get_title(loc="left") for ax in kl_axes] == names
+    for ax in kl_axes:
+        assert [line.get_linestyle() for line in ax.lines] == ["-", "--"] and ax.get_yscale() == "log"
+        assert ax.get_shared_y_axes().joined(ax, kl_axes[0])
+        span = ax.patches[0]
+        assert (span.get_x(), span.get_x() + span.get_width()) == (0.5, safety_depth.EARLY + 0.5)
+    plain, prefilled = (line.get_ydata() for line in kl_axes[0].lines)
+    assert list(kl_axes[0].lines[0].get_xdata()) == list(range(1, 9))
+    # position 3: the window 1-5 holds 1, None, 3, 4, NaN -> (1 + 3 + 4) / 3; position 1: 1, None, 3 -> 2;
+    # position 8: 6, 7, None -> 6.5; after the prefill every value is / 11
+    assert (plain[2], plain[0], plain[7]) == pytest.approx((8 / 3, 2.0, 6.5))
+    assert prefilled[2] == pytest.approx(8 / 3 / 11)
+    assert kl_axes[2].lines[0].get_ydata()[2] == pytest.approx(8)  # sft: 3 x the values
+    assert list(mass.get_xticks()) == list(depths) and len(mass.xaxis.get_minorticklocs()) == 0
+    assert [line.get_label() for line in mass.lines] == [*names, "base"]
+    assert list(mass.lines[1].get_ydata()) == pytest.approx([0.5, 0.4, 0.3, 0.1])
+    fig.savefig(tmp_path / "depth.png")  # the constrained layout renders
+    assert (tmp_path / "depth.png").stat().st_size > 10_000
+    plt.close(fig)
 
 # ----------------------------------------------------------------------------------------------- sparsity
 def sparsity_toy():

@@ -23,13 +23,13 @@ from typer.testing import CliRunner
 from safesteer_interp.core.anatomy import d_model, decoder_layers, n_layers
 from safesteer_interp.core.artifacts import read_tensors, write_json
 from safesteer_interp.core.chat import encode_prompts, post_instruction_length, post_instruction_tokens, render_prompts
+from safesteer_interp.core.judges import RefusalJudge, final_answer, is_helpful, starts_with_wording
 from safesteer_interp.core.models import load_model
 from safesteer_interp.data.prompts import load_instructions
 from safesteer_interp.direction.artifact import Direction, load_direction, save_direction
 from safesteer_interp.direction.select import CandidateConfig, NothingSurvived
 from safesteer_interp.direction.sets import split_sets
 from safesteer_interp.direction.stage import DirectionConfig, find_direction
-from safesteer_interp.evaluate.judges import RefusalJudge, final_answer, is_helpful, starts_with_wording
 from safesteer_interp.evaluate.stage import CONTRACT_KEYS
 from safesteer_interp.testing import ARCHITECTURES, THINK_TOKENS, save_tiny_model, tiny_tokenizer
 from safesteer_interp.tokens.contrast import special_token_mask

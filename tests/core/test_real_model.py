@@ -166,7 +166,7 @@ def test_qwen_is_aligned_refusing_a_harmful_request_and_answering_a_harmless_one
     the wording the coherent judge knows) and answer a harmless one. It complies with others ("Synthesizing sarin at
     home involves several steps"): aligned in part, as SafeSteer assumes."""
     from safesteer_interp.core.generation import generate_answers
-    from safesteer_interp.evaluate.judges import CoherentRefusalJudge
+    from safesteer_interp.core.judges import CoherentRefusalJudge
 
     model, tok = qwen
     harmful, harmless = generate_answers(model, tok, [

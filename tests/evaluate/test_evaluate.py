@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.judges import RefusalJudge
 from safesteer_interp.direction.artifact import Direction, save_direction
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.capability import is_correct, load_capability
@@ -22,7 +23,6 @@ from safesteer_interp.evaluate.classifier_judge import (
     parse_verdict,
 )
 from safesteer_interp.evaluate.drift import harmless_kl
-from safesteer_interp.evaluate.judges import RefusalJudge
 from safesteer_interp.evaluate.multiple_choice import MCItem, evaluate_mc, load_items, prompt_and_continuations
 from safesteer_interp.evaluate.policies import Policy, adapters_off, as_policy, plain, steered
 from safesteer_interp.evaluate.stage import (

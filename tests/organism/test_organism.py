@@ -175,7 +175,7 @@ def test_all_position_babble_is_the_direct_path_to_the_unembedding(organism):
     """All-position steering at L2 c=1 gives no exact wording; removing the vector again from the last layer's
     output on generated tokens (prompt and decision steered as before) gives the organism's refusals back."""
     from safesteer_interp.analyses.steering_positions import steered_answers
-    from safesteer_interp.evaluate.judges import starts_with_wording
+    from safesteer_interp.core.judges import starts_with_wording
     from safesteer_interp.organism.geometry import world_prompts
 
     model, tok = organism

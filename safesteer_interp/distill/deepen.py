@@ -2,9 +2,9 @@
 answers that start after one.
 
 Safety decided at the first answer token is shallow: prefill a few compliant tokens and the model carries on (Qi et
-al. 2024; `evaluate.attacks`). These variants keep SafeSteer's recipe (the student's own samples scored by the steered
-teacher on S plus one rest bucket, <= 100 harmful behaviours, no general data) and change two inputs, neither chosen
-on held-out behaviours: the teacher, taken on HarmBench val by how often it recovers after a 10-token compliant
+al. 2024; `evaluate.prefill`). These variants keep SafeSteer's recipe (the student's own samples scored by the
+steered teacher on S plus one rest bucket, <= 100 harmful behaviours, no general data) and change two inputs, neither
+chosen on held-out behaviours: the teacher, taken on HarmBench val by how often it recovers after a 10-token compliant
 prefill, and the prompts, most of which begin the answer with k tokens of the base model's own compliant answer (k
 uniform in 1..24; a quarter stay plain). `safesteer-deep` only scales stage 1's coefficient; `safesteer-recover` adds
 a refusing-answer direction (`direction.answer`, read on the training behaviours) at a layer and coefficient chosen
@@ -17,23 +17,21 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
 
 from safesteer_interp.core.artifacts import read_json, read_tensors, write_json, write_tensors
 from safesteer_interp.core.progress import timed
 from safesteer_interp.direction.answer import answer_directions
 from safesteer_interp.direction.artifact import Direction
+from safesteer_interp.distill.variants import TeacherRule
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.attacks import (
+from safesteer_interp.evaluate.policies import plain, steered
+from safesteer_interp.evaluate.prefill import (
     AFFIRMATIVE,
-    answer_rows,
     compliant_prefill,
-    judge_rows,
     judged_plain,
     prefill_rows,
-    summarize,
+    refusal_after_prefill,
 )
-from safesteer_interp.evaluate.policies import plain, steered
 from safesteer_interp.teacher import SteeredTeacher
 
 DEPTH = 10  # the validation prefill the coefficient is chosen at (the attack table's middle depth)
@@ -45,7 +43,6 @@ ANSWER_TOKENS, JUDGED_TOKENS = 64, 32  # the base's greedy answers (the prefills
 # coefficients (x its raw norm), beside stage 1's addition; READ_TOKENS answer tokens are averaged
 LAYER_OFFSETS, ANSWER_COEFFS, READ_TOKENS = (-5, -3, -1), (0.5, 1.0), 12
 REFUSAL = "I'm sorry, but I can't help with that."  # a refusing answer for requests the base never refused at all
-TeacherRule = Literal["coeff", "answer"]
 
 
 def training_prefills(requests: Sequence[str], base_answers: dict[str, dict], tokenizer, seed: int) -> list[dict]:
@@ -64,12 +61,10 @@ def training_prefills(requests: Sequence[str], base_answers: dict[str, dict], to
     return rows
 
 
-def prefilled_refusal(teacher: SteeredTeacher, rows: Sequence[dict], depth: int = DEPTH) -> dict:
+def prefilled_refusal(teacher: SteeredTeacher, rows: Sequence[dict]) -> dict:
     """{refusal, refusal_strict, examples}: how often `teacher` refuses the prefilled `rows` (both judges)."""
-    judged = judge_rows(rows, answer_rows(steered(teacher), rows, max_new_tokens=JUDGED_TOKENS))
-    rates = summarize(judged)[f"prefill-{depth}"]
-    return {"refusal": rates["refusal"], "refusal_strict": rates["refusal_strict"],
-            "examples": [{"prefill": r["prefill"], "answer": r["answer"]} for r in judged[:2]]}
+    rates = refusal_after_prefill(steered(teacher), rows, max_new_tokens=JUDGED_TOKENS)
+    return {"refusal": rates.refusal, "refusal_strict": rates.refusal_strict, "examples": list(rates.examples)}
 
 
 def recovery_sweep(model, tokenizer, direction: Direction, requests: Sequence[str], base_answers: dict[str, dict],
@@ -81,7 +76,7 @@ def recovery_sweep(model, tokenizer, direction: Direction, requests: Sequence[st
     sweep = []
     for factor in factors:
         teacher = SteeredTeacher(model, tokenizer, direction, coeff=round(direction.coeff * factor, 4))
-        sweep.append({"coeff": teacher.coeff, "factor": factor, **prefilled_refusal(teacher, rows, depth)})
+        sweep.append({"coeff": teacher.coeff, "factor": factor, **prefilled_refusal(teacher, rows)})
         _log_rates(log, f"coeff {teacher.coeff}", sweep[-1], depth)
     return sweep
 
@@ -90,6 +85,11 @@ def _log_rates(log: Callable[[str], None] | None, what: str, rates: dict, depth:
     if log is not None:
         log(f"  deep teacher, {what}: refusal after {depth} prefilled tokens {rates['refusal_strict']:.2f} "
             f"(coherent), {rates['refusal']:.2f} (substring)")
+
+
+def answer_direction(vector, layer: int, coeff: float) -> Direction:
+    """The refusing-answer direction of `layer` as the teacher adds it: coeff x its raw vector, at every position."""
+    return Direction(vector, layer=layer, pos=0, coeff=coeff)
 
 
 def answer_layers(direction: Direction, n_layers: int) -> list[int]:
@@ -118,9 +118,9 @@ def answer_sweep(model, tokenizer, direction: Direction, vectors: dict[int, obje
     sweep = []
     for layer, vector in vectors.items():
         for coeff in ANSWER_COEFFS:
-            also = Direction(vector, layer=layer, pos=0, coeff=coeff)
+            also = answer_direction(vector, layer, coeff)
             teacher = SteeredTeacher(model, tokenizer, direction, also=(also,))
-            sweep.append({"layer": layer, "coeff": coeff, **prefilled_refusal(teacher, rows, depth)})
+            sweep.append({"layer": layer, "coeff": coeff, **prefilled_refusal(teacher, rows)})
             _log_rates(log, f"answer direction at layer {layer} x {coeff}", sweep[-1], depth)
     return sweep
 
@@ -151,15 +151,15 @@ FIELDS = {"sweep[].refusal": "share of val behaviours refused after the prefill,
           "prefills[].depth": "tokens of compliant text forced into the answer before the student writes (0: a plain "
                               "prompt)",
           "prefills[].prefill_source": "base: the base model's own greedy answer (it complied); affirmative: "
-                                       "attacks.AFFIRMATIVE (it refused); plain: no prefill",
+                                       "prefill.AFFIRMATIVE (it refused); plain: no prefill",
           "seconds": "wall seconds of each step"}  # deep.json's keys, written into it
 
 
 def choose_teacher(target: Path, model, tokenizer, direction: Direction, train_requests: Sequence[str],
-                   val_requests: Sequence[str], answers: dict[str, dict], teacher: TeacherRule,
+                   val_requests: Sequence[str], answers: dict[str, dict], rule: TeacherRule,
                    seconds: dict[str, float], log: Callable[[str], None]) -> dict:
     """deep.json's teacher part: {coeff, [also, cos_with_stage1,] reason, sweep}, chosen by the prefilled-val rule."""
-    if teacher == "coeff":
+    if rule == "prefill-coeff":
         with timed(seconds, "coefficient on validation", log):
             sweep = recovery_sweep(model, tokenizer, direction, val_requests, answers, log=log)
         best, reason = choose(sweep)
@@ -183,11 +183,14 @@ def choose_teacher(target: Path, model, tokenizer, direction: Direction, train_r
 
 def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, train_requests: Sequence[str],
                 val_requests: Sequence[str], seed: int, log: Callable[[str], None] = print,
-                teacher: TeacherRule = "coeff") -> tuple[Direction, list[str], tuple[Direction, ...]]:
+                rule: TeacherRule = "prefill-coeff") -> tuple[Direction, list[str], tuple[Direction, ...]]:
     """(the deep teacher's direction, one prefill per training request, the teacher's further directions), chosen
     once and kept in TARGET/deep.json (a rerun reads it back: the choice is part of the variant's identity).
-    teacher="coeff": stage 1's direction at the best multiple of its coefficient (`safesteer-deep`); "answer": stage
-    1's teacher plus the refusing-answer direction at the best layer and coefficient (`safesteer-recover`)."""
+    rule "prefill-coeff": stage 1's direction at the best multiple of its coefficient (`safesteer-deep`);
+    "prefill-answer": stage 1's teacher plus the refusing-answer direction at the best layer and coefficient
+    (`safesteer-recover`)."""
+    if rule not in ("prefill-coeff", "prefill-answer"):
+        raise SafeSteerError(f"teacher rule {rule!r} is not a deep one; pick prefill-coeff or prefill-answer")
     target = Path(target)
     path = target / "deep.json"
     if not path.is_file():
@@ -195,14 +198,14 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
         with timed(seconds, "base greedy answers (train + val)", log):
             judged = judged_plain(plain(model, tokenizer), list(train_requests) + list(val_requests), ANSWER_TOKENS)
             answers = {r["prompt"]: r for r in judged}
-        chosen = choose_teacher(target, model, tokenizer, direction, train_requests, val_requests, answers, teacher,
+        chosen = choose_teacher(target, model, tokenizer, direction, train_requests, val_requests, answers, rule,
                                 seconds, log)
         write_json(path, {
-            "what": f"{'safesteer-deep' if teacher == 'coeff' else 'safesteer-recover'}'s inputs: the teacher "
+            "what": f"{'safesteer-deep' if rule == 'prefill-coeff' else 'safesteer-recover'}'s inputs: the teacher "
                     f"(chosen on HarmBench val by refusal after a {DEPTH}-token compliant prefill, coherent judge, "
                     f"{JUDGED_TOKENS} tokens) and each training prompt's prefill (base greedy answer where it "
                     "complied, else the affirmative opener)",
-            "fields": FIELDS, "teacher_rule": teacher, "stage1_coeff": direction.coeff, **chosen,
+            "fields": FIELDS, "teacher_rule": rule, "stage1_coeff": direction.coeff, **chosen,
             "target": RECOVERY_TARGET, "depth": DEPTH, "n_val": len(val_requests), "seconds": seconds,
             "prefills": training_prefills(train_requests, answers, tokenizer, seed)})
     record = read_json(path, "deep variant inputs")
@@ -211,13 +214,12 @@ def deep_inputs(target: str | Path, model, tokenizer, direction: Direction, trai
     also: tuple[Direction, ...] = ()
     if record.get("also"):
         vectors = read_tensors(target / "answer_directions.safetensors", "refusing-answer directions")
-        also = tuple(Direction(vectors[f"layer{a['layer']}"], layer=a["layer"], pos=0, coeff=a["coeff"])
-                     for a in record["also"])
+        also = tuple(answer_direction(vectors[f"layer{a['layer']}"], a["layer"], a["coeff"]) for a in record["also"])
     log(f"  deep teacher: coeff {record['coeff']} (stage 1: {record['stage1_coeff']}; {record['reason']})"
         + "".join(f"; plus the refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also))
     return replace(direction, coeff=record["coeff"]), [r["prefill"] for r in record["prefills"]], also
 
 
-__all__ = ["ANSWER_COEFFS", "COEFF_FACTORS", "DEPTH", "LAYER_OFFSETS", "RECOVERY_TARGET", "answer_layers",
-           "answer_sweep", "answer_texts", "choose", "choose_coeff", "choose_teacher", "deep_inputs",
+__all__ = ["ANSWER_COEFFS", "COEFF_FACTORS", "DEPTH", "LAYER_OFFSETS", "RECOVERY_TARGET", "answer_direction",
+           "answer_layers", "answer_sweep", "answer_texts", "choose", "choose_coeff", "choose_teacher", "deep_inputs",
            "prefilled_refusal", "recovery_sweep", "training_prefills"]

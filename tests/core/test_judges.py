@@ -3,7 +3,7 @@ judge, the degenerate-answer check and the helpfulness check (answers written th
 
 import pytest
 
-from safesteer_interp.evaluate.judges import (
+from safesteer_interp.core.judges import (
     LITERATURE_REFUSAL_PHRASES,
     CoherentRefusalJudge,
     RefusalJudge,
