@@ -71,3 +71,14 @@ def require_real(*distributions: str) -> None:
         if os.environ.get("SAFESTEER_REQUIRE_REAL") == "1":
             pytest.fail(message)
         pytest.skip(message)
+
+
+def one_line_error(call) -> str:
+    """The message of the SafeSteerError `call()` raises, checked to be one line (the CLI prints it as it is)."""
+    from safesteer_interp import SafeSteerError  # lazy: the package imports torch
+
+    with pytest.raises(SafeSteerError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message
+    return message

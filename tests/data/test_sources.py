@@ -5,10 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
-import pytest
+from conftest import one_line_error
 from typer.testing import CliRunner
 
-from safesteer_interp import SafeSteerError
 from safesteer_interp.data.prompts import load_instructions, read_instructions
 from safesteer_interp.data.sources import REGISTRY, lookup
 from safesteer_interp.evaluate.multiple_choice import MCItem, load_items
@@ -27,14 +26,6 @@ def _csv(path, rows):
     return path
 
 
-def _one_line(call) -> str:
-    with pytest.raises(SafeSteerError) as info:
-        call()
-    message = str(info.value)
-    assert "\n" not in message
-    return message
-
-
 # ----------------------------------------------------------------------------------------------- offline
 def test_offline_name_fails_in_one_line_naming_dataset_and_local_copy(monkeypatch):
     import datasets
@@ -43,10 +34,10 @@ def test_offline_name_fails_in_one_line_naming_dataset_and_local_copy(monkeypatc
         raise ConnectionError("Couldn't reach 'walledai/AdvBench' on the Hub (LocalEntryNotFoundError)\nmore text")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    message = _one_line(lambda: load_instructions("advbench"))
+    message = one_line_error(lambda: load_instructions("advbench"))
     assert "'advbench'" in message and "walledai/AdvBench" in message
     assert "advbench=PATH" in message and "'prompt'" in message and "'goal'" in message
-    message = _one_line(lambda: load_items("mmlu"))
+    message = one_line_error(lambda: load_items("mmlu"))
     assert "'mmlu'" in message and "cais/mmlu" in message and "config 'all'" in message
     assert "mmlu=PATH" in message and "'question', 'choices', 'answer'" in message
 
@@ -61,13 +52,13 @@ def test_real_offline_mode_fails_fast_with_the_same_line(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     for module, name in ((datasets.config, "HF_DATASETS_CACHE"), (huggingface_hub.constants, "HF_HUB_CACHE")):
         monkeypatch.setattr(module, name, str(tmp_path / name))  # an empty cache, whatever this machine holds
-    message = _one_line(lambda: load_instructions("jailbreakbench"))
+    message = one_line_error(lambda: load_instructions("jailbreakbench"))
     assert "JailbreakBench/JBB-Behaviors" in message and "jailbreakbench=PATH" in message and "'Goal'" in message
 
 
 def test_unknown_names_list_the_known_ones(tmp_path):
     for spec in ("advbenchh", f"advbenchh={tmp_path / 'x.csv'}"):
-        message = _one_line(lambda spec=spec: load_instructions(spec))
+        message = one_line_error(lambda spec=spec: load_instructions(spec))
         assert "unknown dataset name 'advbenchh'" in message
         assert all(name in message for name in REGISTRY)
     assert lookup("nobody-here/no-such-dataset") is None  # hub ids and paths are not names
@@ -76,9 +67,9 @@ def test_unknown_names_list_the_known_ones(tmp_path):
 
 
 def test_the_wrong_kind_of_set_is_refused(tmp_path):
-    assert "multiple-choice set; use it with eval --mc" in _one_line(lambda: load_instructions("mmlu"))
-    assert "instructions set" in _one_line(lambda: load_items("advbench"))
-    assert "names no file" in _one_line(lambda: load_instructions("alpaca="))
+    assert "multiple-choice set; use it with eval --mc" in one_line_error(lambda: load_instructions("mmlu"))
+    assert "instructions set" in one_line_error(lambda: load_items("advbench"))
+    assert "names no file" in one_line_error(lambda: load_instructions("alpaca="))
 
 
 # ----------------------------------------------------------------------------------------------- local copies
@@ -92,7 +83,7 @@ def test_pku_saferlhf_keeps_prompts_with_two_unsafe_responses_once(tmp_path):
                 "is_response_1_safe": str(r["is_response_1_safe"])} for r in rows]
     assert read_instructions(f"pku-saferlhf={_csv(tmp_path / 'pku.csv', as_text)}") == ["p1", "p3"]
     missing = _jsonl(tmp_path / "bad.jsonl", [{"prompt": "p1", "is_response_0_safe": False}])
-    message = _one_line(lambda: read_instructions(f"pku-saferlhf={missing}"))
+    message = one_line_error(lambda: read_instructions(f"pku-saferlhf={missing}"))
     assert "row 1 has no 'is_response_1_safe' column" in message and "pku-saferlhf needs prompt" in message
 
 
