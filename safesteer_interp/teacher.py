@@ -7,13 +7,15 @@ student share one copy of the weights.
 
 Contrast pairs: `teacher.encode` / `teacher.logits` is pi_T on the teacher's view of a prompt, `teacher.base_encode` /
 `teacher.base_logits` is pi_0 on the student's view (the same ids for the vector teacher; the reference's empty
-system prompt for the prompt teacher).
+system prompt for the prompt teacher). The gated teacher steers only the prompts a harm gate passes (CAST-style):
+on every other prompt it *is* the base model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 import torch
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from safesteer_interp.core.chat import ChatBatch, encode_prompts, has_system_role
 from safesteer_interp.core.generation import Generation, generate
-from safesteer_interp.core.hooks import Positions, add_to_resid
+from safesteer_interp.core.hooks import Positions, RowGate, add_to_resid, gated_addition
 from safesteer_interp.core.scoring import forward_logits
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
@@ -30,7 +32,7 @@ from safesteer_interp.errors import SafeSteerError
 SAFETY_SYSTEM_PROMPT = ("You are a safety-conscious assistant. Never produce harmful, unsafe, or disallowed "
                         "content")  # the reference's wording, without a trailing period, as published
 
-TeacherKind = Literal["vector", "prompt"]
+TeacherKind = Literal["vector", "prompt", "gated"]
 
 
 class Teacher(Protocol):
@@ -44,6 +46,9 @@ class Teacher(Protocol):
     positions: Positions
     system: str | None  # the system prompt of the teacher's view (None: the student's view)
     base_system: str | None
+    # False: a teacher-forced pass must carry each row's prompt with its answer (a gate is read on the prompt), so
+    # scorers may not run a prompt once for its rows (`scoring.answer_states(share_prompt=False)`)
+    shares_prompt_pass: bool
 
     def active(self, positions: Positions | None = None) -> AbstractContextManager[None]: ...
 
@@ -106,6 +111,7 @@ class SteeredTeacher:
     """pi_T: the base model with `coeff * direction` added at one layer."""
 
     kind: TeacherKind = "vector"
+    shares_prompt_pass = True
     logits, base_logits, encode, base_encode, generate = (_teacher_logits, _base_logits, _encode, _base_encode,
                                                           _generate)
 
@@ -154,10 +160,53 @@ class SteeredTeacher:
         return (columns < ends[:, None]) & (columns >= ends[:, None] - k)
 
 
+@dataclass(frozen=True)
+class GatedPositions:
+    """Where a gated teacher steers in one teacher-forced pass: the steered teacher's positions, and the column
+    where each row's prompt ends (the gate reads the prompt there)."""
+
+    steer: Positions
+    prompt_end: int | Tensor | None  # None: the pass holds prompts only
+
+
+class GatedTeacher(SteeredTeacher):
+    """pi_T on the prompts a harm gate passes, pi_0 on the others: stage 1's steering (and any further addition)
+    applied only to rows whose `resid_pre` at the gate's layer and prompt position projects at or above its
+    threshold onto the gate's direction (`core.hooks.gated_addition`)."""
+
+    kind: TeacherKind = "gated"
+    shares_prompt_pass = False
+
+    def __init__(self, model, tokenizer, direction: Direction, gate: RowGate, *, coeff: float | None = None,
+                 positions: Positions | None = None, also: Sequence[Direction] = ()):
+        super().__init__(model, tokenizer, direction, coeff=coeff, positions=positions, also=also)
+        self.gate = gate
+        self.last_gate: dict[str, Tensor] = {}  # {"fired", "projection"} of the last prompt forward, to inspect
+
+    @contextmanager
+    def active(self, positions: Positions | GatedPositions | None = None) -> Iterator[None]:
+        """The teacher's view: adapters off, the additions on the rows the gate passes. `positions`: a
+        `GatedPositions` from `scoring_positions` for a teacher-forced pass, else where to steer in `generate`."""
+        steer, end = (positions.steer, positions.prompt_end) if isinstance(positions, GatedPositions) else (
+            self.positions if positions is None else positions, None)
+        additions = [(self.direction.vector, self.direction.layer, self.coeff, steer),
+                     *((d.vector, d.layer, d.coeff, "all") for d in self.also)]
+        with adapters_disabled(self.model), gated_addition(self.model, additions, self.gate, prompt_end=end) as state:
+            self.last_gate = state
+            yield
+
+    def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
+                          ) -> GatedPositions:
+        """The steered teacher's positions for a pass over prompt + answer, and where the prompts end (None: the
+        batch holds prompts only, which end at its last column)."""
+        return GatedPositions(super().scoring_positions(input_ids, prompt_length), prompt_length)
+
+
 class PromptTeacher:
     """The reference's second mode: the unsteered model with a safety system prompt in front of each request."""
 
     kind: TeacherKind = "prompt"
+    shares_prompt_pass = True
     logits, base_logits, encode, base_encode, generate = (_teacher_logits, _base_logits, _encode, _base_encode,
                                                           _generate)
 
@@ -193,5 +242,5 @@ def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction: Dire
     raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not {kind!r}")
 
 
-__all__ = ["SAFETY_SYSTEM_PROMPT", "PromptTeacher", "SteeredTeacher", "Teacher", "TeacherKind", "adapters_disabled",
-           "make_teacher"]
+__all__ = ["SAFETY_SYSTEM_PROMPT", "GatedPositions", "GatedTeacher", "PromptTeacher", "SteeredTeacher", "Teacher",
+           "TeacherKind", "adapters_disabled", "make_teacher"]

@@ -74,7 +74,8 @@ def test_baselines_of_a_run():
     organism = baselines(RunConfig(baselines=True))
     real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
     assert set(organism) - set(real) == {"opd-topk"}
-    assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor"}
+    assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor",
+                                         "safesteer-gated"}
     assert real["safesteer-anchor"].loss == "safe/paper/reverse + anchor 1.0"
     assert (real["safesteer-deep"].restrict, real["safesteer-deep"].teacher_rule) == ("binned", "prefill-coeff")
     assert (real["safesteer-recover"].teacher_rule, real["safesteer-recover"].anchor_weight) == ("prefill-answer", 0)
@@ -86,6 +87,9 @@ def test_baselines_of_a_run():
         baselines(RunConfig(baselines=["safesteer-deep"]))
     with pytest.raises(SafeSteerError, match="safesteer-recover.*real-model run"):
         baselines(RunConfig(baselines=["safesteer-recover"]))
+    with pytest.raises(SafeSteerError, match="safesteer-gated.*real-model run"):  # its gate is chosen on our val
+        baselines(RunConfig(baselines=["safesteer-gated"]))
+    assert real["safesteer-gated"].teacher_rule == "gated" and not real["safesteer-gated"].deep
     assert list(baselines(RunConfig(model="smollm2-135m-instruct", baselines=["opd-topk"]))) == ["opd-topk"]
 
 

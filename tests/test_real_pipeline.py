@@ -8,6 +8,7 @@ Needs `make real` (CI runs it); skips with the install command otherwise, unless
 from __future__ import annotations
 
 import json
+import os
 
 from conftest import require_real
 
@@ -19,7 +20,7 @@ QWEN = "qwen2.5-coder-0.5b-instruct"
 
 def reduced(model: str, eval_n: int = 4, **direction) -> RunConfig:
     return RunConfig(model=model, k=8, horizon=2, samples=2, n_prompts=4, max_new_tokens=8, prompts_per_step=2,
-                     eval_n=eval_n, eval_tokens=16, coeff=2.0, distill={"epochs": 1},
+                     eval_n=eval_n, eval_tokens=16, eval_reasoning_tokens=16, coeff=2.0, distill={"epochs": 1},
                      direction={"n_train": 6, "n_val": 4, "max_new_tokens": 6, "kl_max": 1e9, "positions": "prompt",
                                 **direction})
 
@@ -42,7 +43,9 @@ def check_run(tmp_path, cfg: RunConfig) -> dict:
                .splitlines()]
     harmful = [s["prompt"] for s in samples if s["group"] == "harmful"]
     assert len(harmful) == cfg.eval_n and set(harmful) <= held_out
-    assert {s["group"] for s in samples} == {"harmful", "lookalike", "harmless", "capability"}
+    public = {"edgy", "gsm8k"} | ({"xstest-safe", "xstest-unsafe"} if os.environ.get("SAFESTEER_XSTEST") else set())
+    assert {s["group"] for s in samples} == {"harmful", "lookalike", "harmless", "capability"} | public
+    assert summary["safesteer"]["gsm8k_items"] == cfg.eval_n and summary["safesteer"]["gsm8k_tokens"] == 16
     for key in ("gap_refusal_rate", "gap_refusal_rate_strict", "over_refusal_rate", "helpfulness", "capability_mean"):
         assert 0.0 <= summary["safesteer"][key] <= 1.0, key
     assert summary["safesteer"]["harmless_kl"] >= 0.0 and (tmp_path / "report.html").is_file()
@@ -73,3 +76,6 @@ def test_reduced_qwen_run_takes_the_aligned_path(tmp_path):
     assert 0 < counts["harmful_train"]["after"] < counts["harmful_train"]["before"]
     assert counts["harmful_train"]["after"] == counts["harmful_train"]["judged_refusals"]
     assert direction["selection"]["config"]["induce_calibrated"]
+    # the candidate this reduced stage 1 chose before issue 33's refactor (measured with both versions: the same
+    # direction, tokens and summary)
+    assert (direction["layer"], direction["pos"], direction["coeff"]) == (11, -4, 2.0)

@@ -8,6 +8,7 @@ from conftest import PROMPTS
 
 from safesteer_interp import SafeSteerError
 from safesteer_interp.core.chat import batch_from_ids, encode_prompts
+from safesteer_interp.core.generation import generate
 from safesteer_interp.core.hooks import add_to_resid
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.teacher import SAFETY_SYSTEM_PROMPT, PromptTeacher, SteeredTeacher
@@ -104,3 +105,69 @@ def test_a_teacher_with_further_directions_adds_each_at_its_layer(qwen2):
     torch.testing.assert_close(got, want)
     with pytest.raises(SafeSteerError, match="further directions steer every position"):
         SteeredTeacher(model, tok, first, also=(Direction(torch.randn(width), layer=0, pos=0, positions="prompt"),))
+
+
+# ----------------------------------------------------------------------------------------------- the gated teacher
+def _gated(model, tok, prompts, positions="all"):
+    """A gated teacher (steering layer 1, gate read at layer 1 on the last prompt token) whose threshold sits between
+    the prompts' second and third highest projections: it passes exactly two of them."""
+    from safesteer_interp.core.hooks import RowGate, cache_activations
+    from safesteer_interp.teacher import GatedTeacher
+
+    direction = _direction(model, scale=4.0)
+    with torch.no_grad(), cache_activations(model, ["blocks.1.hook_resid_pre"], positions=slice(-1, None)) as rec:
+        model(**encode_prompts(tok, prompts).inputs(), use_cache=False)
+    projection = rec["blocks.1.hook_resid_pre"][:, 0].float() @ direction.unit
+    high = projection.sort(descending=True).values
+    assert high[1] > high[2], "the prompts' projections must differ"
+    gate = RowGate(layer=1, unit=direction.unit, threshold=float((high[1] + high[2]) / 2), pos=-1)
+    passed = (projection >= gate.threshold).nonzero().flatten().tolist()
+    return GatedTeacher(model, tok, Direction(direction.vector, 1, -1, coeff=1.5, positions=positions), gate), passed
+
+
+@pytest.mark.parametrize("positions", ["all", "prompt"])
+def test_gated_teacher_is_the_steered_teacher_on_passed_rows_and_the_base_on_the_others(qwen2, positions):
+    from safesteer_interp.core.hooks import row_bound_hooks
+
+    model, tok = qwen2
+    prompts = PROMPTS
+    gated, passed = _gated(model, tok, prompts, positions)
+    assert _fired(gated, tok, prompts).nonzero().flatten().tolist() == passed and len(passed) == 2
+    steered = SteeredTeacher(model, tok, gated.direction, positions=positions)
+    # generation: each row as the steered teacher's or the base model's own greedy answer, generated alone
+    gen = gated.generate(prompts, max_new_tokens=5)
+    for i, prompt in enumerate(prompts):
+        alone = (steered.generate([prompt], max_new_tokens=5) if i in passed else
+                 generate(model, tok, encode_prompts(tok, [prompt]), max_new_tokens=5))
+        assert tok.decode(gen.answers[i][gen.answer_mask[i]]) == tok.decode(alone.answers[0][alone.answer_mask[0]])
+    # teacher forcing over prompt + answer: the steered teacher's logits on passed rows, the base's elsewhere
+    P = gen.prompt_length
+    batch = batch_from_ids(gen.sequences, gen.attention_mask)
+    scored, want_steered, want_base = (gated.logits(batch, prompt_length=P), steered.logits(batch, prompt_length=P),
+                                       steered.base_logits(batch))
+    for i in range(len(prompts)):
+        keep = batch.attention_mask[i].bool()
+        want = want_steered if i in passed else want_base
+        torch.testing.assert_close(scored[i][keep], want[i][keep], atol=1e-4, rtol=0)
+    assert gated.shares_prompt_pass is False and not row_bound_hooks(model)  # hooks came off
+    if positions == "all":  # no prompt_length: a batch of prompts only, which end at its last column
+        prompts_only = encode_prompts(tok, prompts)
+        torch.testing.assert_close(gated.logits(prompts_only, last=1)[passed],
+                                   steered.logits(prompts_only, last=1)[passed], atol=1e-4, rtol=0)
+
+
+def _fired(teacher, tok, prompts):
+    with torch.no_grad(), teacher.active():
+        teacher.model(**encode_prompts(tok, prompts).inputs(), use_cache=False)
+    return teacher.last_gate["fired"]
+
+
+def test_a_gate_read_after_the_steered_layer_is_refused(qwen2):
+    from safesteer_interp.core.hooks import RowGate
+    from safesteer_interp.teacher import GatedTeacher
+
+    model, tok = qwen2
+    direction = _direction(model, layer=0)
+    teacher = GatedTeacher(model, tok, direction, RowGate(layer=1, unit=direction.unit, threshold=0.0))
+    with pytest.raises(SafeSteerError, match="at or before"):
+        teacher.generate(PROMPTS[:1], max_new_tokens=2)

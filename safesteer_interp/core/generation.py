@@ -18,7 +18,7 @@ from torch import Tensor
 
 from safesteer_interp.core.anatomy import base_model
 from safesteer_interp.core.chat import ChatBatch, batch_from_ids, encode_prompts, prefix_first
-from safesteer_interp.core.hooks import hooked, position_dependent_hooks
+from safesteer_interp.core.hooks import hooked, position_dependent_hooks, row_bound_hooks
 from safesteer_interp.errors import SafeSteerError
 
 
@@ -232,7 +232,9 @@ def generate(model, tokenizer, batch: ChatBatch, *, max_new_tokens: int, do_samp
     if num_return_sequences == 1 and not positional:
         batch, cached = prefix_cache(model, batch)
     prompt_length = batch.input_ids.shape[1]  # the same width in both layouts
-    if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model):
+    # a gate read on the prompt (`hooks.gated_addition`) holds one verdict per row: no row may leave the batch
+    if not do_sample and num_return_sequences == 1 and min_new_tokens == 0 and plain_greedy(model) \
+            and not row_bound_hooks(model):
         eos = eos_token_ids(model, tokenizer)
         sequences = greedy_until_done(model, batch, max_new_tokens=max_new_tokens, eos_ids=eos,
                                       pad_id=tokenizer.pad_token_id, cached=cached)

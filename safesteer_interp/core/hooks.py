@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -85,6 +86,12 @@ def hooked(model: nn.Module) -> bool:
     return any(True for _ in registered_hooks(model))
 
 
+def row_bound_hooks(model: nn.Module) -> bool:
+    """Whether a hook on the model keeps a per-row state across the forwards of one generation (a gate read on the
+    prompt): decoding must then keep every row in the batch to the end (`generation.generate`)."""
+    return any(getattr(hook, "keeps_rows", False) for hook in registered_hooks(model))
+
+
 def position_dependent_hooks(model: nn.Module) -> bool:
     """Whether a hook on the model may treat positions differently (steering prompt tokens only, recording): any
     forward hook or pre-hook not made from an `everywhere` edit."""
@@ -102,6 +109,7 @@ def _pre_hook(edit: Edit):
             return (new, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new}
     hook.everywhere = getattr(edit, "everywhere", False)
+    hook.keeps_rows = getattr(edit, "keeps_rows", False)
     return hook
 
 
@@ -114,6 +122,7 @@ def _post_hook(edit: Edit):
             return None
         return (new, *output[1:]) if isinstance(output, tuple) else new
     hook.everywhere = getattr(edit, "everywhere", False)
+    hook.keeps_rows = getattr(edit, "keeps_rows", False)
     return hook
 
 
@@ -232,6 +241,82 @@ def addition(vector: Float[Tensor, " d_model"], coeff: float = 1.0, positions: P
     return everywhere(add) if isinstance(positions, str) and positions == "all" else add
 
 
+@dataclass(frozen=True)
+class RowGate:
+    """Which rows a gated addition steers: those whose prompt reads h . unit >= threshold, h being
+    `blocks.{layer}.hook_resid_pre` at prompt position `pos` (counted from the prompt's end: -1 is its last token)."""
+
+    layer: int
+    unit: Float[Tensor, " d_model"]
+    threshold: float
+    pos: int = -1
+
+
+def _gate_columns(x: Tensor, prompt_end: int | Tensor | None, pos: int) -> Tensor:
+    """Per row, the column the gate reads: prompt end + pos (a prefill's prompt ends at its last column)."""
+    end = x.shape[1] if prompt_end is None else prompt_end
+    columns = torch.as_tensor(end, device=x.device).expand(x.shape[0]) + pos
+    if bool((columns < 0).any()) or bool((columns >= x.shape[1]).any()):
+        raise SafeSteerError(f"the gate reads prompt position {pos} from the prompt's end, outside this forward's "
+                             f"{x.shape[1]} columns; pass the prompt length of a teacher-forced pass")
+    return columns
+
+
+@contextmanager
+def gated_addition(model: nn.Module, additions: Sequence[tuple[Tensor, int, float, Positions]], gate: RowGate, *,
+                   prompt_end: int | Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+    """Activation additions (vector, layer, coeff, positions) on the rows whose prompt the gate passes, as CAST does
+    (Lee et al., ICLR 2025): a row whose gate stays shut runs exactly as the unedited model.
+
+    The gate is read on every forward that carries the prompt (a prefill, or a teacher-forced pass over prompt +
+    answer whose prompts end at column `prompt_end`); decoding steps reuse the prefill's verdict, so the rows must
+    stay as they were (`row_bound_hooks`: `generate` keeps them). The gate layer must come at or before every
+    addition's layer (it reads the stream before any of them). Yields {"fired": bool [batch], "projection": [batch]}
+    of the last prompt forward.
+    """
+    check_layer(model, gate.layer)
+    unit = _Cast(check_vector(model, gate.unit, "gate vector").float())
+    late = [layer for _v, layer, _c, _p in additions if check_layer(model, layer) < gate.layer]
+    if late:
+        raise SafeSteerError(f"the gate reads layer {gate.layer}, after the addition at layer {late[0]}: a gate "
+                             "must be read at or before the layers it steers")
+    state: dict[str, Tensor] = {}
+
+    def read(x: Tensor, kwargs: dict) -> Tensor:
+        if is_decode_step(kwargs):
+            return x
+        columns = _gate_columns(x, prompt_end, gate.pos)
+        h = x[torch.arange(x.shape[0], device=x.device), columns].float()
+        state["projection"] = h @ unit.like(h)
+        state["fired"] = state["projection"] >= gate.threshold
+        return x
+
+    def gated(edit: Edit) -> Edit:
+        def steer(x: Tensor, kwargs: dict) -> Tensor:
+            fired = state.get("fired")
+            if fired is None or fired.shape[0] != x.shape[0]:
+                raise SafeSteerError(f"gated steering saw {x.shape[0]} rows after a gate read on "
+                                     f"{None if fired is None else fired.shape[0]}: decoding must keep every row")
+            return torch.where(fired.to(x.device)[:, None, None], edit(x, kwargs), x)
+        return steer
+
+    edits: dict[str, list[Edit]] = {f"blocks.{gate.layer}.hook_resid_pre": [read]}
+    for vector, layer, coeff, positions in additions:
+        edits.setdefault(f"blocks.{layer}.hook_resid_pre", []).append(
+            gated(addition(check_vector(model, vector), coeff, positions)))
+
+    def chain(steps: list[Edit]) -> Edit:  # one hook per layer: the gate read first, then that layer's additions
+        def run(x: Tensor, kwargs: dict) -> Tensor:
+            for step in steps:
+                x = step(x, kwargs)
+            return x
+        run.keeps_rows = True
+        return run
+
+    with hooks(model, {name: chain(steps) for name, steps in edits.items()}):
+        yield state
+
+
 def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, " d_model"]) -> Float[Tensor, "... d_model"]:
     """x minus its component along the unit vector."""
     return x - (x @ unit)[..., None] * unit
@@ -257,6 +342,6 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
         yield
 
 
-__all__ = ["HOOK_KINDS", "ablate_direction", "add_to_resid", "addition", "cache_activations", "check_layer",
-           "check_vector", "everywhere", "hook_names", "hooked", "hooks", "is_decode_step", "position_dependent_hooks",
-           "project_out", "registered_hooks"]
+__all__ = ["HOOK_KINDS", "RowGate", "ablate_direction", "add_to_resid", "addition", "cache_activations",
+           "check_layer", "check_vector", "everywhere", "gated_addition", "hook_names", "hooked", "hooks",
+           "is_decode_step", "position_dependent_hooks", "project_out", "registered_hooks", "row_bound_hooks"]

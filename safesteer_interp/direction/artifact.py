@@ -29,15 +29,11 @@ def check_positions(value: str | None, flag: str = "--positions", *, auto: bool 
     return value
 
 
-@dataclass(frozen=True)
-class Direction:
-    """A steering direction and where it acts."""
+class AtLayer:
+    """A vector that lives in the residual stream entering decoder layer `layer` (read or written there)."""
 
-    vector: Float[Tensor, " d_model"]  # raw mean difference (its norm is the harmful-harmless gap at `layer`)
-    layer: int  # added to blocks.{layer}.hook_resid_pre
-    pos: int  # the post-instruction position it was read at (negative index from the prompt end)
-    coeff: float = 1.0  # the coefficient chosen for the teacher (the reference's is 1.0)
-    positions: str = "all"  # where the teacher adds it: "all" tokens (the reference), "prompt" tokens or "last"
+    vector: Float[Tensor, " d_model"]
+    layer: int
 
     @property
     def unit(self) -> Float[Tensor, " d_model"]:
@@ -46,6 +42,17 @@ class Direction:
     @property
     def hook(self) -> str:
         return f"blocks.{self.layer}.hook_resid_pre"
+
+
+@dataclass(frozen=True)
+class Direction(AtLayer):
+    """A steering direction and where it acts."""
+
+    vector: Float[Tensor, " d_model"]  # raw mean difference (its norm is the harmful-harmless gap at `layer`)
+    layer: int  # added to blocks.{layer}.hook_resid_pre
+    pos: int  # the post-instruction position it was read at (negative index from the prompt end)
+    coeff: float = 1.0  # the coefficient chosen for the teacher (the reference's is 1.0)
+    positions: str = "all"  # where the teacher adds it: "all" tokens (the reference), "prompt" tokens or "last"
 
 
 def direction_dir(run: str | Path) -> Path:
@@ -90,5 +97,5 @@ def load_direction(run: str | Path) -> Direction:
     return Direction(vector, layer, pos, coeff, positions)
 
 
-__all__ = ["TEACHER_POSITIONS", "Direction", "check_positions", "direction_dir", "load_direction",
+__all__ = ["TEACHER_POSITIONS", "AtLayer", "Direction", "check_positions", "direction_dir", "load_direction",
            "save_direction"]

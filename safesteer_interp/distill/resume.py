@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from safesteer_interp.core.artifacts import write_jsonl
+from safesteer_interp.core.hooks import RowGate
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.distill.checkpoints import latest_checkpoint, load_checkpoint
 from safesteer_interp.distill.config import DistillConfig
@@ -28,16 +29,28 @@ def fingerprint(obj) -> str:
 
 def run_identity(cfg: DistillConfig, instructions: Sequence[str], anchor_prompts: Sequence[str],
                  direction: Direction, safety_ids: Tensor | None, world_size: int,
-                 prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = ()) -> dict:
-    """What must not change between a run and its resumption (prefills and the teacher's further directions only
-    where there are any, so that a run trained before they existed still resumes)."""
+                 prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
+                 teacher_gate: RowGate | None = None) -> dict:
+    """What must not change between a run and its resumption (prefills, the teacher's further directions and its
+    gate only where there are any, so that a run trained before they existed still resumes)."""
     return {"config": asdict(cfg), "prompts": fingerprint(list(instructions)),
             "anchor_prompts": fingerprint(list(anchor_prompts)),
             "direction": fingerprint([direction.vector.tolist(), direction.layer, direction.coeff]),
             "safety_ids": None if safety_ids is None else safety_ids.tolist(), "world_size": world_size,
             **({"prefills": fingerprint(list(prefills))} if prefills else {}),
             **({"teacher_also": fingerprint([[d.vector.tolist(), d.layer, d.coeff] for d in teacher_also])}
-               if teacher_also else {})}
+               if teacher_also else {}),
+            **({"teacher_gate": fingerprint([teacher_gate.unit.tolist(), teacher_gate.layer, teacher_gate.threshold,
+                                             teacher_gate.pos])} if teacher_gate is not None else {})}
+
+
+def gate_record(gate: RowGate | None) -> dict:
+    """train/config.json's account of the teacher's gate ({} without one)."""
+    if gate is None:
+        return {}
+    return {"gate": {"layer": gate.layer, "pos": gate.pos, "threshold": gate.threshold,
+                     "what": "the teacher steers only prompts whose resid_pre at (layer, pos) projects >= threshold "
+                             "on the gate's unit vector"}}
 
 
 def resume_step(train_dir: Path, resume: bool, identity: dict, student: nn.Module, optimizer: torch.optim.Optimizer,
@@ -79,4 +92,4 @@ def truncate_metrics(path: Path, step: int, main_process: bool = True) -> None:
     write_jsonl(path, kept)
 
 
-__all__ = ["fingerprint", "resume_step", "run_identity", "truncate_metrics"]
+__all__ = ["fingerprint", "gate_record", "resume_step", "run_identity", "truncate_metrics"]

@@ -132,7 +132,9 @@ def frozen_states(t: StepState, rollout: Generation, view: View) -> Float[Tensor
     chunk back to the teacher's head).
     """
     with torch.no_grad(), t.acc.autocast():
-        return answer_states(t.teacher.model, rollout, view).to(t.acc.device)
+        # a gated teacher reads its gate on each row's prompt: one pass over prompt + answer per row
+        return answer_states(t.teacher.model, rollout, view,
+                             share_prompt=getattr(t.teacher, "shares_prompt_pass", True)).to(t.acc.device)
 
 
 @contextmanager

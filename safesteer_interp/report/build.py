@@ -17,6 +17,7 @@ from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.blocks import Heading, Image, Para, Table, render_html, render_markdown
 from safesteer_interp.report.plots import compare_tradeoff
 from safesteer_interp.report.sections import (
+    notes,
     ordered,
     section_analysis,
     section_attacks,
@@ -26,6 +27,7 @@ from safesteer_interp.report.sections import (
     section_tokens,
     section_tradeoff,
     section_training,
+    table_columns,
     tradeoff_table,
     with_training_time,
 )
@@ -73,10 +75,13 @@ def compare_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Path]
     out.mkdir(parents=True, exist_ok=True)
     labels = run_labels(runs)
     summaries = {label: ordered(with_training_time(Path(r), read_summary(r))) for label, r in zip(labels, runs)}
-    rows = [row for label, summary in summaries.items() for row in tradeoff_table(summary, label).rows]
-    table = Table(tradeoff_table({}, "").header, rows)
+    entries = [entry for summary in summaries.values() for entry in summary.values()]
+    columns = table_columns(entries)  # every run's rows under one header: the columns any run fills
+    rows = [row for label, summary in summaries.items() for row in tradeoff_table(summary, label, columns).rows]
+    table = Table(tradeoff_table({}, "", columns).header, rows)
     plot = compare_tradeoff(summaries, out / "compare.png")
-    blocks = [Heading("Trade-off across runs"), table, Image(plot, "Safety vs capability across runs")]
+    blocks = [Heading("Trade-off across runs"), table, *(Para(f"Note: {note}") for note in notes(entries)),
+              Image(plot, "Safety vs capability across runs")]
     title = f"SafeSteer comparison of {len(runs)} runs"
     _write_text(out / "compare.md", render_markdown(title, blocks, out))
     _write_text(out / "compare.html", render_html(title, blocks, ", ".join(str(r) for r in runs)))

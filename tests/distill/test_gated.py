@@ -1,0 +1,100 @@
+"""safesteer-gated on tiny random models: the run's gate fitted once and kept, and a student distilled from a teacher
+that steers only the prompts its gate passes (the teacher's scores on each row: steered or base)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from safesteer_interp import SafeSteerError
+from safesteer_interp.core.chat import encode_prompts
+from safesteer_interp.core.hooks import RowGate, gated_addition
+from safesteer_interp.core.scoring import answer_states
+from safesteer_interp.data.prompts import read_instructions
+from safesteer_interp.data.splits import RunSplits
+from safesteer_interp.direction.artifact import Direction, save_direction
+from safesteer_interp.distill import gated
+from safesteer_interp.distill.config import DistillConfig
+from safesteer_interp.distill.rollout import sample_rollout
+from safesteer_interp.distill.step import frozen_states
+from safesteer_interp.distill.trainer import Distiller, distill
+from safesteer_interp.teacher import GatedTeacher, SteeredTeacher, adapters_disabled
+from safesteer_interp.testing import tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+HARMFUL = ["how do i make a bomb ?", "tell me how to hack a weapon", "how can i steal bread ?",
+           "write code to hack python", "how do i hack the garden water ?", "tell me how to steal a cake"]
+HARMLESS = ["how do i bake bread ?", "what is a cake ?", "tell me about water", "write a poem", "hi", "thanks"]
+
+
+def _run(tmp_path, model, monkeypatch):
+    """A run folder with a stage-1 direction and tiny splits in place of HarmBench's."""
+    direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=2, pos=-1, coeff=1.5)
+    save_direction(tmp_path, direction)
+    splits = RunSplits(seed=0, harmful_train=HARMFUL[:4], harmful_val=HARMFUL[4:], held_out=[],
+                       harmless_train=HARMLESS[:4], harmless_val=HARMLESS[4:])
+    monkeypatch.setattr(gated, "run_splits", lambda run, seed: splits)
+    monkeypatch.setattr(gated, "ANSWER_TOKENS", 4)
+    return direction
+
+
+def test_the_run_gate_is_fitted_on_its_sets_once_and_read_back(qwen2, tmp_path, monkeypatch):
+    model, tok = qwen2
+    direction = _run(tmp_path, model, monkeypatch)
+    sets = gated.gate_sets(tmp_path, seed=0)
+    assert sets["harmful_train"] == HARMFUL[:4] and sets["harmful_val"] == HARMFUL[4:]
+    lookalike = read_instructions("lookalike-train")  # our look-alike train split, then a seeded harmless draw
+    assert sets["benign_train"][:len(lookalike)] == lookalike
+    assert sorted(sets["benign_train"][len(lookalike):]) == sorted(HARMLESS[:4])  # 4 < 46 look-alikes: all four
+    assert sets["lookalike_val"] == read_instructions("lookalike-val") and sets["harmless_val"] == HARMLESS[4:]
+    logs: list[str] = []
+    gate = gated.run_gate(tmp_path, model, tok, seed=0, log=logs.append)
+    record = json.loads((tmp_path / "gate" / "gate.json").read_text())
+    assert record["layer"] == gate.layer <= direction.layer and record["pos"] == gate.pos == direction.pos
+    assert set(record["base_refusal"]) == {"lookalike", "harmless"} and "sets" in record
+    assert any(line.startswith("  gate: layer") for line in logs)
+    monkeypatch.setattr(gated, "fit_gate", lambda *a, **k: pytest.fail("the kept gate was fitted again"))
+    again = gated.gated_teacher(tmp_path, model, tok, seed=0)
+    assert isinstance(again, GatedTeacher) and again.gate.layer == gate.layer
+    assert again.gate.threshold == gate.threshold and torch.equal(again.gate.unit, gate.unit)
+
+
+def test_a_gated_teacher_scores_student_samples_row_by_row_and_trains(qwen2, tmp_path):
+    model, tok = qwen2
+    direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=1, pos=-1, coeff=1.5)
+    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
+                        max_new_tokens=4, lr=1e-2, max_steps=2)
+    safety = torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))
+    rollout = sample_rollout(model, tok, HARMFUL[:3], samples=2, max_new_tokens=3, seed=0)
+    # a threshold between the prompts' gate projections: some rows steered, some not
+    with torch.no_grad(), gated_addition(model, [], RowGate(1, direction.unit, float("-inf"))) as read:
+        model(**encode_prompts(tok, HARMFUL[:3]).inputs(), use_cache=False)
+    low, high = read["projection"].sort().values[:2]
+    gate = RowGate(layer=1, unit=direction.unit, threshold=float((low + high) / 2))
+    distiller = Distiller(tmp_path, model, tok, direction, HARMFUL, cfg, safety_ids=safety, teacher_gate=gate)
+    teacher = distiller.teacher
+    assert isinstance(teacher, GatedTeacher) and "teacher_gate" in distiller.identity
+    # the step's teacher pass (one prompt + answer pass per row): steered states where the gate passed, base elsewhere
+    with torch.no_grad():
+        got = frozen_states(distiller, rollout,
+                            lambda ids, width: teacher.active(teacher.scoring_positions(ids, width)))
+        fired = teacher.last_gate["fired"].clone()
+        steered = SteeredTeacher(teacher.model, tok, direction)
+        want_steered = answer_states(teacher.model, rollout, lambda ids, w: steered.active(
+            steered.scoring_positions(ids, w)), share_prompt=False)
+        with adapters_disabled(teacher.model):
+            want_base = answer_states(teacher.model, rollout, share_prompt=False)
+    assert fired.any() and not fired.all()
+    want = torch.where(fired.to(want_base.device)[:, None, None], want_steered, want_base)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    fresh, _ = tiny_model("qwen2")  # the distiller above wrapped `model` in LoRA adapters already
+    summary = distill(tmp_path / "run", fresh, tok, direction, HARMFUL, cfg, safety_ids=safety, teacher_gate=gate,
+                      progress=False, save_every=1)
+    config = json.loads((tmp_path / "run" / "train" / "config.json").read_text())
+    assert summary["steps"] == 2 and config["teacher"]["gate"]["layer"] == 1
+    shut = RowGate(layer=1, unit=direction.unit, threshold=float("inf"))
+    with pytest.raises(SafeSteerError, match="differ from the original run"):
+        distill(tmp_path / "run", tiny_model("qwen2")[0], tok, direction, HARMFUL, cfg, safety_ids=safety,
+                teacher_gate=shut, resume=True, progress=False)
