@@ -51,26 +51,17 @@ def run(
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
     from safesteer_interp.core.models import is_organism  # lazy: transformers (slow CLI start-up)
     from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.pipeline import (  # lazy: torch (slow CLI start-up)
-        ORGANISM_DIRECTION,
-        REAL_LR,
-        REAL_TOKENS,
-        RunConfig,
-        run_pipeline,
-    )
+    from safesteer_interp.pipeline import run_config, run_pipeline  # lazy: torch (slow CLI start-up)
     from safesteer_interp.tokens.vote import VoteConfig  # lazy: torch (slow CLI start-up)
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
     organism = is_organism(model)
-    direction = {**ORGANISM_DIRECTION, "positions": teacher_positions} if organism else {"positions": teacher_positions}
-    tokens = {"method": "vote", "k": 50} if organism else dict(REAL_TOKENS)
-    tokens.update({"method": method} if method else {}, **({"k": k if k == "auto" else _int(k, "--k")} if k else {}))
-    VoteConfig(k=tokens["k"], method=tokens["method"])  # a bad --k / --method fails before the run folder is touched
-    cfg = RunConfig(model=model, seed=seed, baselines=True if baselines else list(baseline or []) or False,
-                    k=tokens["k"], method=tokens["method"], horizon=horizon,
-                    coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
-                    lr=lr if lr is not None or organism else REAL_LR,
-                    direction=direction, distill={"epochs": epochs})
+    cfg = run_config(model, teacher_positions=teacher_positions, method=method,
+                     k=(k if k == "auto" else _int(k, "--k")) if k else None, lr=lr, seed=seed,
+                     baselines=True if baselines else list(baseline or []) or False, horizon=horizon,
+                     coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
+                     distill={"epochs": epochs})
+    VoteConfig(k=cfg.k, method=cfg.method)  # a bad --k / --method fails before the run folder is touched
     from safesteer_interp.report.sections import with_training_time  # lazy: matplotlib (slow CLI start-up)
 
     summary = run_pipeline(out, cfg, log=lambda line: console.print(line, highlight=False, markup=False), until=until)

@@ -90,6 +90,20 @@ class RunConfig:
     distill: dict = field(default_factory=dict)
 
 
+def run_config(model: str = "organism", *, teacher_positions: str = "auto", method: str | None = None,
+               k: int | str | None = None, lr: float | None = None, **fields) -> RunConfig:
+    """A RunConfig with the defaults of the model's kind, as `safesteer-interp run` builds it (use this from Python:
+    `RunConfig()`'s own defaults are the organism's). The organism: ORGANISM_DIRECTION, the reference's vote with
+    K = 50, the trainer's LoRA learning rate. A real model: the reference's direction filters, REAL_TOKENS, REAL_LR.
+    `fields`: any other RunConfig field (seed, baselines, ...)."""
+    organism = is_organism(model)
+    direction = {**(ORGANISM_DIRECTION if organism else {}), "positions": teacher_positions}
+    tokens = {"method": "vote", "k": 50} if organism else dict(REAL_TOKENS)
+    tokens.update({"method": method} if method else {}, **({"k": k} if k is not None else {}))
+    return RunConfig(model=model, direction=direction, k=tokens["k"], method=tokens["method"],
+                     lr=lr if lr is not None or organism else REAL_LR, **fields)
+
+
 def marker(run: Path, stage: str) -> Path:
     return run / stage / "done.json"
 
@@ -329,4 +343,4 @@ def stage_report(run: Path, cfg: RunConfig, log) -> dict:
     return {"files": {k: str(v) for k, v in written.items()}}
 
 
-__all__ = ["REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_pipeline", "stage_status"]
+__all__ = ["REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_config", "run_pipeline", "stage_status"]

@@ -140,3 +140,19 @@ def test_until_stops_after_a_stage_and_a_rerun_goes_on(tiny_organism, tmp_path):
     assert set(summary) == {"base", "teacher", "safesteer"}
     with pytest.raises(SafeSteerError, match="--until 'nope' is not a stage"):
         run_pipeline(tmp_path, _config(tiny_organism), log=logs.append, until="nope")
+
+
+def test_run_config_gives_python_the_defaults_the_cli_gives_each_model_kind():
+    """`RunConfig()`'s own defaults are the organism's; `run_config(model)` applies the real-model ones too (the
+    reference's stage-1 filters, the Δ-weighted mass with K = 20, REAL_LR), as `safesteer-interp run` does."""
+    from safesteer_interp.pipeline import ORGANISM_DIRECTION, REAL_LR, REAL_TOKENS, run_config
+
+    organism = run_config("organism", seed=3)
+    assert organism.direction == {**ORGANISM_DIRECTION, "positions": "auto"} and organism.seed == 3
+    assert (organism.method, organism.k, organism.lr) == ("vote", 50, None)
+    real = run_config("smollm2-135m-instruct", baselines=["safesteer-gated"], teacher_positions="all")
+    assert real.direction == {"positions": "all"} and "kl_max" not in real.direction
+    assert (real.method, real.k, real.lr) == (REAL_TOKENS["method"], REAL_TOKENS["k"], REAL_LR)
+    assert run_config("smollm2-135m-instruct", method="vote", k=50, lr=1e-5).lr == 1e-5
+    assert (run_config("smollm2-135m-instruct", method="vote", k=50).method, run_config(
+        "smollm2-135m-instruct", k="auto").k) == ("vote", "auto")
