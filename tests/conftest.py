@@ -82,3 +82,12 @@ def one_line_error(call) -> str:
     message = str(info.value)
     assert "\n" not in message
     return message
+
+
+def binned_smoke(tok, max_steps: int = 2):
+    """(config, safety ids) of a two-prompt-per-step `binned` distillation on a tiny model: S = {"sorry", "cannot"}."""
+    from safesteer_interp.distill.config import DistillConfig  # lazy: the package imports torch
+
+    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
+                        max_new_tokens=4, lr=1e-2, max_steps=max_steps)
+    return cfg, torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))

@@ -18,9 +18,11 @@ from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.data.splits import run_splits
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.gate import Gate, fit_gate, load_gate, save_gate
+from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS
 from safesteer_interp.teacher import GatedTeacher
 
-ANSWER_TOKENS = 64  # the base's greedy answers whose refusal rates bound the gate (the evaluation's length)
+# the base's greedy answers whose refusal rates bound the gate: as long as the evaluation's
+ANSWER_TOKENS = REAL_ANSWER_TOKENS
 
 
 def gate_folder(run: str | Path) -> Path:

@@ -136,14 +136,15 @@ def contract(name: str, metrics: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- prompt sets
-def _request_rows(source: str, group: str, n: int | None) -> list[dict]:
-    """Rows {prompt, group, category} of a prompt set; `category` is optional in local files ('all' otherwise)."""
+def _request_rows(source: str, group: str, n: int | None, by_category: bool = False) -> list[dict]:
+    """Rows {prompt, group, category} of a prompt set; `category` is optional in local files ('all' otherwise) and
+    kept for harmful sets and where `by_category` asks (a benign set's rows are otherwise its group)."""
     prompts = read_instructions(source)
     try:
         categories = read_instructions(source, column="category")
     except SafeSteerError:
         categories = ["all"] * len(prompts)
-    rows = [{"prompt": p, "group": group, "category": c if group == "harmful" else group}
+    rows = [{"prompt": p, "group": group, "category": c if group == "harmful" or by_category else group}
             for p, c in zip(prompts, categories)]
     return rows if n is None else rows[:n]
 
@@ -228,12 +229,7 @@ def benchmark_rows(spec: EvalSpec) -> tuple[list[dict], list[dict], list[str]]:
     if spec.edgy is None:
         notes.append("benign-edgy over-refusal off in this evaluation")
     else:
-        prompts = read_instructions(spec.edgy)
-        try:
-            categories = read_instructions(spec.edgy, column="category")
-        except SafeSteerError:
-            categories = ["edgy"] * len(prompts)
-        requests += [{"prompt": p, "group": "edgy", "category": c} for p, c in zip(prompts, categories)][:spec.n]
+        requests += _request_rows(spec.edgy, "edgy", spec.n, by_category=True)
     reasoning = [] if spec.reasoning is None else [{**item, "group": "gsm8k"}
                                                    for item in load_capability(spec.reasoning)[:spec.n]]
     if spec.reasoning is None:

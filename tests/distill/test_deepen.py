@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
+from conftest import binned_smoke
 
 from safesteer_interp import SafeSteerError
 from safesteer_interp.core.artifacts import read_tensors
 from safesteer_interp.core.chat import encode_prompts
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.distill import deepen
-from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.rollout import sample_rollout
 from safesteer_interp.distill.trainer import distill
 from safesteer_interp.evaluate.prefill import AFFIRMATIVE
@@ -71,9 +71,7 @@ def test_a_prefilled_rollout_answers_after_the_prefill(qwen2):
 def test_distillation_with_prefills_runs_and_resumes_only_with_the_same_prefills(qwen2, tmp_path):
     model, tok = qwen2
     direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=1, pos=-1, coeff=1.0)
-    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
-                        max_new_tokens=4, lr=1e-2, max_steps=2)
-    safety = torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))
+    cfg, safety = binned_smoke(tok)
     prefills = ["Sure, here is", "", "Step 1:", "", "Of course", "", "", ""]
     with pytest.raises(SafeSteerError, match="2 prefills for 8 training prompts"):
         distill(tmp_path / "bad", model, tok, direction, HARMFUL, cfg, safety_ids=safety, prefills=prefills[:2])
@@ -148,9 +146,7 @@ def test_a_recover_teacher_trains_and_resumes_only_with_the_same_further_directi
     width = model.config.hidden_size
     direction = Direction(torch.randn(width) * 3, layer=1, pos=-1, coeff=1.0)
     also = (Direction(torch.randn(width), layer=0, pos=0, coeff=0.5),)
-    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
-                        max_new_tokens=4, lr=1e-2, max_steps=1)
-    safety = torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))
+    cfg, safety = binned_smoke(tok, max_steps=1)
     distill(tmp_path, model, tok, direction, HARMFUL[:4], cfg, safety_ids=safety, teacher_also=also,
             progress=False, save_every=1)
     config = json.loads((tmp_path / "train" / "config.json").read_text())

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import binned_smoke
 
 from safesteer_interp import SafeSteerError
 from safesteer_interp.core.chat import encode_prompts
@@ -16,7 +17,6 @@ from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.data.splits import RunSplits
 from safesteer_interp.direction.artifact import Direction, save_direction
 from safesteer_interp.distill import gated
-from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.rollout import sample_rollout
 from safesteer_interp.distill.step import frozen_states
 from safesteer_interp.distill.trainer import Distiller, distill
@@ -64,9 +64,7 @@ def test_the_run_gate_is_fitted_on_its_sets_once_and_read_back(qwen2, tmp_path, 
 def test_a_gated_teacher_scores_student_samples_row_by_row_and_trains(qwen2, tmp_path):
     model, tok = qwen2
     direction = Direction(torch.randn(model.config.hidden_size) * 3, layer=1, pos=-1, coeff=1.5)
-    cfg = DistillConfig(vocab="safe", restrict="binned", samples=2, prompts_per_step=2, micro_batch=4,
-                        max_new_tokens=4, lr=1e-2, max_steps=2)
-    safety = torch.tensor(tok.convert_tokens_to_ids(["sorry", "cannot"]))
+    cfg, safety = binned_smoke(tok)
     rollout = sample_rollout(model, tok, HARMFUL[:3], samples=2, max_new_tokens=3, seed=0)
     # a threshold between the prompts' gate projections: some rows steered, some not
     with torch.no_grad(), gated_addition(model, [], RowGate(1, direction.unit, float("-inf"))) as read:
