@@ -42,7 +42,7 @@ lint: venv-dev
 	$(BIN)/ruff check safesteer_interp cli analyses tests benchmarks
 
 test: venv-dev real lint
-	$(if $(SAFESTEER_XSTEST),,$(if $(XSTEST_COPY),SAFESTEER_XSTEST="$(abspath $(XSTEST_COPY))" ))$(BIN)/python -m pytest -q tests
+	$(if $(SAFESTEER_XSTEST),,$(if $(XSTEST_COPY),SAFESTEER_XSTEST="$(abspath $(XSTEST_COPY))" ))$(BIN)/python -m pytest -q --durations=10 tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,11 +15,20 @@ import torch
 from safesteer_interp.core.artifacts import read_json, write_json
 from safesteer_interp.errors import SafeSteerError
 
-from . import divergence, loss_geometry, safety_depth, sparsity, steering_positions, training_change, why_tokens
+from . import (
+    contrast_sweep,
+    divergence,
+    loss_geometry,
+    safety_depth,
+    sparsity,
+    steering_positions,
+    training_change,
+    why_tokens,
+)
 from .common import load_inputs, score_groups
 
 ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions",
-            "safety_depth")
+            "safety_depth", "contrast")
 
 
 def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
@@ -43,7 +52,8 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
              "training_change": lambda: training_change.analyze(inputs, scored=shared),
              "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared),
              "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens),
-             "safety_depth": lambda: safety_depth.analyze(inputs, max_new_tokens=depth_tokens)}
+             "safety_depth": lambda: safety_depth.analyze(inputs, max_new_tokens=depth_tokens),
+             "contrast": lambda: contrast_sweep.analyze(inputs, log)}
     entries = []
     for name in chosen:
         started = time.perf_counter()

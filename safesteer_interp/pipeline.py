@@ -27,7 +27,7 @@ from safesteer_interp.direction.sets import InstructionSets, draw, same_form
 from safesteer_interp.direction.stage import direction_config, find_direction, run_direction
 from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.deepen import deep_inputs
-from safesteer_interp.distill.gated import gated_teacher, run_gate
+from safesteer_interp.distill.gated import contrast_prompts, gated_teacher, run_gate
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant
@@ -286,6 +286,8 @@ def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume:
     if variant.teacher_rule == "gated":
         gate = run_gate(run, model, tok, cfg.seed, log).row_gate()
         described += f" + gated teacher (layer {gate.layer}, threshold {gate.threshold:.4g})"
+    if variant.benign:  # a contrast set: the benign prompts join the harmful ones (more prompts, more steps)
+        prompts = prompts + contrast_prompts(run, cfg.seed, variant.benign)
     safety = load_safety_tokens(run) if variant.vocab == "safe" else None
     anchors = anchor_prompts(run, cfg) if variant.anchor_weight > 0 else []
     dcfg.anchor_weight = variant.anchor_weight

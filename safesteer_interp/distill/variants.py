@@ -23,6 +23,7 @@ Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own sam
 TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated"]
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
+CONTRAST_SIZES = (8, 16, 32, 64)  # benign prompts of the contrast-set rows (0 is safesteer-gated itself)
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,10 @@ class Variant:
     trainer: Trainer = "opd"
     anchor_weight: float = 0.0  # > 0: plus a full-vocabulary KL to the base on harmless training prompts (general data)
     teacher_rule: TeacherRule = "stage1"
+    # > 0: a contrast set, this many benign training prompts beside the harmful ones (`distill.gated.contrast_prompts`),
+    # scored by the same teacher; only a gated teacher, which *is* the base model on a benign prompt, teaches the
+    # student "not here" with them (stage 1's teacher refuses them too)
+    benign: int = 0
     runs_on: tuple[ModelKind, ...] = MODEL_KINDS  # the model kinds `run --baselines` trains it for
 
     def __post_init__(self):
@@ -45,6 +50,9 @@ class Variant:
                                       (self.teacher_rule, TEACHER_RULES, "teacher_rule")):
             if value not in allowed:
                 raise ValueError(f"variant {self.name!r}: {field} {value!r} is not one of {', '.join(allowed)}")
+        if self.benign < 0 or (self.benign and self.teacher_rule != "gated"):
+            raise ValueError(f"variant {self.name!r}: benign {self.benign} needs a gated teacher and must be >= 0 "
+                             "(stage 1's teacher refuses benign prompts as well)")
         if not set(self.runs_on) <= set(MODEL_KINDS):
             raise ValueError(f"variant {self.name!r}: runs_on {self.runs_on} names an unknown model kind")
 
@@ -62,7 +70,8 @@ class Variant:
     def loss(self) -> str:
         """The loss in words, as the run's train/config.json provenance names it."""
         return f"{self.vocab}/{self.restrict}/{self.divergence}" + (
-            f" + anchor {self.anchor_weight}" if self.anchor_weight else "")
+            f" + anchor {self.anchor_weight}" if self.anchor_weight else "") + (
+            f" + {self.benign} benign prompts" if self.benign else "")
 
 
 # The published method. Every baseline below shares its prompts, seed and step budget.
@@ -79,6 +88,9 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # SafeSteer plus the general data the method does without (`distill.step.anchor_term`)
     Variant("safesteer-anchor", "SafeSteer + a KL-to-base anchor on harmless training prompts (general data)",
             anchor_weight=1.0),
+    # issue 34: the row between `binned` and safesteer-recover-anchor (how much does the anchor alone buy?)
+    Variant("safesteer-binned-anchor", "safesteer-binned + the anchor's general data", restrict="binned",
+            anchor_weight=1.0, runs_on=("real",)),
     Variant("safesteer-deep", "binned, a teacher coefficient chosen on prefilled val, prefilled training answers",
             restrict="binned", teacher_rule="prefill-coeff", runs_on=("real",)),
     Variant("safesteer-recover", "safesteer-deep's answers, stage 1's teacher + a refusing-answer direction",
@@ -90,6 +102,11 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     # issue 34: a teacher that refuses harm, not look-alikes; distilled on the harmful prompts only (no general data)
     Variant("safesteer-gated", "binned, with a harm-gated teacher (steers only the prompts its gate passes; gate "
             "chosen on val)", restrict="binned", teacher_rule="gated", runs_on=("real",)),
+    # ... and on a contrast set: the harmful prompts plus n benign ones, where the gated teacher is the base model, so
+    # the one loss says "refuse here, not there" (the sweep over n: `distill.gated.CONTRAST_RULE`)
+    *(Variant(f"safesteer-gated-contrast-{n}", f"safesteer-gated on the harmful prompts + {n} benign training "
+              "prompts (look-alikes, then harmless)", restrict="binned", teacher_rule="gated", benign=n,
+              runs_on=("real",)) for n in CONTRAST_SIZES),
 )}
 
 
@@ -101,5 +118,6 @@ def variants_help(runs_on: bool = False) -> str:
     return "; ".join(f"{v.name}: {v.about}{kinds(v)}" for v in VARIANTS.values())
 
 
-__all__ = ["DIVERGENCES", "MODEL_KINDS", "RESTRICTS", "SAFESTEER", "TEACHER_RULES", "TRAINERS", "VARIANTS", "VOCABS",
-           "Divergence", "ModelKind", "Restrict", "TeacherRule", "Trainer", "Variant", "Vocab", "variants_help"]
+__all__ = ["CONTRAST_SIZES", "DIVERGENCES", "MODEL_KINDS", "RESTRICTS", "SAFESTEER", "TEACHER_RULES", "TRAINERS",
+           "VARIANTS", "VOCABS", "Divergence", "ModelKind", "Restrict", "TeacherRule", "Trainer", "Variant", "Vocab",
+           "variants_help"]

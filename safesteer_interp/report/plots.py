@@ -73,12 +73,38 @@ def _span(stat: dict) -> list[list[float]]:
 def seeds_plane(agg: dict[str, dict[str, dict]], path: Path, title: str) -> Path:
     """Mean over seeds per model, bars from the lowest to the highest seed: greedy refusal (coherent judge where
     measured) filled, sampled (T = 1) hollow, both against the capability mean."""
+    fig, ax = _plane(agg, "capability_mean")
+    _frame(ax, title)
+    ax.set_ylabel(f"refusal on held-out harmful requests ({_judged(agg)} judge)")
+    return _save(fig, path)
+
+
+def selectivity_plane(agg: dict[str, dict[str, dict]], path: Path, title: str) -> Path:
+    """Refusal on held-out HarmBench against over-refusal on XSTest's safe prompts, every model that has both (one
+    run: `report.seeds.aggregate([summary])`); bars over seeds, greedy filled, sampled hollow. Top-left is better."""
+    fig, ax = _plane(agg, "xstest_safe_refusal_rate")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("over-refusal: refusal on XSTest v2's 250 safe prompts (substring judge)")
+    ax.set_ylabel(f"refusal on held-out HarmBench behaviours ({_judged(agg)} judge)")
+    ax.set_title(f"{title}\n(top-left is better: refuses harm, answers the safe look-alikes)", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)
+
+
+def _judged(agg: dict[str, dict[str, dict]]) -> str:
+    return "coherent" if any("gap_refusal_rate_strict" in s for s in agg.values()) else "substring"
+
+
+def _plane(agg: dict[str, dict[str, dict]], x_key: str):
+    """Greedy (filled) and sampled (hollow) refusal of every model against `x_key`, mean with min-max bars."""
     fig, ax = plt.subplots(figsize=(7.2, 5.4))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    judged = "coherent" if any("gap_refusal_rate_strict" in s for s in agg.values()) else "substring"
-    greedy_key = "gap_refusal_rate_strict" if judged == "coherent" else "gap_refusal_rate"
+    greedy_key = "gap_refusal_rate_strict" if _judged(agg) == "coherent" else "gap_refusal_rate"
     for i, (name, stats) in enumerate(agg.items()):
-        x, colour = stats.get("capability_mean"), colours[i % len(colours)]
+        x, colour = stats.get(x_key), colours[i % len(colours)]
         if x is None:
             continue
         for key, filled in ((greedy_key, True), ("gap_refusal_rate_sampled", False)):
@@ -90,9 +116,7 @@ def seeds_plane(agg: dict[str, dict[str, dict]], path: Path, title: str) -> Path
                         label=f"{name} ({'greedy' if filled else 'sampled T=1'})")
         ax.annotate(name, (x["mean"], stats[greedy_key]["mean"]) if greedy_key in stats else (x["mean"], 0),
                     xytext=(6, 5), textcoords="offset points", fontsize=8)
-    _frame(ax, title)
-    ax.set_ylabel(f"refusal on held-out harmful requests ({judged} judge)")
-    return _save(fig, path)
+    return fig, ax
 
 
 def attack_depth(attacks: dict[str, dict], depths: Sequence[int], path: Path) -> Path:
@@ -145,4 +169,4 @@ def training_curves(records: Sequence[dict], path: Path) -> Path:
     return _save(fig, path)
 
 
-__all__ = ["attack_depth", "compare_tradeoff", "seeds_plane", "training_curves", "tradeoff"]
+__all__ = ["attack_depth", "compare_tradeoff", "seeds_plane", "selectivity_plane", "training_curves", "tradeoff"]

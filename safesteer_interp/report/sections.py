@@ -12,7 +12,7 @@ from safesteer_interp.core.artifacts import read_json, read_jsonl
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.blocks import Heading, Image, NotRun, Para, Table, fmt
-from safesteer_interp.report.plots import attack_depth, tradeoff, training_curves
+from safesteer_interp.report.plots import attack_depth, selectivity_plane, tradeoff, training_curves
 from safesteer_interp.tokens.explain import reason
 
 MODEL_ORDER = ("base", "teacher", "teacher-gated", "safesteer")  # then baselines, alphabetically
@@ -117,6 +117,12 @@ def read_artifact(path: Path, what: str, stage: str, name: str, hint: str,
     return data
 
 
+def as_stats(summary: dict[str, dict]) -> dict[str, dict[str, dict]]:
+    """One run's numbers in the form of `report.seeds.aggregate` (mean = min = max), for the planes it draws."""
+    return {model: {k: {"mean": v, "min": v, "max": v, "values": [v]} for k, v in entry.items()
+                    if isinstance(v, int | float) and not isinstance(v, bool)} for model, entry in summary.items()}
+
+
 def section_tradeoff(run: Path, assets: Path) -> list:
     blocks: list = [Heading("Trade-off: safety, over-refusal, capability, drift")]
     if not (run / "summary.json").is_file():
@@ -136,6 +142,9 @@ def section_tradeoff(run: Path, assets: Path) -> list:
                     + benchmark_legend(summary.values())),
                tradeoff_table(summary), *(Para(f"Note: {note}") for note in notes(summary.values())),
                Image(tradeoff(summary, assets / "tradeoff.png"), "Safety vs capability, one point per model")]
+    if any(isinstance(e.get("xstest_safe_refusal_rate"), int | float) for e in summary.values()):
+        plane = selectivity_plane(as_stats(summary), assets / "selectivity.png", "Selectivity (held-out)")
+        blocks.append(Image(plane, "Selectivity: refusal of held-out HarmBench against over-refusal on XSTest-safe"))
     categories = sorted({c for e in summary.values() for c in (e.get("refusal_rate") or {})})
     if categories:
         blocks += [Heading("Refusal rate per category", 3),
@@ -364,6 +373,6 @@ def analysis_entry(run: Path, entry: dict) -> list:
     return blocks
 
 
-__all__ = ["BENCHMARK_KEYS", "notes", "ordered", "section_analysis", "section_attacks", "section_direction",
+__all__ = ["as_stats", "BENCHMARK_KEYS", "notes", "ordered", "section_analysis", "section_attacks", "section_direction",
            "section_samples", "section_tokens", "section_tradeoff", "section_training", "table_columns",
            "tradeoff_table", "with_training_time"]

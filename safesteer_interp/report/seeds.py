@@ -15,7 +15,7 @@ from safesteer_interp.core.artifacts import atomic_path, read_json
 from safesteer_interp.errors import SafeSteerError
 from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.blocks import Heading, Image, Para, Table, fmt, render_html, render_markdown
-from safesteer_interp.report.plots import seeds_plane
+from safesteer_interp.report.plots import seeds_plane, selectivity_plane
 from safesteer_interp.report.sections import COLUMNS, ordered, with_training_time
 
 NOT_RECIPE = ("seed", "baselines")  # run_config.json fields that may differ between seeds of one recipe
@@ -80,12 +80,17 @@ def seed_runs(runs: Sequence[str | Path], out: str | Path) -> dict[str, Path]:
     agg = aggregate(summaries)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    plot = seeds_plane(agg, out / "seeds.png", f"{recipe['model']}, seeds {', '.join(map(str, recipe['seeds']))}")
+    label = f"{recipe['model']}, seeds {', '.join(map(str, recipe['seeds']))}"
+    plot = seeds_plane(agg, out / "seeds.png", label)
     title = f"SafeSteer over {len(runs)} seeds: {recipe['model']}"
     blocks = [Heading("Mean [min, max] over the seeds"),
               Para(f"Runs: {', '.join(str(r) for r in runs)} (seeds {recipe['seeds']}); each seed draws its own "
                    "splits, so each row's held-out behaviours differ between seeds."),
               seeds_table(agg), Image(plot, "Safety against capability, range bars over the seeds")]
+    if any("xstest_safe_refusal_rate" in stats for stats in agg.values()):
+        selective = selectivity_plane(agg, out / "selectivity.png", label)
+        blocks.append(Image(selective, "Refusal of held-out HarmBench against over-refusal on XSTest-safe, range bars "
+                                       "over the seeds"))
     record = {"recipe": recipe, "runs": [str(r) for r in runs], "models": agg}
     for name, text in (("seeds.md", render_markdown(title, blocks, out)),
                        ("seeds.html", render_html(title, blocks, ", ".join(map(str, runs)))),

@@ -333,6 +333,9 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, depth_tokens=6, log=lambda _line: None)
     assert [e["name"] for e in index["analyses"]] == list(ANALYSES)
     for entry in index["analyses"]:
+        if entry["name"] == "contrast":  # a run without a gated teacher has no contrast sweep: said, not drawn
+            assert entry["skipped"].startswith("no RUN/gate/gate.json") and entry["files"] == []
+            continue
         assert entry["files"] and all((tiny_run / f).is_file() for f in entry["files"]), entry
     on_disk = json.loads((tiny_run / "analysis" / "index.json").read_text())
     assert on_disk["analyses"][0]["headline"]["S"] == 2
@@ -386,7 +389,7 @@ def test_cli_analyze_and_bad_name(tiny_run):
     assert result.exit_code == 0, result.output
     assert "paper_frac_negative_harmful" in result.output and "S_over_V" not in result.output
     index = json.loads((tiny_run / "analysis" / "index.json").read_text())
-    assert len(index["analyses"]) == 7  # the other analyses' entries are kept
+    assert len(index["analyses"]) == 8  # the other analyses' entries are kept
     settings = {e["name"]: e["settings"] for e in index["analyses"]}
     assert settings["loss_geometry"]["n_prompts"] == 1 and settings["sparsity"]["n_prompts"] == 2
     with pytest.raises(SafeSteerError, match="unknown analysis nope"):
@@ -463,3 +466,26 @@ def test_bootstrap_interval_brackets_the_share():
     assert 1 / 4 - 1e-6 <= lo < share < hi <= 3 / 5 + 1e-6  # within the range of single-row ratios
     same = sparsity.bootstrap_ratio(whole, whole, mask)
     assert same == pytest.approx([1.0, 1.0])  # a share of 1 in every resample
+
+
+# ----------------------------------------------------------------------------------------------- contrast sweep
+def test_contrast_sweep_applies_the_rule_to_the_val_evaluations_and_draws_the_curve(tmp_path):
+    from safesteer_interp.analyses import contrast_sweep
+
+    (tmp_path / "gate").mkdir()
+    (tmp_path / "gate" / "gate.json").write_text(json.dumps({"base_refusal": {"lookalike": 0.348, "harmless": 0.11}}))
+    with pytest.raises(Exception, match="no val evaluation of a contrast-set row"):
+        contrast_sweep.sweep(tmp_path)
+    over = {0: 0.739, 8: 0.61, 16: 0.391, 64: 0.30}  # 32 not evaluated: the curve has a gap, the rule reads the rest
+    for n, rate in over.items():
+        folder = contrast_sweep.val_folder(tmp_path, n)
+        folder.mkdir(parents=True)
+        (folder / "eval.json").write_text(json.dumps({"over_refusal_rate": rate, "gap_refusal_rate_strict": 0.9,
+                                                      "gap_refusal_rate_sampled": 0.6, "harmless_refusal_rate": 0.1}))
+    got = contrast_sweep.sweep(tmp_path)
+    assert (got["n"], got["limit"]) == (16, 0.398) and set(got["curve"]) == {"0", "8", "16", "64"}
+    assert got["curve"]["8"]["over_refusal_rate"] == 0.61
+    out = tmp_path / "analysis" / "contrast"
+    assert json.loads((out / "contrast.json").read_text())["n"] == 16
+    assert plt.imread(out / "contrast.png").shape[1] > 500
+    assert contrast_sweep.row_name(0) == "safesteer-gated" and contrast_sweep.row_name(8).endswith("contrast-8")

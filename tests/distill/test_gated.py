@@ -96,3 +96,43 @@ def test_a_gated_teacher_scores_student_samples_row_by_row_and_trains(qwen2, tmp
     with pytest.raises(SafeSteerError, match="differ from the original run"):
         distill(tmp_path / "run", tiny_model("qwen2")[0], tok, direction, HARMFUL, cfg, safety_ids=safety,
                 teacher_gate=shut, resume=True, progress=False)
+
+
+def test_contrast_sets_are_nested_train_prompts_lookalikes_first(tmp_path, monkeypatch):
+    _run(tmp_path, tiny_model("qwen2")[0], monkeypatch)
+    lookalike = read_instructions("lookalike-train")
+    sets = {n: gated.contrast_prompts(tmp_path, seed=0, n=n) for n in (0, 8, 46, 50)}
+    assert sets[0] == [] and sets[46][:8] == sets[8] and sets[50][:46] == sets[46]  # nested: n adds prompts only
+    assert sorted(sets[46]) == sorted(lookalike) and sorted(sets[50][46:]) == sorted(HARMLESS[:4])
+    assert sets[46] != lookalike  # a seeded order, not the file's
+    assert gated.contrast_prompts(tmp_path, seed=0, n=16) == gated.contrast_prompts(tmp_path, seed=0, n=16)
+    with pytest.raises(SafeSteerError, match="contrast set of 51 benign prompts.*46 look-alikes, 4 harmless"):
+        gated.contrast_prompts(tmp_path, seed=0, n=51)
+
+
+def test_the_contrast_rule_takes_the_smallest_n_within_the_base_plus_five_points():
+    got = gated.choose_contrast({0: 0.74, 8: 0.52, 16: 0.39, 32: 0.37, 64: 0.30}, base_over_refusal=0.348)
+    assert (got["n"], got["limit"]) == (16, 0.398) and got["points"]["8"] == 0.52 and "smallest n" in got["rule"]
+    assert gated.choose_contrast({0: 0.74, 16: 0.41}, base_over_refusal=0.348)["n"] is None  # missed: no n chosen
+
+
+def test_a_contrast_variant_trains_on_its_harmful_prompts_and_benign_ones(tmp_path, monkeypatch):
+    """pipeline.train_one passes the harmful training prompts, then the contrast set, to the gated distillation."""
+    from safesteer_interp import pipeline
+    from safesteer_interp.distill.variants import VARIANTS, Variant
+
+    seen = {}
+    monkeypatch.setattr(pipeline, "_load", lambda cfg: (None, None))
+    monkeypatch.setattr(pipeline, "load_direction", lambda run: None)
+    monkeypatch.setattr(pipeline, "training_prompts", lambda run, cfg: HARMFUL[:4])
+    monkeypatch.setattr(pipeline, "run_gate", lambda *a, **k: type("G", (), {"row_gate": lambda self: RowGate(
+        1, torch.ones(2), 0.5)})())
+    monkeypatch.setattr(pipeline, "contrast_prompts", lambda run, seed, n: [f"benign {i}" for i in range(n)])
+    monkeypatch.setattr(pipeline, "load_safety_tokens", lambda run: None)
+    monkeypatch.setattr(pipeline, "distill", lambda *a, **k: seen.update(prompts=a[4], **k) or {})
+    pipeline.train_one(tmp_path, tmp_path, pipeline.run_config("smollm2-135m-instruct"),
+                       VARIANTS["safesteer-gated-contrast-8"], resume=False)
+    assert seen["prompts"] == HARMFUL[:4] + [f"benign {i}" for i in range(8)]
+    assert seen["teacher_gate"].layer == 1 and "+ 8 benign prompts + gated teacher" in seen["provenance"]["variant"]
+    with pytest.raises(ValueError, match="benign 8 needs a gated teacher"):  # stage 1's teacher refuses them too
+        Variant("typo", "a contrast set for the plain teacher", benign=8)

@@ -312,6 +312,8 @@ def test_report_shows_the_public_benchmarks_and_each_note_once(tmp_path):
     md = build_report(run)["markdown"].read_text()
     assert "| base | 0.400 | 0.400 | 0.300 | 0.080 | 0.620 | 0.125 | 0.800 | 0.600 | 0.410 |\n" in md  # no KL: none
     assert "Note: XSTest" not in md
+    # the selectivity plane joins the report where XSTest was measured (above: skipped, no plane)
+    assert "selectivity.png" in md and (run / "report" / "selectivity.png").is_file()
 
 
 def test_compare_and_seeds_put_old_and_new_runs_under_the_benchmark_columns(tmp_path):
@@ -342,3 +344,23 @@ def test_compare_and_seeds_put_old_and_new_runs_under_the_benchmark_columns(tmp_
     assert "XSTest-safe over-refusal ↓ | XSTest-unsafe refusal ↑ | rho benign-edgy over-refusal ↓" in seeds
     assert "| 0.200 [0.100, 0.300] | 0.600 [0.600, 0.600] | 0.125 [0.125, 0.125] |" in seeds
     assert "| 0.420 [0.400, 0.440] |" in seeds
+    assert "![Refusal of held-out HarmBench against over-refusal on XSTest-safe" in seeds
+
+
+def test_the_selectivity_plane_puts_each_model_at_its_xstest_and_harmbench_numbers():
+    """x = XSTest-safe over-refusal, y = held-out refusal (coherent, greedy: filled; sampled: hollow), bars = range."""
+    from safesteer_interp.report.plots import _plane
+
+    def stat(*values):
+        return {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "values": list(values)}
+
+    agg = {"base": {"xstest_safe_refusal_rate": stat(0.4, 0.5), "gap_refusal_rate_strict": stat(0.45),
+                    "gap_refusal_rate_sampled": stat(0.3)},
+           "no-xstest": {"gap_refusal_rate_strict": stat(0.9)}}  # an old run: not drawn
+    fig, ax = _plane(agg, "xstest_safe_refusal_rate")
+    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0], c.lines[0].get_markerfacecolor())
+              for c in ax.containers]
+    plt.close(fig)
+    (gx, gy, gface), (sx, sy, sface) = points
+    assert (gx, gy, sx, sy) == pytest.approx((0.45, 0.45, 0.45, 0.3)) and sface == "white" != gface
+    assert [t.get_text() for t in ax.texts] == ["base"]
