@@ -68,6 +68,10 @@ def eval_command(
     reasoning_tokens: Annotated[int | None, typer.Option(min=1, help="answer length of the GSM8K-100 answers, new "
                                                                      "tokens (default: REASONING_TOKENS in "
                                                                      "evaluate/stage.py)")] = None,
+    answer_lengths: Annotated[str | None, typer.Option(help="real models: 'fixed' (every set at --max-new-tokens) or "
+                                                            "'measured' (each set cut where its verdicts are decided, "
+                                                            "docs/speed.md); default: the run's with --run, else "
+                                                            "fixed")] = None,
 ) -> None:
     """Evaluate a model: harmful refusal per category, over-refusal, helpfulness, capability, harmless KL drift.
 
@@ -80,13 +84,16 @@ def eval_command(
     from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.stage import (  # lazy: torch (slow CLI start-up)
         REAL_ANSWER_TOKENS,
+        answer_tokens,
         evaluate,
         evaluate_run_model,
     )
     from safesteer_interp.organism.tokenizer import speaks_organism  # lazy: transformers (slow CLI start-up)
+    from safesteer_interp.pipeline import resumed_lengths  # lazy: torch (slow CLI start-up)
 
     device = device or options.default_device()
     check_options(out, run, teacher, name, mc_mode)
+    lengths = answer_tokens(answer_lengths or (run and resumed_lengths(run)) or "fixed")  # a bad name fails here
     judges = [load_judge(j) for j in judge or ()]
     with err_console.status(f"loading {model}"):
         lm, tok = options.open_model(model, dtype, device)
@@ -94,7 +101,8 @@ def eval_command(
     real = custom or not speaks_organism(tok)
     spec = eval_spec(custom, real, split, harmful, lookalike, harmless, capability, mc, n, mc_limit, mc_mode)
     if spec != "organism":
-        spec = with_benchmarks(spec, xstest, edgy, reasoning, reasoning_tokens)
+        spec = dataclasses.replace(with_benchmarks(spec, xstest, edgy, reasoning, reasoning_tokens),
+                                   answer_tokens=lengths)
     max_new_tokens = max_new_tokens or (REAL_ANSWER_TOKENS if real else 32)
     reference = options.open_model(base, dtype, device)[0] if base is not None else None
     label = name or ("teacher" if teacher else Path(model).name or model)

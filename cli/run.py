@@ -45,13 +45,17 @@ def run(
     lr: Annotated[float | None, typer.Option(help="learning rate (default: the trainer's LoRA default on the organism, "
                                                   "pipeline.REAL_LR on a real model)")] = None,
     seed: int = 42,
+    answer_lengths: Annotated[str | None, typer.Option(
+        help="real models: 'measured' (each evaluation set's answers cut where its verdicts are decided, "
+             "docs/speed.md: the default of a new run) or 'fixed' (every set at 64 tokens, as every run before; the "
+             "default when resuming such a run)")] = None,
     until: Annotated[str | None, typer.Option(help="stop after this stage (direction, tokens, train, eval, report); "
                                                    "rerunning without it resumes")] = None,
 ) -> None:
     """direction -> tokens -> train -> eval -> report, into one run folder (see RUN/report.html)."""
     from safesteer_interp.core.models import is_organism  # lazy: transformers (slow CLI start-up)
     from safesteer_interp.direction.artifact import check_positions  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.pipeline import run_config, run_pipeline  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.pipeline import resumed_lengths, run_config, run_pipeline  # lazy: torch (slow start-up)
     from safesteer_interp.tokens.vote import VoteConfig  # lazy: torch (slow CLI start-up)
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
@@ -60,7 +64,8 @@ def run(
                      k=(k if k == "auto" else _int(k, "--k")) if k else None, lr=lr, seed=seed,
                      baselines=True if baselines else list(baseline or []) or False, horizon=horizon,
                      coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
-                     distill={"epochs": epochs})
+                     distill={"epochs": epochs},
+                     **({} if organism else {"eval_lengths": answer_lengths or resumed_lengths(out) or "measured"}))
     VoteConfig(k=cfg.k, method=cfg.method)  # a bad --k / --method fails before the run folder is touched
     from safesteer_interp.report.sections import with_training_time  # lazy: matplotlib (slow CLI start-up)
 

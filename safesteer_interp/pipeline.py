@@ -32,7 +32,7 @@ from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, REASONING_TOKENS, EvalSpec, evaluate_run
+from safesteer_interp.evaluate.stage import REAL_ANSWER_TOKENS, REASONING_TOKENS, EvalSpec, answer_tokens, evaluate_run
 from safesteer_interp.organism.world import evaluation_set
 from safesteer_interp.report.build import build_report
 from safesteer_interp.teacher import SteeredTeacher
@@ -79,6 +79,9 @@ class RunConfig:
     eval_n: int | None = None  # real models: only the first N of each evaluation set (smoke runs; None = all)
     eval_tokens: int = REAL_ANSWER_TOKENS  # real models: the evaluation's answer length (fewer only in smoke runs)
     eval_reasoning_tokens: int = REASONING_TOKENS  # real models: GSM8K-100's chain-of-thought answer length
+    # real models: "fixed" (every set at eval_tokens: every run started before issue 35) or "measured" (each set cut
+    # where its verdicts are decided, `evaluate.stage.MEASURED_ANSWER_TOKENS`; run_config's default for a new run)
+    eval_lengths: str = "fixed"
     # extra DirectionConfig fields, plus prune / kl_max / induce_min. The organism preset relaxes the reference's
     # kl_max 0.1, at which no candidate survives: harmless prompts sit far out along r, so ablation moves them where
     # training never went and changes their first token while the answers stay helpful (organism/README.md, v25/v26).
@@ -97,6 +100,8 @@ def run_config(model: str = "organism", *, teacher_positions: str = "auto", meth
     K = 50, the trainer's LoRA learning rate. A real model: the reference's direction filters, REAL_TOKENS, REAL_LR.
     `fields`: any other RunConfig field (seed, baselines, ...)."""
     organism = is_organism(model)
+    if not organism:
+        fields.setdefault("eval_lengths", "measured")
     direction = {**(ORGANISM_DIRECTION if organism else {}), "positions": teacher_positions}
     tokens = {"method": "vote", "k": 50} if organism else dict(REAL_TOKENS)
     tokens.update({"method": method} if method else {}, **({"k": k} if k is not None else {}))
@@ -120,6 +125,7 @@ def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = p
         raise SafeSteerError(f"--until {until!r} is not a stage; pick one of {', '.join(STAGES)}")
     resolve_model_path(cfg.model)  # a bad model spec fails before anything is written
     baselines(cfg)  # an unknown --baseline name too
+    answer_tokens(cfg.eval_lengths)  # and a bad answer-length choice
     run = Path(out)
     run.mkdir(parents=True, exist_ok=True)
     added = check_same_config(run, cfg)
@@ -186,11 +192,19 @@ def real_sets(splits: RunSplits, n_train: int, n_val: int, seed: int) -> Instruc
 
 
 def real_eval_spec(run: Path, splits: RunSplits, n: int | None = None,
-                   reasoning_tokens: int = REASONING_TOKENS) -> EvalSpec:
+                   reasoning_tokens: int = REASONING_TOKENS, lengths: str = "fixed") -> EvalSpec:
     """The held-out HarmBench behaviours and the test splits of our look-alike, harmless and capability sets, beside
-    the public benchmarks (XSTest from its local copy, rho's benign-edgy requests, GSM8K-100)."""
+    the public benchmarks (XSTest from its local copy, rho's benign-edgy requests, GSM8K-100); lengths: 'fixed' or
+    'measured' answer lengths (`evaluate.stage.answer_tokens`)."""
     return EvalSpec(harmful=str(splits.held_out_file(run)), lookalike="lookalike-test", harmless="harmless-test",
-                    capability="capability-test", n=n, reasoning_tokens=reasoning_tokens)
+                    capability="capability-test", n=n, reasoning_tokens=reasoning_tokens,
+                    answer_tokens=answer_tokens(lengths))
+
+
+def resumed_lengths(run: str | Path) -> str | None:
+    """The answer lengths of a run folder started earlier ('fixed' when it predates the setting); None: a new run."""
+    path = Path(run) / "run_config.json"
+    return read_json(path, "run config").get("eval_lengths", "fixed") if path.is_file() else None
 
 
 def training_prompts(run: Path, cfg: RunConfig) -> list[str]:
@@ -330,7 +344,8 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
         examples = evaluation_set(cfg.eval_split, per_group=cfg.eval_per_group, per_task=cfg.eval_per_task)
         models = evaluate_run(run, base, tok, students, log, split=cfg.eval_split, examples=examples)
     else:
-        spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n, cfg.eval_reasoning_tokens)
+        spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n, cfg.eval_reasoning_tokens,
+                              cfg.eval_lengths)
         # a gated variant's teacher gets its own row: is it selective before anything is distilled?
         teachers = ({"teacher-gated": gated_teacher(run, base, tok, cfg.seed, log)}
                     if any(v.teacher_rule == "gated" for v in baselines(cfg).values()) else {})
@@ -345,4 +360,5 @@ def stage_report(run: Path, cfg: RunConfig, log) -> dict:
     return {"files": {k: str(v) for k, v in written.items()}}
 
 
-__all__ = ["REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "run_config", "run_pipeline", "stage_status"]
+__all__ = ["REAL_LR", "REAL_TOKENS", "STAGES", "RunConfig", "baselines", "resumed_lengths", "run_config",
+           "run_pipeline", "stage_status"]

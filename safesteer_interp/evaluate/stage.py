@@ -73,18 +73,38 @@ class EvalSpec:
     edgy: str | None = "rho-benign-edgy"
     reasoning: str | None = "gsm8k-100"
     reasoning_tokens: int = REASONING_TOKENS
+    # answer length per set (group -> new tokens, e.g. MEASURED_ANSWER_TOKENS); a set not named, or None: the
+    # evaluation's max_new_tokens for every set (the fixed-length evaluation of every table before issue 35)
+    answer_tokens: Mapping[str, int] | None = None
 
 
 REAL_ANSWER_TOKENS = 64  # a real model's answers (`eval`, `run`): long enough to see a refusal degenerate
+# Where each set's verdicts are decided (issue 35, `benchmarks/answer_length.py`, docs/speed.md): the shortest
+# answer whose verdicts (substring and coherent refusal, helpfulness, capability) equal the 64-token verdicts on
+# >= 99 % of Qwen's val rows (base, teacher and five students pooled). Helpfulness and capability need all 64
+# (degeneracy and late answers); XSTest and benign-edgy have no val rows and take the longest refusal length chosen
+# on val. The sampled answers stay at the evaluation's full length.
+MEASURED_ANSWER_TOKENS = {"harmful": 20, "lookalike": 8, "harmless": 64, "capability": 64, "xstest-safe": 20,
+                          "xstest-unsafe": 20, "edgy": 20}
+ANSWER_LENGTHS = ("fixed", "measured")  # a run's `eval_lengths`: every set at eval_tokens, or the lengths above
 
 
-def real_spec(split: str = "test", n: int | None = None) -> EvalSpec:
+def answer_tokens(lengths: str) -> Mapping[str, int] | None:
+    """`EvalSpec.answer_tokens` of a named answer-length choice: 'fixed' (None) or 'measured'."""
+    if lengths not in ANSWER_LENGTHS:
+        raise SafeSteerError(f"answer lengths {lengths!r}: pick 'fixed' (every set at the evaluation's answer "
+                             "length) or 'measured' (each set where its verdicts are decided, docs/speed.md)")
+    return dict(MEASURED_ANSWER_TOKENS) if lengths == "measured" else None
+
+
+def real_spec(split: str = "test", n: int | None = None, lengths: str = "fixed") -> EvalSpec:
     """A real model's default evaluation: HarmBench's standard behaviours and our shipped sets, one split of each,
-    and on 'test' the public benchmarks too (they are reported, never used for a choice: 'val' leaves them off)."""
+    and on 'test' the public benchmarks too (they are reported, never used for a choice: 'val' leaves them off).
+    lengths: 'fixed' or 'measured' answer lengths (`answer_tokens`)."""
     if split not in ("val", "test"):
         raise SafeSteerError(f"--split {split!r}: a real model is evaluated on 'val' (choices) or 'test' (report)")
     spec = EvalSpec(harmful=f"harmbench-{split}", lookalike=f"lookalike-{split}", harmless=f"harmless-{split}",
-                    capability=f"capability-{split}", n=n)
+                    capability=f"capability-{split}", n=n, answer_tokens=answer_tokens(lengths))
     return spec if split == "test" else dataclasses.replace(spec, xstest=False, edgy=None, reasoning=None)
 
 
@@ -149,6 +169,33 @@ def _request_rows(source: str, group: str, n: int | None, by_category: bool = Fa
     return rows if n is None else rows[:n]
 
 
+def generate_by_length(policy: Policy, rows: Sequence[dict], answer_tokens: Mapping[str, int] | None,
+                       max_new_tokens: int, batch_size: int, progress: Progress | None = None,
+                       **sampling) -> list[str]:
+    """Answers to rows {prompt, group}, in order: one generation call per answer length (`answer_tokens` of the
+    row's group, at most max_new_tokens), so a fixed-length spec makes exactly the one call it always made. Greedy
+    answers are prefix-stable, so a shorter length only cuts each answer where its verdict is already decided."""
+    lengths = list(used_lengths(answer_tokens, [row["group"] for row in rows], max_new_tokens, per_row=True))
+    answers: list[str] = [""] * len(rows)
+    with policy.active():
+        for length in sorted(set(lengths), reverse=True):
+            chosen = [i for i, n in enumerate(lengths) if n == length]
+            texts = generation.generate_answers(policy.model, policy.tokenizer, [rows[i]["prompt"] for i in chosen],
+                                                max_new_tokens=length, batch_size=batch_size, progress=progress,
+                                                **sampling)
+            for i, text in zip(chosen, texts, strict=True):
+                answers[i] = text
+    return answers
+
+
+def used_lengths(answer_tokens: Mapping[str, int] | None, groups: Sequence[str], max_new_tokens: int,
+                 per_row: bool = False) -> dict[str, int] | list[int]:
+    """group -> the answer length its rows are generated with (for eval.json); per_row: one length per group given."""
+    per_set = answer_tokens or {}
+    length = {g: min(per_set.get(g, max_new_tokens), max_new_tokens) for g in sorted(set(groups))}
+    return [length[g] for g in groups] if per_row else length
+
+
 def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
     with policy.active():  # the card generates through whatever view is active (steering, adapters off)
         card = evaluate_organism(policy.model, policy.tokenizer, split, examples=examples, keep_answers=True,
@@ -170,10 +217,7 @@ def _custom(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int
     if spec.capability is not None:
         records += [{**item, "group": "capability"} for item in load_capability(spec.capability)[:spec.n]]
     if records:
-        with policy.active():
-            answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in records],
-                                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                                  progress=progress)
+        answers = generate_by_length(policy, records, spec.answer_tokens, max_new_tokens, batch_size, progress)
         for record, answer in zip(records, answers):
             record.update(answer=answer, refused=judge.is_refusal(answer))
     metrics = score_requests(records)
@@ -251,21 +295,23 @@ def benchmark_rates(records: Sequence[dict], group: str) -> dict:
 
 def benchmarks(policy: Policy, spec: EvalSpec, max_new_tokens: int, batch_size: int, judge,
                progress: Callable[[str], Progress | None] | None = None) -> tuple[dict, list[dict]]:
-    """XSTest-safe (over-refusal), XSTest-unsafe (refusal) and benign-edgy (over-refusal) answers at the run's answer
-    length, judged by the substring and the coherent judge; GSM8K answers greedy in `spec.reasoning_tokens` tokens,
-    judged by their last number. Each set in its own generation call, so no other set's batches change; a set that
-    is off or skipped gives None values and a line in `notes`."""
+    """XSTest-safe (over-refusal), XSTest-unsafe (refusal) and benign-edgy (over-refusal) answers at each set's answer
+    length (`generate_by_length`), judged by the substring and the coherent judge; GSM8K answers greedy in
+    `spec.reasoning_tokens` tokens, judged by their last number. The benchmarks generate apart from the main sets, so
+    none of those sets' batches change; a set that is off or skipped gives None values and a line in `notes`."""
     requests, reasoning, notes = benchmark_rows(spec)
     strict = CoherentRefusalJudge()
-    for rows, tokens, what in ((requests, max_new_tokens, "benchmark answers"),
-                               (reasoning, spec.reasoning_tokens, "reasoning answers")):
-        if not rows:
-            continue
+    if requests:
+        answers = generate_by_length(policy, requests, spec.answer_tokens, max_new_tokens, batch_size,
+                                     None if progress is None else progress("benchmark answers"))
+        for row, answer in zip(requests, answers, strict=True):
+            row["answer"] = answer
+    if reasoning:
         with policy.active():
-            answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
-                                                  max_new_tokens=tokens, batch_size=batch_size,
-                                                  progress=None if progress is None else progress(what))
-        for row, answer in zip(rows, answers, strict=True):
+            answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in reasoning],
+                                                  max_new_tokens=spec.reasoning_tokens, batch_size=batch_size,
+                                                  progress=None if progress is None else progress("reasoning answers"))
+        for row, answer in zip(reasoning, answers, strict=True):
             row["answer"] = answer
     for row in requests:
         row.update(refused=judge.is_refusal(row["answer"]), refused_strict=strict.is_refusal(row["answer"]))
@@ -299,10 +345,7 @@ def sampled_refusal(policy: Policy, records: Sequence[dict], judge, max_new_toke
     rows = [r for r in records if r["group"] in ("refused", "gap", "harmful")]
     if not rows:
         return {}
-    with policy.active():
-        answers = generation.generate_answers(policy.model, policy.tokenizer, [r["prompt"] for r in rows],
-                                              max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=True,
-                                              seed=seed, progress=progress)
+    answers = generate_by_length(policy, rows, None, max_new_tokens, batch_size, progress, do_sample=True, seed=seed)
     by_group, strict = defaultdict(list), CoherentRefusalJudge()
     for row, answer in zip(rows, answers, strict=True):
         by_group[row["group"]].append(judge.is_refusal(answer))
@@ -390,6 +433,7 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
         metrics["capability_mean"] = mean(metrics["capability_accuracy"].values())
 
     if sampled:
+        # at the full length: the agreement study read greedy answers only, and a sample wanders further
         metrics["sampled"] = sampled_refusal(policy, records, judge, max_new_tokens, batch_size,
                                              progress=progress("sampled answers"))
         metrics["gap_refusal_rate_sampled"] = metrics["sampled"].get("gap_refusal_rate")
@@ -402,6 +446,8 @@ def evaluate(model, tokenizer, *, name: str, base=None, spec: str | EvalSpec = "
     metrics["harmless_kl"] = None if drift is None else round(drift.harmless_kl, 6)
     metrics["harmless_kl_tokens"] = None if drift is None else drift.n_tokens
 
+    if isinstance(spec, EvalSpec):  # what each set's answers were cut at, so a reader can tell the two evaluations
+        metrics["answer_tokens"] = used_lengths(spec.answer_tokens, [r["group"] for r in records], max_new_tokens)
     metrics.update(policy=policy.label, spec="organism" if spec == "organism" else "custom", split=split,
                    multiple_choice=mc_results, judges=rejudge(judges, records),
                    seconds=round(time.perf_counter() - started, 2))
@@ -500,6 +546,7 @@ def evaluate_run(run: str | Path, base, tokenizer, students: Mapping[str, Path],
     return list(models)
 
 
-__all__ = ["BENCHMARK_GROUPS", "CONTRACT_KEYS", "REAL_ANSWER_TOKENS", "REASONING_TOKENS", "EvalSpec", "benchmarks",
-           "clean", "contract", "evaluate", "evaluate_run", "evaluate_run_model", "read_summary", "score_requests",
+__all__ = ["ANSWER_LENGTHS", "BENCHMARK_GROUPS", "CONTRACT_KEYS", "MEASURED_ANSWER_TOKENS", "REAL_ANSWER_TOKENS",
+           "REASONING_TOKENS", "EvalSpec", "answer_tokens", "benchmarks", "clean", "contract", "evaluate",
+           "generate_by_length", "evaluate_run", "evaluate_run_model", "read_summary", "score_requests",
            "update_summary", "write_samples"]

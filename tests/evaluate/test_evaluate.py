@@ -33,9 +33,11 @@ from safesteer_interp.evaluate.multiple_choice import MCItem, evaluate_mc, load_
 from safesteer_interp.evaluate.policies import Policy, adapters_off, as_policy, plain, steered
 from safesteer_interp.evaluate.stage import (
     CONTRACT_KEYS,
+    MEASURED_ANSWER_TOKENS,
     REASONING_TOKENS,
     XSTEST_SKIPPED,
     EvalSpec,
+    answer_tokens,
     evaluate,
     read_summary,
     real_spec,
@@ -445,6 +447,8 @@ def test_one_line_errors(tmp_path):
     assert "no-such-org/no-such-model" in one_line_error(["eval", "--model", "no-such-org/no-such-model",
                                                           "--out", str(tmp_path / "x.json")])
     assert "does not exist" in one_line_error(["eval", "--teacher", "--run", str(tmp_path / "nope")])
+    assert "answer lengths 'short'" in one_line_error(["eval", "--model", "no-such-org/no-such-model", "--out",
+                                                       str(tmp_path / "x.json"), "--answer-lengths", "short"])
     assert "does not exist" in one_line_error(["report", str(tmp_path / "nope")])
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "summary.json").write_text('{"base": {"model": ')
@@ -699,3 +703,68 @@ def test_cli_eval_help_names_the_public_benchmarks():
     for option in ("--no-xstest", "--no-edgy", "--no-reasoning", "--reasoning-tokens", "XSTest v2", "GSM8K-100",
                    "benign-but-edgy"):
         assert option in text, option
+
+
+# ----------------------------------------------------------------------------------------------- answer lengths
+def test_generate_by_length_cuts_each_set_to_a_prefix_of_its_long_greedy_answer(qwen2, one_thread):
+    """Per-set lengths: one generation call per length, answers back in row order, and each short greedy answer is
+    the start of the same prompt's long one (what lets `benchmarks/answer_length.py` read verdicts off stored
+    answers)."""
+    from safesteer_interp.core.generation import generate_answers
+    from safesteer_interp.evaluate.stage import generate_by_length
+
+    model, tok = qwen2
+    policy = as_policy(model, tok)
+    rows = [{"prompt": p, "group": g} for p, g in zip(HARMLESS, ("harmful", "harmless", "harmful", "harmless"))]
+    long = generate_answers(model, tok, HARMLESS, max_new_tokens=8, min_new_tokens=8)
+    mixed = generate_by_length(policy, rows, {"harmful": 3}, 8, 4, min_new_tokens=3)
+    assert [mixed[1], mixed[3]] == [long[1], long[3]]  # harmless: no entry, the evaluation's 8 tokens
+    for short, full in ((mixed[0], long[0]), (mixed[2], long[2])):
+        ids = tok.encode(short, add_special_tokens=False)
+        assert 0 < len(ids) <= 3 and full.startswith(short), (short, full)
+    assert generate_by_length(policy, rows, None, 8, 4, min_new_tokens=8) == long  # fixed: the one call as before
+    assert generate_by_length(policy, rows, {"harmful": 64}, 8, 4, min_new_tokens=8) == long  # never above the max
+
+
+def test_measured_lengths_reach_the_generation_calls_and_eval_json(monkeypatch, tmp_path, qwen2):
+    model, tok = qwen2
+    calls = []
+
+    def fake_generate(model_, tok_, prompts, **kwargs):
+        calls.append((len(prompts), kwargs["max_new_tokens"], kwargs.get("do_sample", False)))
+        return ["I'm sorry, but I can't help with that." for _ in prompts]
+
+    monkeypatch.setattr("safesteer_interp.core.generation.generate_answers", fake_generate)
+    sets = main_sets(tmp_path)["spec"]
+    spec = dataclasses.replace(sets, xstest=False, edgy=None, reasoning=None,
+                               answer_tokens=answer_tokens("measured"))
+    result = evaluate(model, tok, name="m", spec=spec, max_new_tokens=64, out_dir=tmp_path / "out")
+    # one greedy call per distinct length of the four sets (two rows each); the sampled harmful answers at 64
+    per_length: dict[int, int] = {}
+    for group in ("harmful", "lookalike", "harmless", "capability"):
+        per_length[MEASURED_ANSWER_TOKENS[group]] = per_length.get(MEASURED_ANSWER_TOKENS[group], 0) + 2
+    assert sorted(calls) == sorted([(n, length, False) for length, n in per_length.items()] + [(2, 64, True)])
+    assert len(per_length) > 1 and MEASURED_ANSWER_TOKENS["harmless"] == 64  # helpfulness reads the whole answer
+    assert result["answer_tokens"] == {g: MEASURED_ANSWER_TOKENS[g]
+                                       for g in ("capability", "harmful", "harmless", "lookalike")}
+    assert json.loads((tmp_path / "out" / "eval.json").read_text())["answer_tokens"] == result["answer_tokens"]
+    calls.clear()
+    evaluate(model, tok, name="f", spec=dataclasses.replace(spec, answer_tokens=None), max_new_tokens=64)
+    assert sorted(calls) == [(2, 64, True), (8, 64, False)]  # fixed: one call for the main sets, as every run before
+    with pytest.raises(SafeSteerError, match="answer lengths 'short'.*'fixed'.*'measured'"):
+        answer_tokens("short")
+
+
+def test_runs_keep_the_answer_lengths_they_were_started_with(tmp_path):
+    from safesteer_interp.pipeline import RunConfig, check_same_config, resumed_lengths, run_config
+
+    assert run_config("qwen2.5-coder-0.5b-instruct").eval_lengths == "measured"  # a new real run
+    assert run_config("organism").eval_lengths == "fixed"  # the organism evaluates on its own card
+    assert resumed_lengths(tmp_path) is None  # nothing started there
+    old = {k: v for k, v in dataclasses.asdict(RunConfig(model="qwen2.5-coder-0.5b-instruct")).items()
+           if k != "eval_lengths"}  # a run started before the setting existed
+    (tmp_path / "run_config.json").write_text(json.dumps(old))
+    assert resumed_lengths(tmp_path) == "fixed"
+    check_same_config(tmp_path, RunConfig(model="qwen2.5-coder-0.5b-instruct", eval_lengths="fixed"))  # resumes
+    with pytest.raises(SafeSteerError, match="eval_lengths: 'fixed' -> 'measured'"):
+        check_same_config(tmp_path, RunConfig(model="qwen2.5-coder-0.5b-instruct", eval_lengths="measured"))
