@@ -3,10 +3,10 @@
 Greedy answers are prefix-stable: the answer a model writes in L tokens is the first L tokens of the one it writes
 in 64. So the verdict at length L can be read off the answers an evaluation already stored (`samples.jsonl`),
 without generating again: re-tokenise each answer, keep its first L tokens, judge that. The length for a set is the
-shortest L whose verdicts equal the 64-token verdicts on >= 99 % of its *validation* rows (every contrast-set
-student's val evaluation, `RUN/baselines/*/val/samples.jsonl`); the test rows (`RUN/eval/*/samples.jsonl`) only
-say how far each reported rate moves at that length. Re-tokenising a decoded answer can split a word differently
-from the ids the model wrote; the study counts such rows as they come (they are a few per thousand).
+shortest L whose verdicts equal the 64-token verdicts on >= 99 % of its *validation* rows (every val evaluation
+of the run: `RUN/baselines/*/val/samples.jsonl` and `RUN/analysis/answer-length/*/`, pooled); the test rows
+(`RUN/eval/*/samples.jsonl`) only say how far each reported rate moves at that length. Re-tokenising a decoded
+answer can split a word differently from the ids the model wrote; the study counts such rows as they come.
 
 The students' val answers alone would bias the choice: a steered teacher's refusals degenerate later than a
 student's, so `--reference` first writes the base model's and the run's teacher's val answers (64 tokens, into
@@ -114,15 +114,16 @@ def main() -> None:
                                     *args.run.glob("analysis/answer-length/*/samples.jsonl")]))
     val = agreement(verdict_table(tokenizer, val_rows))
     chosen = {f"{name}/{group}": next(L for L in LENGTHS if by[L] >= AGREEMENT) for (name, group), by in val.items()}
+    lengths = set_lengths(chosen)
     per_model = {}  # the pooled rule can hide one model's misses: its worst model at the set's length, reported
     for model in sorted({r["model"] for r in val_rows}):
         mine = agreement(verdict_table(tokenizer, [r for r in val_rows if r["model"] == model]))
-        per_model[model] = {f"{n}/{g}": by[set_lengths(chosen)[g]] for (n, g), by in mine.items()}
+        per_model[model] = {f"{n}/{g}": by[lengths[g]] for (n, g), by in mine.items()}
     result = {"rule": f"shortest L in {LENGTHS} whose verdict equals the 64-token verdict on >= {AGREEMENT:.0%} of "
                       "val rows (every model's val answers pooled)",
               "val_models": sorted({r["model"] for r in val_rows}), "val_rows": len(val_rows),
               "val_agreement": {f"{n}/{g}": {str(L): round(a, 4) for L, a in by.items()} for (n, g), by in val.items()},
-              "chosen": chosen, "set_lengths": set_lengths(chosen),
+              "chosen": chosen, "set_lengths": lengths,
               "val_agreement_per_model_at_set_length": {m: {k: round(a, 4) for k, a in v.items()}
                                                         for m, v in per_model.items()},
               "test": {}}
@@ -131,7 +132,7 @@ def main() -> None:
         table = verdict_table(tokenizer, rows)
         moved = {}
         for (name, group), by in table.items():
-            length = result["set_lengths"][group]
+            length = lengths[group]
             full, short = sum(by[64]) / len(by[64]), sum(by[length]) / len(by[length])
             moved[f"{name}/{group}"] = {"L": length, "rate_64": round(full, 4), "rate_L": round(short, 4),
                                         "agreement": round(sum(a == b for a, b in zip(by[length], by[64]))

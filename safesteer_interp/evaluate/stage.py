@@ -175,7 +175,8 @@ def generate_by_length(policy: Policy, rows: Sequence[dict], answer_tokens: Mapp
     """Answers to rows {prompt, group}, in order: one generation call per answer length (`answer_tokens` of the
     row's group, at most max_new_tokens), so a fixed-length spec makes exactly the one call it always made. Greedy
     answers are prefix-stable, so a shorter length only cuts each answer where its verdict is already decided."""
-    lengths = list(used_lengths(answer_tokens, [row["group"] for row in rows], max_new_tokens, per_row=True))
+    per_set = used_lengths(answer_tokens, [row["group"] for row in rows], max_new_tokens)
+    lengths = [per_set[row["group"]] for row in rows]
     answers: list[str] = [""] * len(rows)
     with policy.active():
         for length in sorted(set(lengths), reverse=True):
@@ -188,12 +189,11 @@ def generate_by_length(policy: Policy, rows: Sequence[dict], answer_tokens: Mapp
     return answers
 
 
-def used_lengths(answer_tokens: Mapping[str, int] | None, groups: Sequence[str], max_new_tokens: int,
-                 per_row: bool = False) -> dict[str, int] | list[int]:
-    """group -> the answer length its rows are generated with (for eval.json); per_row: one length per group given."""
+def used_lengths(answer_tokens: Mapping[str, int] | None, groups: Sequence[str], max_new_tokens: int
+                 ) -> dict[str, int]:
+    """group -> the answer length its rows are generated with (also written to eval.json)."""
     per_set = answer_tokens or {}
-    length = {g: min(per_set.get(g, max_new_tokens), max_new_tokens) for g in sorted(set(groups))}
-    return [length[g] for g in groups] if per_row else length
+    return {g: min(per_set.get(g, max_new_tokens), max_new_tokens) for g in sorted(set(groups))}
 
 
 def _organism(policy: Policy, split: str, examples, max_new_tokens: int, batch_size: int) -> tuple[dict, list[dict]]:
