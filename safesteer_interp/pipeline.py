@@ -138,6 +138,8 @@ def run_pipeline(out: str | Path, cfg: RunConfig, log: Callable[[str], None] = p
     for stage in STAGES:
         if not stale and marker(run, stage).is_file():
             log(f"[{stage}] done earlier, reused ({marker(run, stage)})")
+            if stage == until:  # a rerun with the same --until stops there too
+                break
             continue
         stale = True  # everything downstream depends on this stage's output
         marker(run, stage).unlink(missing_ok=True)

@@ -132,11 +132,14 @@ def test_a_named_baseline_added_to_a_finished_run_trains_and_evaluates_only_itse
 
 
 def test_until_stops_after_a_stage_and_a_rerun_goes_on(tiny_organism, tmp_path):
-    """`run --until tokens`: direction and tokens run, nothing after them; the same command without it resumes."""
+    """`run --until tokens`: direction and tokens run, nothing after them (rerun too); without it the run resumes."""
     logs: list[str] = []
     assert run_pipeline(tmp_path, _config(tiny_organism), log=logs.append, until="tokens") == {}
     assert stage_status(tmp_path) == {"direction": True, "tokens": True, "train": False, "eval": False,
                                       "report": False}
+    logs.clear()
+    assert run_pipeline(tmp_path, _config(tiny_organism), log=logs.append, until="tokens") == {}  # stops again
+    assert [line.split("]")[0][1:] for line in logs] == ["direction", "tokens"] and not stage_status(tmp_path)["train"]
     logs.clear()
     summary = run_pipeline(tmp_path, _config(tiny_organism), log=logs.append)
     assert [line.split("]")[0][1:] for line in logs if line.endswith("running")] == ["train", "eval", "report"]
