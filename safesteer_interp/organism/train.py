@@ -36,7 +36,8 @@ import json
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -245,10 +246,28 @@ def answer_loss(logits: Float[Tensor, "b t v"], batch: Batch, smoothing: float, 
     return per_token[valid].mean()
 
 
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to `n` for the block, then put back: a caller's later work (the rest of a
+    test session, a notebook) keeps its own count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def train_organism(cfg: TrainConfig, out_dir: str | Path | None = None,
                    log: Callable[[str], None] = print) -> tuple[Qwen2ForCausalLM, object, dict]:
-    """Train an organism; save it to `out_dir` if given. Returns (model, tokenizer, training record)."""
-    torch.set_num_threads(cfg.threads)
+    """Train an organism on `cfg.threads` threads; save it to `out_dir` if given. Returns (model, tokenizer, training
+    record)."""
+    with torch_threads(cfg.threads):
+        return _train(cfg, out_dir, log)
+
+
+def _train(cfg: TrainConfig, out_dir: str | Path | None, log: Callable[[str], None]
+           ) -> tuple[Qwen2ForCausalLM, object, dict]:
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer()
     model = Qwen2ForCausalLM(model_config(tokenizer, cfg))

@@ -86,7 +86,9 @@ def test_tokenizer_covers_the_world_and_decodes_naturally():
 def test_tiny_organism_trains_and_loads(tmp_path):
     cfg = TrainConfig(steps=4, batch_size=8, n_layers=1, d_model=32, n_heads=2, d_mlp=64, corpus_size=64,
                       warmup=2)
+    torch.set_num_threads(2)  # the session's count (conftest); training runs on cfg.threads = 1
     model, _tok, record = train_organism(cfg, tmp_path / "tiny", log=lambda _msg: None)
+    assert torch.get_num_threads() == 2  # put back: it once stayed 1 for every later test (real-model runs 40 % slower)
     again, _, _ = train_organism(cfg, None, log=lambda _msg: None)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
     loaded, tokenizer = load_model(str(tmp_path / "tiny"))
