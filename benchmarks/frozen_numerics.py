@@ -22,6 +22,7 @@ import copy
 import json
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -38,20 +39,20 @@ SUBSTRING, COHERENT = RefusalJudge(), CoherentRefusalJudge()
 REFUSAL_SETS = {"harmful": "harmbench-val", "lookalike": "lookalike-val", "harmless": "harmless-val"}
 
 
-def forms(model, names: list[str]) -> dict:
-    """name -> a frozen copy of `model` in that number format (float32 stays the reference)."""
-    out = {}
+def forms(model, names: list[str]) -> Iterator[tuple[str, object]]:
+    """(name, a frozen copy of `model` in that number format), each made when the loop reaches it rather than all
+    up front (float32 stays the reference)."""
     for name in names:
         if name == "bf16":
-            out[name] = copy.deepcopy(model).to(torch.bfloat16)
+            yield name, copy.deepcopy(model).to(torch.bfloat16)
         elif name == "int8":
             with warnings.catch_warnings():  # torch.ao's deprecation notice: the function still runs in 2.13
                 warnings.simplefilter("ignore")
-                out[name] = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
+                quantised = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear},
                                                                    dtype=torch.qint8)
+            yield name, quantised
         else:
             raise SystemExit(f"--forms: {name!r} is not one of bf16, int8")
-    return out
 
 
 def verdicts(group: str, answers: list[str], items: list[dict]) -> dict[str, list[bool]]:
@@ -98,7 +99,7 @@ def main() -> None:
               sets.items()}, "tokens": args.tokens, "threads": args.threads,
               "float32_seconds": {view: round(reference[view][1], 1) for view in views}, "forms": {}}
     print("float32:", report["float32_seconds"], flush=True)
-    for name, m in forms(model, args.forms.split(",")).items():
+    for name, m in forms(model, args.forms.split(",")):
         for view in views:
             (ref, seconds), (got, secs) = reference[view], answers_of(m, view)
             row = {"seconds": round(secs, 1), "speedup": round(seconds / secs, 2), "sets": {}}
@@ -112,7 +113,6 @@ def main() -> None:
                        for k in ref_v}}
             report["forms"][f"{name} {view}"] = row
             print(f"{name} {view}: {secs:.1f} s ({row['speedup']}x)", json.dumps(row["sets"]), flush=True)
-        del m
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -60,12 +60,14 @@ def run(
 
     check_positions(teacher_positions, "--teacher-positions", auto=True)  # before the run folder is touched
     organism = is_organism(model)
+    lengths = answer_lengths or resumed_lengths(out)
     cfg = run_config(model, teacher_positions=teacher_positions, method=method,
                      k=(k if k == "auto" else _int(k, "--k")) if k else None, lr=lr, seed=seed,
                      baselines=True if baselines else list(baseline or []) or False, horizon=horizon,
                      coeff=coeff if coeff == "auto" else float(coeff), n_prompts=n_prompts, samples=samples,
                      distill={"epochs": epochs},
-                     **({} if organism else {"eval_lengths": answer_lengths or resumed_lengths(out) or "measured"}))
+                     # run_config's default ("measured") unless given, or kept from the run folder being resumed
+                     **({} if organism or not lengths else {"eval_lengths": lengths}))
     VoteConfig(k=cfg.k, method=cfg.method)  # a bad --k / --method fails before the run folder is touched
     from safesteer_interp.report.sections import with_training_time  # lazy: matplotlib (slow CLI start-up)
 

@@ -36,10 +36,10 @@ def qwen2():
 @pytest.fixture()
 def one_thread():
     """Tiny models are fastest on one thread; two threads on two shared cores oversubscribe them 20-60x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    from safesteer_interp.organism.train import torch_threads  # lazy: the offline environment above comes first
+
+    with torch_threads(1):
+        yield
 
 
 def manual_greedy(model, batch, steps, eos_ids, edit_for_step):
