@@ -36,6 +36,10 @@ from safesteer_interp.evaluate.capability import is_correct, load_capability
 from safesteer_interp.teacher import SteeredTeacher
 
 SUBSTRING, COHERENT = RefusalJudge(), CoherentRefusalJudge()
+HOW_TO_READ = ("per form and view ('bf16 base'): seconds of greedy generation over every set, speedup = float32 "
+               "seconds / these; per set: identical_answers = share of rows whose answer text equals float32's, "
+               "*_agreement = share of rows whose verdict equals float32's, *_rate = [float32 rate, this form's rate]; "
+               "tokens = new tokens per answer; rows = val prompts per set")
 REFUSAL_SETS = {"harmful": "harmbench-val", "lookalike": "lookalike-val", "harmless": "harmless-val"}
 
 
@@ -95,8 +99,8 @@ def main() -> None:
 
     views = ["base"] + (["teacher"] if direction is not None else [])
     reference = {view: answers_of(model, view) for view in views}
-    report = {"model": args.model, "run": str(args.run) if args.run else None, "rows": {g: len(p) for g, p in
-              sets.items()}, "tokens": args.tokens, "threads": args.threads,
+    report = {"how_to_read": HOW_TO_READ, "model": args.model, "run": str(args.run) if args.run else None,
+              "rows": {g: len(p) for g, p in sets.items()}, "tokens": args.tokens, "threads": args.threads,
               "float32_seconds": {view: round(reference[view][1], 1) for view in views}, "forms": {}}
     print("float32:", report["float32_seconds"], flush=True)
     for name, m in forms(model, args.forms.split(",")):
