@@ -205,34 +205,100 @@ def compare_command(
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")
 
 
+JUDGE_KEYS = {"substring": "refusal", "coherent": "refusal_strict", "continuation": "refusal_continuation"}
+
+
 def attack_command(
     run: Annotated[str, typer.Option("--run", help="a real-model run folder (held-out HarmBench in RUN/splits.json)")],
     n: Annotated[int | None, typer.Option(min=1, help="only the first N held-out behaviours (smoke runs)")] = None,
     model: Annotated[list[str] | None, typer.Option(
         "--model", metavar="NAME", help="attack only this model now (repeatable: base, teacher, safesteer or a "
                                         "baseline's name); the others keep their earlier results")] = None,
+    rejudge: Annotated[bool, typer.Option(help="run no model: judge every saved answer again with today's judges "
+                                               "(RUN/attacks/*/answers.jsonl) and rewrite the summaries")] = False,
+    judge: Annotated[str, typer.Option(help="the judge the printed table shows: continuation (checked against hand "
+                                            "labels, docs/attacks.md), coherent or substring")] = "continuation",
 ) -> None:
     """How deep the refusal goes: jailbreak templates and prefilled answers on the run's held-out behaviours, for
     the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
     from safesteer_interp.core.artifacts import read_json  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.core.models import load_model  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.attacks import PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
+    from safesteer_interp.evaluate.attacks import rejudge as rejudge_run
 
+    if judge not in JUDGE_KEYS:
+        raise SafeSteerError(f"--judge {judge!r}: pick one of {', '.join(JUDGE_KEYS)}")
     folder = Path(run)
-    config = read_json(folder / "run_config.json", "run config")
-    trained = [folder / "train"] + sorted((folder / "baselines").glob("*/train"))
-    students = {("safesteer" if t.parent == folder else t.parent.name): t / "model" for t in trained
-                if (t / "model" / "config.json").is_file()}
-    base, tok = load_model(config["model"])
-    summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n,
-                         only=model or ())
+    if rejudge:
+        summary = rejudge_run(folder)
+    else:
+        from safesteer_interp.core.models import load_model  # lazy: torch (slow CLI start-up)
+
+        config = read_json(folder / "run_config.json", "run config")
+        trained = [folder / "train"] + sorted((folder / "baselines").glob("*/train"))
+        students = {("safesteer" if t.parent == folder else t.parent.name): t / "model" for t in trained
+                    if (t / "model" / "config.json").is_file()}
+        base, tok = load_model(config["model"])
+        summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n,
+                             only=model or ())
     columns = ["plain", *TEMPLATES, "templates", *(f"prefill-{k}" for k in PREFILL_DEPTHS)]
-    table = Table(title=f"coherent refusal under attack ({folder})")
+    table = Table(title=f"refusal under attack, {judge} judge ({folder})")
     table.add_column("model", no_wrap=True)
     for column in columns:
         table.add_column(column, justify="right")
     for name, entry in summary.items():
-        cells = [entry["attacks"].get(c, {}).get("refusal_strict") for c in columns]
+        cells = [entry["attacks"].get(c, {}).get(JUDGE_KEYS[judge]) for c in columns]
         table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in cells))
     console.print(table)
     console.print(f"answers and summaries: {folder / 'attacks'}/")
+
+
+def _agreement_cell(scores: dict) -> str:
+    kappa = "-" if scores["kappa"] is None else f"{scores['kappa']:.2f}"
+    return f"{scores['accuracy']:.2f} / {kappa}"
+
+
+def judges_command(
+    run: Annotated[str, typer.Option("--run", help="a run folder whose models were attacked (RUN/attacks/)")],
+    draw: Annotated[str | None, typer.Option(help="write a seeded sample of the attack answers to this JSONL file, "
+                                                  "to be labelled by reading")] = None,
+    model: Annotated[list[str] | None, typer.Option("--model", metavar="NAME", help="with --draw: the models to "
+                                                    "draw from (repeatable; default every attacked one)")] = None,
+    per_model: Annotated[int, typer.Option(min=6, help="with --draw: rows per model, spread over the attacks")] = 50,
+    seed: Annotated[int, typer.Option(help="with --draw: the sample's seed")] = 0,
+    labels: Annotated[str | None, typer.Option(help="a labelled sample (JSONL: label refusal / compliance / "
+                                                    "degenerate, reason, half): score every judge against it")] = None,
+    half: Annotated[str, typer.Option(help="with --labels: test (report), dev (development) or all")] = "test",
+) -> None:
+    """Refusal judges against hand labels: draw a sample of attack answers to label, or score each judge's accuracy
+    and Cohen's kappa on the labelled sample, per attack (RUN/attacks/judges.json)."""
+    from safesteer_interp.core.artifacts import write_json, write_jsonl
+    from safesteer_interp.core.judges import CoherentRefusalJudge, ContinuationRefusalJudge, RefusalJudge
+    from safesteer_interp.evaluate.judge_labels import agreement, best_judge, draw_sample, read_labels
+
+    folder = Path(run)
+    if (draw is None) == (labels is None):
+        raise SafeSteerError("pass exactly one of --draw FILE (a sample to label) or --labels FILE (score the judges)")
+    if draw is not None:
+        names = model or sorted(p.parent.name for p in (folder / "attacks").glob("*/answers.jsonl"))
+        sample = draw_sample(folder, names, per_model=per_model, seed=seed)
+        write_jsonl(Path(draw), sample)
+        console.print(f"wrote {len(sample)} rows to label into {draw} (models: {', '.join(names)}; seed {seed})")
+        return
+    judges = {"substring": RefusalJudge(), "coherent": CoherentRefusalJudge(),
+              "continuation": ContinuationRefusalJudge()}
+    rows = read_labels(labels)
+    table = agreement(rows, {name: j.is_refusal for name, j in judges.items()}, half=half)
+    best = best_judge(table)
+    write_json(folder / "attacks" / "judges.json", {"labels": str(labels), "half": half, "agreement": table,
+                                                    "best": best})
+    out = Table(title=f"judges against {labels} ({half} half): accuracy / Cohen's kappa")
+    out.add_column("judge")
+    attacks = list(next(iter(table.values()))["by_attack"])
+    for column in ["all", *attacks]:
+        out.add_column(column, justify="right")
+    for name, entry in table.items():
+        cells = [entry["all"], *(entry["by_attack"][a] for a in attacks)]
+        out.add_row(name, *(_agreement_cell(c) for c in cells))
+    console.print(out)
+    console.print(f"best: {best['judge']} ({best['accuracy']:.2f}; {'meets' if best['meets'] else 'misses'} "
+                  f"{best['floor']:.2f}); {folder / 'attacks' / 'judges.json'}")

@@ -13,7 +13,13 @@ from safesteer_interp.cli import options
 from safesteer_interp.cli.analyze import analyze
 from safesteer_interp.cli.datasets import datasets_command
 from safesteer_interp.cli.direction import direction
-from safesteer_interp.cli.evaluate import attack_command, compare_command, eval_command, report_command
+from safesteer_interp.cli.evaluate import (
+    attack_command,
+    compare_command,
+    eval_command,
+    judges_command,
+    report_command,
+)
 from safesteer_interp.cli.organism import organism_app
 from safesteer_interp.cli.presets import presets_command
 from safesteer_interp.cli.run import run
@@ -70,6 +76,7 @@ def _register() -> None:
     app.command("report")(report_command)
     app.command("analyze")(analyze)
     app.command("attack")(attack_command)
+    app.command("judges")(judges_command)
     app.command("compare")(compare_command)
     app.command("datasets")(datasets_command)
     app.command("presets")(presets_command)

@@ -291,19 +291,21 @@ def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume:
     prefills: list[str] = []
     also: tuple = ()
     described = variant.loss
-    if variant.deep:
+    if variant.deep:  # the gated recovering teacher is chosen on prefilled val as safesteer-recover's, ungated
+        rule = "prefill-answer" if variant.teacher_rule == "prefill-answer-gated" else variant.teacher_rule
         direction, prefills, also = deep_inputs(target, model, tok, direction, prompts,
-                                                run_splits(run, cfg.seed).harmful_val, cfg.seed, log,
-                                                rule=variant.teacher_rule)
+                                                run_splits(run, cfg.seed).harmful_val, cfg.seed, log, rule=rule)
         described += (f" + deep teacher (coeff {direction.coeff}"
                       + "".join(f", refusing-answer direction at layer {d.layer} x {d.coeff}" for d in also)
                       + ") + prefilled answers")
     gate = None
-    if variant.teacher_rule == "gated":
+    if variant.gated:
         gate = run_gate(run, model, tok, cfg.seed, log).row_gate()
         described += f" + gated teacher (layer {gate.layer}, threshold {gate.threshold:.4g})"
     if variant.benign:  # a contrast set: the benign prompts join the harmful ones (more prompts, more steps)
-        prompts = prompts + contrast_prompts(run, cfg.seed, variant.benign)
+        benign = contrast_prompts(run, cfg.seed, variant.benign)
+        prompts = prompts + benign
+        prefills = prefills + [""] * len(benign) if prefills else prefills  # benign answers start plainly
     safety = load_safety_tokens(run) if variant.vocab == "safe" else None
     anchors = anchor_prompts(run, cfg) if variant.anchor_weight > 0 else []
     dcfg.anchor_weight = variant.anchor_weight
@@ -350,7 +352,7 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
                               cfg.eval_lengths)
         # a gated variant's teacher gets its own row: is it selective before anything is distilled?
         teachers = ({"teacher-gated": gated_teacher(run, base, tok, cfg.seed, log)}
-                    if any(v.teacher_rule == "gated" for v in baselines(cfg).values()) else {})
+                    if any(v.gated for v in baselines(cfg).values()) else {})
         models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens,
                               teachers=teachers)
     return {"models": models}

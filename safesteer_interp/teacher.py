@@ -53,7 +53,8 @@ class Teacher(Protocol):
     def active(self, positions: Positions | None = None) -> AbstractContextManager[None]: ...
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"],
-                          prompt_length: int | Int[Tensor, " batch"] | None) -> Positions: ...
+                          prompt_length: int | Int[Tensor, " batch"] | None,
+                          prefill_tokens: Int[Tensor, " batch"] | None = None) -> Positions: ...
 
     def logits(self, batch: ChatBatch, last: int | None = None, *,
                prompt_length: int | None = None) -> Float[Tensor, "batch pos vocab"]: ...
@@ -140,12 +141,13 @@ class SteeredTeacher:
             yield
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
-                          ) -> Positions:
+                          prefill_tokens: Int[Tensor, " batch"] | None = None) -> Positions:
         """Where to steer in a teacher-forced pass over prompt + answer tokens (`input_ids`: the padded block).
 
         "prompt", "last" and k mean prompt tokens: in `generate` that is the prefill, but in one forward over
         prompt + answer they are the columns before `prompt_length` (left padding aligns them across rows), so they
-        need an explicit mask; without `prompt_length` the hook would steer answer tokens instead.
+        need an explicit mask; without `prompt_length` the hook would steer answer tokens instead. A begun answer
+        (`prefill_tokens`) counts as prompt here, as it does in `generate`.
         """
         if isinstance(self.positions, Tensor) or self.positions == "all":
             return self.positions
@@ -196,10 +198,16 @@ class GatedTeacher(SteeredTeacher):
             yield
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
-                          ) -> GatedPositions:
-        """The steered teacher's positions for a pass over prompt + answer, and where the prompts end (None: the
-        batch holds prompts only, which end at its last column)."""
-        return GatedPositions(super().scoring_positions(input_ids, prompt_length), prompt_length)
+                          prefill_tokens: Int[Tensor, " batch"] | None = None) -> GatedPositions:
+        """The steered teacher's positions for a pass over prompt + answer, and where the requests end (None: the
+        batch holds prompts only, which end at its last column). The gate reads the request, not a begun answer:
+        with `prefill_tokens` it reads that many columns before the prompt block's end (`safesteer-recover-gated`:
+        a compliant prefill drags stage 1's projection down, the request's end still carries it)."""
+        end = prompt_length
+        if prefill_tokens is not None:
+            width = input_ids.shape[1] if prompt_length is None else prompt_length
+            end = torch.as_tensor(width, device=input_ids.device) - prefill_tokens.to(input_ids.device)
+        return GatedPositions(super().scoring_positions(input_ids, prompt_length), end)
 
 
 class PromptTeacher:
@@ -226,7 +234,7 @@ class PromptTeacher:
         return adapters_disabled(self.model)
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
-                          ) -> Positions:
+                          prefill_tokens: Int[Tensor, " batch"] | None = None) -> Positions:
         return "all"  # nothing is steered; the system prompt does the work
 
 

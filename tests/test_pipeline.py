@@ -75,7 +75,7 @@ def test_baselines_of_a_run():
     real = baselines(RunConfig(model="smollm2-135m-instruct", baselines=True))
     assert set(organism) - set(real) == {"opd-topk"}
     assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor",
-                                         "safesteer-gated", "safesteer-binned-anchor",
+                                         "safesteer-gated", "safesteer-binned-anchor", "safesteer-recover-gated",
                                          *(f"safesteer-gated-contrast-{n}" for n in (8, 16, 32, 64))}
     assert real["safesteer-binned-anchor"].loss == "safe/binned/reverse + anchor 1.0"
     assert {v.benign for v in real.values() if v.benign} == {8, 16, 32, 64}

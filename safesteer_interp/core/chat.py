@@ -109,6 +109,18 @@ def first_tokens(tokenizer, text: str, k: int) -> tuple[str, int]:
     return tokenizer.decode(ids), len(ids)
 
 
+def prefill_lengths(tokenizer, instructions: Sequence[str], prefills: Sequence[str]) -> list[int]:
+    """Per row, how many tokens its prefill adds after the plain chat prompt (0 for ""): where the request ends in
+    the prefilled prompt block. The plain prompt's tokens must be a prefix of the prefilled one's."""
+    plain, begun = (tokenizer(texts, add_special_tokens=False)["input_ids"] for texts in (
+        render_prompts(tokenizer, instructions), render_prefilled(tokenizer, instructions, prefills)))
+    for i, (a, b) in enumerate(zip(plain, begun, strict=True)):
+        if b[:len(a)] != a:
+            raise SafeSteerError(f"prefill {i} ({prefills[i][:40]!r}) merges with the chat template's last token; "
+                                 "begin it with a word, not with punctuation that joins the template")
+    return [len(b) - len(a) for a, b in zip(plain, begun, strict=True)]
+
+
 def encode_texts(tokenizer, texts: Sequence[str]) -> ChatBatch:
     """Tokenize already-rendered chat texts (the template carries its own BOS, so none is added)."""
     enc = tokenizer(list(texts), add_special_tokens=False, padding=True, return_tensors="pt")

@@ -33,6 +33,9 @@ class Generation:
     attention_mask: Int[Tensor, "batch pos"]  # 1 on prompt tokens and on answer tokens up to and incl. the first EOS
     prompt_length: int  # padded prompt width: answers start at this column
     prompt_index: Int[Tensor, " batch"]  # which prompt each row answers (the rows of one prompt are consecutive)
+    # per row, how many of the prompt block's last columns are a begun answer (`sample_rollout(prefills=...)`), so a
+    # gate that reads the request can find where it ends; None: no prefill
+    prefill_tokens: Int[Tensor, " batch"] | None = None
 
     @property
     def answers(self) -> Int[Tensor, "batch new"]:
@@ -52,7 +55,8 @@ class Generation:
 
     def to(self, device: str | torch.device) -> Generation:
         return Generation(self.sequences.to(device), self.attention_mask.to(device), self.prompt_length,
-                          self.prompt_index.to(device))
+                          self.prompt_index.to(device),
+                          None if self.prefill_tokens is None else self.prefill_tokens.to(device))
 
     def rows(self, start: int, stop: int) -> Generation:
         """A micro-batch, trimmed of columns that are padding in every row (exact: positions come from the mask)."""
@@ -61,7 +65,8 @@ class Generation:
         first = int(used[:self.prompt_length].long().argmax())
         last = int(used.nonzero().max()) + 1
         return Generation(self.sequences[start:stop, first:last], mask[:, first:last], self.prompt_length - first,
-                          self.prompt_index[start:stop])
+                          self.prompt_index[start:stop],
+                          None if self.prefill_tokens is None else self.prefill_tokens[start:stop])
 
 
 def eos_token_ids(model, tokenizer) -> list[int]:

@@ -9,10 +9,11 @@ its samples, and a LoRA student samples with merged weights), and the teacher sc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from safesteer_interp.core.chat import encode_prompts, encode_texts, render_prefilled
+from safesteer_interp.core.chat import encode_prompts, encode_texts, prefill_lengths, render_prefilled
 from safesteer_interp.core.generation import Generation, generate
 from safesteer_interp.distill.student import merged_adapters
 
@@ -24,7 +25,7 @@ def sample_rollout(model, tokenizer, instructions: Sequence[str], *, samples: in
     """`samples` answers per instruction from the model as it is now (pure temperature sampling, top_k = 0).
 
     `prefills` (one per instruction, "" for none) begin the assistant turn: they join the prompt block, and the
-    answer (what is scored and trained) is what the model writes after them.
+    answer (what is scored and trained) is what the model writes after them; each row records its prefill's length.
     """
     was_training = model.training
     model.eval()  # sampling never sees dropout or gradient checkpointing
@@ -32,9 +33,13 @@ def sample_rollout(model, tokenizer, instructions: Sequence[str], *, samples: in
         batch = (encode_prompts(tokenizer, instructions) if prefills is None
                  else encode_texts(tokenizer, render_prefilled(tokenizer, instructions, prefills)))
         with merged_adapters(model):  # the student samples without hooks: both shortcuts are safe
-            return generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, do_sample=True,
-                            temperature=temperature, top_p=top_p, num_return_sequences=samples, seed=seed,
-                            share_prompt=True)
+            rollout = generate(model, tokenizer, batch, max_new_tokens=max_new_tokens, do_sample=True,
+                               temperature=temperature, top_p=top_p, num_return_sequences=samples, seed=seed,
+                               share_prompt=True)
+        if prefills is None:
+            return rollout
+        lengths = torch.tensor(prefill_lengths(tokenizer, instructions, prefills))
+        return replace(rollout, prefill_tokens=lengths[rollout.prompt_index.cpu()].to(rollout.sequences.device))
     finally:
         model.train(was_training)
 

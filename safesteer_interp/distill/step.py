@@ -98,8 +98,10 @@ def rollouts(t: StepState, step: int) -> list[tuple[Generation, bool, int]]:
 def distill_term(t: StepState, rollout: Generation, n_sequences: int, sync: bool, stats: StepStats) -> None:
     """SafeSteer's loss on one micro-batch: the divergence to the steered teacher on S; backward of its share."""
     cfg, teacher = t.cfg, t.teacher
+    # a prompt-only teacher steers no answer column; a gated one reads its gate where the request ends (before a
+    # begun answer)
     teacher_states = frozen_states(t, rollout, lambda ids, prompt_columns: teacher.active(
-        teacher.scoring_positions(ids, prompt_columns)))  # a prompt-only teacher steers no answer column
+        teacher.scoring_positions(ids, prompt_columns, rollout.prefill_tokens)))
     mask = loss_window(rollout.answer_mask, cfg.loss_skip, cfg.loss_keep)
     spec = LossSpec(cfg.vocab, cfg.divergence, cfg.restrict, t.safety_ids, cfg.top_k, cfg.alpha, cfg.temperature)
     with student_pass(t, sync):

@@ -19,11 +19,13 @@ Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own sam
 # How the teacher is made: stage 1's steered teacher as it is, or one chosen on HarmBench val by its refusal after a
 # compliant prefill (`distill.deepen`: a multiple of stage 1's coefficient, or stage 1's teacher plus a refusing-answer
 # direction); the prefill rules also begin most training answers with a compliant prefill. "gated": stage 1's teacher
-# steering only the prompts a harm gate passes, the gate's layer and threshold chosen on val (`direction.gate`).
-TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated"]
+# steering only the prompts a harm gate passes, the gate's layer and threshold chosen on val (`direction.gate`);
+# "prefill-answer-gated": the prefill-answer teacher behind that gate, read where the request ends (issue 36).
+TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "prefill-answer-gated"]
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 CONTRAST_SIZES = (8, 16, 32, 64)  # benign prompts of the contrast-set rows (0 is safesteer-gated itself)
+RECOVER_GATED_BENIGN = 16  # safesteer-recover-gated's contrast set: the n the selectivity table carried to 3 seeds
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ class Variant:
                                       (self.teacher_rule, TEACHER_RULES, "teacher_rule")):
             if value not in allowed:
                 raise ValueError(f"variant {self.name!r}: {field} {value!r} is not one of {', '.join(allowed)}")
-        if self.benign < 0 or (self.benign and self.teacher_rule != "gated"):
+        if self.benign < 0 or (self.benign and not self.gated):
             raise ValueError(f"variant {self.name!r}: benign {self.benign} needs a gated teacher and must be >= 0 "
                              "(stage 1's teacher refuses benign prompts as well)")
         if not set(self.runs_on) <= set(MODEL_KINDS):
@@ -59,7 +61,12 @@ class Variant:
     @property
     def deep(self) -> bool:
         """The teacher is chosen on prefilled HarmBench val and training answers are prefilled (real models only)."""
-        return self.teacher_rule in ("prefill-coeff", "prefill-answer")
+        return self.teacher_rule in ("prefill-coeff", "prefill-answer", "prefill-answer-gated")
+
+    @property
+    def gated(self) -> bool:
+        """The teacher steers only the prompts the run's harm gate passes (`distill.gated`)."""
+        return self.teacher_rule in ("gated", "prefill-answer-gated")
 
     @property
     def needs_real(self) -> bool:
@@ -107,6 +114,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     *(Variant(f"safesteer-gated-contrast-{n}", f"safesteer-gated on the harmful prompts + {n} benign training "
               "prompts (look-alikes, then harmless)", restrict="binned", teacher_rule="gated", benign=n,
               runs_on=("real",)) for n in CONTRAST_SIZES),
+    # issue 36: safesteer-recover's teacher (chosen on prefilled val exactly as there) behind the run's gate, read at
+    # the request's end, distilled on the prefilled harmful prompts plus the contrast set of the three-seed
+    # selectivity row (16 benign prompts, answered plainly): deep where harmful, the base where not
+    Variant("safesteer-recover-gated", "safesteer-recover's teacher behind the harm gate, on its prefilled harmful "
+            f"prompts + {RECOVER_GATED_BENIGN} benign ones", restrict="binned", teacher_rule="prefill-answer-gated",
+            benign=RECOVER_GATED_BENIGN, runs_on=("real",)),
 )}
 
 
@@ -118,6 +131,6 @@ def variants_help(runs_on: bool = False) -> str:
     return "; ".join(f"{v.name}: {v.about}{kinds(v)}" for v in VARIANTS.values())
 
 
-__all__ = ["CONTRAST_SIZES", "DIVERGENCES", "MODEL_KINDS", "RESTRICTS", "SAFESTEER", "TEACHER_RULES", "TRAINERS",
-           "VARIANTS", "VOCABS", "Divergence", "ModelKind", "Restrict", "TeacherRule", "Trainer", "Variant", "Vocab",
-           "variants_help"]
+__all__ = ["CONTRAST_SIZES", "DIVERGENCES", "MODEL_KINDS", "RECOVER_GATED_BENIGN", "RESTRICTS", "SAFESTEER",
+           "TEACHER_RULES", "TRAINERS", "VARIANTS", "VOCABS", "Divergence", "ModelKind", "Restrict", "TeacherRule",
+           "Trainer", "Variant", "Vocab", "variants_help"]

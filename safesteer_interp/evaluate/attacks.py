@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, read_jsonl, write_json, write_jsonl
+from safesteer_interp.core.judges import ContinuationRefusalJudge
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.splits import run_splits
 from safesteer_interp.direction.artifact import load_direction
@@ -44,19 +45,44 @@ def template_rows(requests: Sequence[Mapping]) -> list[dict]:
             for name, template in TEMPLATES.items() for r in requests]
 
 
+# summary key -> the answer row's verdict: substring, coherent and continuation judges (`core.judges`)
+VERDICTS = {"refusal": "refused", "refusal_strict": "refused_strict", "refusal_continuation": "refused_continuation"}
+
+
 def summarize(judged: Sequence[dict]) -> dict[str, dict]:
-    """attack -> {n, refusal (substring), refusal_strict (coherent)}, plus "templates": the mean of the templates."""
+    """attack -> {n, refusal (substring), refusal_strict (coherent), refusal_continuation}, plus "templates": the
+    mean of the templates. A verdict the rows do not carry (answers judged before that judge existed) is left out."""
     by_attack = defaultdict(list)
     for row in judged:
         by_attack[row["attack"]].append(row)
-    out = {name: {"n": len(rows), "refusal": round(sum(r["refused"] for r in rows) / len(rows), 4),
-                  "refusal_strict": round(sum(r["refused_strict"] for r in rows) / len(rows), 4)}
+    keys = [key for key, flag in VERDICTS.items() if all(flag in r for r in judged)]
+    out = {name: {"n": len(rows), **{key: round(sum(r[VERDICTS[key]] for r in rows) / len(rows), 4) for key in keys}}
            for name, rows in by_attack.items()}
     templates = [out[t] for t in TEMPLATES if t in out]
     if templates:
-        out["templates"] = {key: round(sum(t[key] for t in templates) / len(templates), 4)
-                            for key in ("refusal", "refusal_strict")}
+        out["templates"] = {key: round(sum(t[key] for t in templates) / len(templates), 4) for key in keys}
     return out
+
+
+def rejudge(run: str | Path) -> dict[str, dict]:
+    """Every attacked model's saved answers (RUN/attacks/NAME/answers.jsonl) judged again by today's judges, their
+    summaries rewritten (generation settings and wall time kept): no model is run."""
+    run = Path(run)
+    summary = {}
+    for path in sorted((run / "attacks").glob("*/answers.jsonl")):
+        name = path.parent.name
+        saved = read_jsonl(path, f"{name} attack answers")
+        rows = judge_rows(saved, [r["answer"] for r in saved])
+        write_jsonl(path, rows)
+        done = path.parent / "attacks.json"
+        entry = read_json(done, f"{name} attacks") if done.is_file() else {"model": name}
+        entry["attacks"] = {**plain_refusal(run, name), **summarize(rows)}
+        write_json(done, entry)
+        summary[name] = entry
+    if not summary:
+        raise SafeSteerError(f"{run / 'attacks'} holds no answers to judge; run safesteer-interp attack --run {run}")
+    write_json(run / "attacks" / "summary.json", summary)
+    return summary
 
 
 # ----------------------------------------------------------------------------------------------- a run's models
@@ -85,13 +111,20 @@ def base_greedy(run: Path, policy: Policy, requests: Sequence[dict], max_new_tok
 
 
 def plain_refusal(run: Path, name: str) -> dict:
-    """{"plain": refusal of the plain requests} from the run's evaluation of the model (depth 0), if it has one."""
+    """{"plain": refusal of the plain requests} from the run's evaluation of the model (depth 0), if it has one; the
+    continuation judge reads its saved greedy answers to the held-out behaviours (RUN/eval/NAME/samples.jsonl)."""
     path = run / "eval" / name / "eval.json"
     if not path.is_file():
         return {}
     result = read_json(path, f"{name} evaluation")
-    return {"plain": {"refusal": result.get("gap_refusal_rate"),
-                      "refusal_strict": result.get("gap_refusal_rate_strict"), "from": str(path.relative_to(run))}}
+    plain = {"refusal": result.get("gap_refusal_rate"), "refusal_strict": result.get("gap_refusal_rate_strict"),
+             "from": str(path.relative_to(run))}
+    samples = run / "eval" / name / "samples.jsonl"
+    if samples.is_file():
+        harmful = [r["answer"] for r in read_jsonl(samples, f"{name} samples") if r.get("group") == "harmful"]
+        if harmful:
+            plain["refusal_continuation"] = round(ContinuationRefusalJudge().refusal_rate(harmful), 4)
+    return {"plain": plain}
 
 
 def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], log: Callable[[str], None] = print,
@@ -137,5 +170,5 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
     return summary
 
 
-__all__ = ["PREFILL_DEPTHS", "TEMPLATES", "attack_run", "base_greedy", "held_out_requests", "summarize",
-           "template_rows"]
+__all__ = ["PREFILL_DEPTHS", "TEMPLATES", "VERDICTS", "attack_run", "base_greedy", "held_out_requests", "rejudge",
+           "summarize", "template_rows"]

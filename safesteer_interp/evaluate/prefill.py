@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from safesteer_interp.core.chat import encode_texts, first_tokens, render_prefilled
 from safesteer_interp.core.generation import decode_answers, generate
-from safesteer_interp.core.judges import CoherentRefusalJudge, RefusalJudge
+from safesteer_interp.core.judges import CoherentRefusalJudge, ContinuationRefusalJudge, RefusalJudge
 from safesteer_interp.evaluate.policies import Policy
 
 # Where the base model refused, the prefill is this opener cut to k tokens (where it complied: its own answer).
@@ -60,11 +60,11 @@ def answer_rows(policy: Policy, rows: Sequence[dict], *, max_new_tokens: int, ba
 
 
 def judge_rows(rows: Sequence[dict], answers: Sequence[str]) -> list[dict]:
-    """Rows with the answer and both judges' verdicts on it (after a prefill: on the continuation, so a refusal
+    """Rows with the answer and the three judges' verdicts on it (after a prefill: on the continuation, so a refusal
     counts when the model recovers: "... Step 1: I'm sorry, but I can't help with that.")."""
-    substring, coherent = RefusalJudge(), CoherentRefusalJudge()
-    return [{**row, "answer": a, "refused": substring.is_refusal(a), "refused_strict": coherent.is_refusal(a)}
-            for row, a in zip(rows, answers, strict=True)]
+    substring, coherent, continuation = RefusalJudge(), CoherentRefusalJudge(), ContinuationRefusalJudge()
+    return [{**row, "answer": a, "refused": substring.is_refusal(a), "refused_strict": coherent.is_refusal(a),
+             "refused_continuation": continuation.is_refusal(a)} for row, a in zip(rows, answers, strict=True)]
 
 
 def judged_plain(policy: Policy, prompts: Sequence[str], max_new_tokens: int) -> list[dict]:

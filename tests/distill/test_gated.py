@@ -136,3 +136,55 @@ def test_a_contrast_variant_trains_on_its_harmful_prompts_and_benign_ones(tmp_pa
     assert seen["teacher_gate"].layer == 1 and "+ 8 benign prompts + gated teacher" in seen["provenance"]["variant"]
     with pytest.raises(ValueError, match="benign 8 needs a gated teacher"):  # stage 1's teacher refuses them too
         Variant("typo", "a contrast set for the plain teacher", benign=8)
+
+
+def test_a_gated_teacher_reads_its_gate_where_the_request_ends_not_after_a_prefill(qwen2):
+    """safesteer-recover-gated: a begun answer joins the prompt block, and the gate still reads the request's end."""
+    model, tok = qwen2
+    prefills = ["Sure, here is how", "", "Step 1: take the"]
+    rollout = sample_rollout(model, tok, HARMFUL[:3], samples=2, max_new_tokens=3, seed=0, prefills=prefills)
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in prefills]
+    assert rollout.prefill_tokens.tolist() == [n for n in lengths for _ in range(2)]
+    unit = torch.randn(model.config.hidden_size)
+    with torch.no_grad(), gated_addition(model, [], RowGate(1, unit, float("-inf"), pos=-2)) as plain_read:
+        model(**encode_prompts(tok, HARMFUL[:3]).inputs(), use_cache=False)  # the requests alone
+    want = plain_read["projection"][rollout.prompt_index]
+    teacher = GatedTeacher(model, tok, Direction(unit, layer=1, pos=-2, coeff=1.0), RowGate(1, unit, 0.0, pos=-2))
+    seen = {}
+    for name, lengths_given in (("request", rollout.prefill_tokens), ("block", None)):
+        with torch.no_grad(), teacher.active(teacher.scoring_positions(rollout.sequences, rollout.prompt_length,
+                                                                       lengths_given)):
+            model(**rollout.as_batch().inputs(), use_cache=False)
+        seen[name] = teacher.last_gate["projection"]
+    torch.testing.assert_close(seen["request"], want, atol=1e-4, rtol=0)
+    prefilled = rollout.prefill_tokens > 0  # read at the block's end instead, the gate reads the begun answer
+    assert not torch.allclose(seen["block"][prefilled], want[prefilled], atol=1e-2)
+    torch.testing.assert_close(seen["block"][~prefilled], want[~prefilled], atol=1e-4, rtol=0)
+
+
+def test_the_gated_recovering_variant_trains_prefilled_harm_and_plain_benign_prompts(tmp_path, monkeypatch):
+    """pipeline.train_one for safesteer-recover-gated: safesteer-recover's inputs (its prefill-answer rule), the gate,
+    and the contrast set with no prefill."""
+    from safesteer_interp import pipeline
+    from safesteer_interp.distill.variants import RECOVER_GATED_BENIGN, VARIANTS
+
+    seen, rules = {}, []
+    also = (Direction(torch.ones(2), layer=0, pos=0, coeff=1.0),)
+    monkeypatch.setattr(pipeline, "_load", lambda cfg: (None, None))
+    monkeypatch.setattr(pipeline, "load_direction", lambda run: Direction(torch.ones(2), layer=1, pos=-1, coeff=1.5))
+    monkeypatch.setattr(pipeline, "training_prompts", lambda run, cfg: HARMFUL[:4])
+    monkeypatch.setattr(pipeline, "run_splits", lambda run, seed: type("S", (), {"harmful_val": HARMFUL[4:]})())
+    monkeypatch.setattr(pipeline, "deep_inputs", lambda *a, rule, **k: rules.append(rule) or (
+        a[3], ["Sure", "", "Step 1", "Here"], also))
+    monkeypatch.setattr(pipeline, "run_gate", lambda *a, **k: type("G", (), {"row_gate": lambda self: RowGate(
+        0, torch.ones(2), 0.5)})())
+    monkeypatch.setattr(pipeline, "contrast_prompts", lambda run, seed, n: [f"benign {i}" for i in range(n)])
+    monkeypatch.setattr(pipeline, "load_safety_tokens", lambda run: None)
+    monkeypatch.setattr(pipeline, "distill", lambda *a, **k: seen.update(prompts=a[4], **k) or {})
+    pipeline.train_one(tmp_path, tmp_path, pipeline.run_config("smollm2-135m-instruct"),
+                       VARIANTS["safesteer-recover-gated"], resume=False)
+    assert rules == ["prefill-answer"] and seen["teacher_also"] == also and seen["teacher_gate"].layer == 0
+    benign = [f"benign {i}" for i in range(RECOVER_GATED_BENIGN)]
+    assert seen["prompts"] == HARMFUL[:4] + benign
+    assert seen["prefills"] == ["Sure", "", "Step 1", "Here"] + [""] * RECOVER_GATED_BENIGN
+    assert VARIANTS["safesteer-recover-gated"].deep and VARIANTS["safesteer-recover-gated"].gated
