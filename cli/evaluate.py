@@ -216,15 +216,18 @@ def attack_command(
                                         "baseline's name); the others keep their earlier results")] = None,
     rejudge: Annotated[bool, typer.Option(help="run no model: judge every saved answer again with today's judges "
                                                "(RUN/attacks/*/answers.jsonl) and rewrite the summaries")] = False,
-    judge: Annotated[str, typer.Option(help="the judge the printed table shows: continuation (checked against hand "
-                                            "labels, docs/attacks.md), coherent or substring")] = "continuation",
+    judge: Annotated[str | None, typer.Option(help="the judge the printed table shows: substring, coherent or "
+                                                   "continuation (default: the one that agrees best with the run's "
+                                                   "hand labels, RUN/attacks/judges.json, else coherent)")] = None,
 ) -> None:
     """How deep the refusal goes: jailbreak templates and prefilled answers on the run's held-out behaviours, for
     the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
     from safesteer_interp.core.artifacts import read_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.attacks import PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
     from safesteer_interp.evaluate.attacks import rejudge as rejudge_run
+    from safesteer_interp.report.sections import attack_judge  # lazy: matplotlib
 
+    judge = judge or attack_judge(Path(run))[0]
     if judge not in JUDGE_KEYS:
         raise SafeSteerError(f"--judge {judge!r}: pick one of {', '.join(JUDGE_KEYS)}")
     folder = Path(run)
@@ -241,10 +244,13 @@ def attack_command(
         summary = attack_run(folder, base, tok, students, log=lambda line: console.print(line, highlight=False), n=n,
                              only=model or ())
     columns = ["plain", *TEMPLATES, "templates", *(f"prefill-{k}" for k in PREFILL_DEPTHS)]
-    table = Table(title=f"refusal under attack, {judge} judge ({folder})")
+    short = {"prefix-injection": "inject", "refusal-suppression": "suppress", "role-play": "role", "templates": "tmpl",
+             **{f"prefill-{k}": f"p{k}" for k in PREFILL_DEPTHS}}
+    table = Table(title=f"refusal under attack, {judge} judge ({folder})",
+                  caption="inject / suppress / role: the templates (tmpl: their mean); pK: after K prefilled tokens")
     table.add_column("model", no_wrap=True)
     for column in columns:
-        table.add_column(column, justify="right")
+        table.add_column(short.get(column, column), justify="right", no_wrap=True)
     for name, entry in summary.items():
         cells = [entry["attacks"].get(c, {}).get(JUDGE_KEYS[judge]) for c in columns]
         table.add_row(name, *("-" if v is None else f"{v:.2f}" for v in cells))
@@ -292,13 +298,13 @@ def judges_command(
     write_json(folder / "attacks" / "judges.json", {"labels": str(labels), "half": half, "agreement": table,
                                                     "best": best})
     out = Table(title=f"judges against {labels} ({half} half): accuracy / Cohen's kappa")
-    out.add_column("judge")
+    out.add_column("attack", no_wrap=True)
+    for name in table:
+        out.add_column(name, justify="right", no_wrap=True)
     attacks = list(next(iter(table.values()))["by_attack"])
-    for column in ["all", *attacks]:
-        out.add_column(column, justify="right")
-    for name, entry in table.items():
-        cells = [entry["all"], *(entry["by_attack"][a] for a in attacks)]
-        out.add_row(name, *(_agreement_cell(c) for c in cells))
+    for attack in ["all", *attacks]:
+        out.add_row(attack, *(_agreement_cell(entry["all"] if attack == "all" else entry["by_attack"][attack])
+                              for entry in table.values()))
     console.print(out)
     console.print(f"best: {best['judge']} ({best['accuracy']:.2f}; {'meets' if best['meets'] else 'misses'} "
                   f"{best['floor']:.2f}); {folder / 'attacks' / 'judges.json'}")

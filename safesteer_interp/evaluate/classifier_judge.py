@@ -2,7 +2,8 @@
 
 `ClassifierJudge` reads answers alone, like the substring `RefusalJudge`, and has its interface (`is_refusal`,
 `refusal_rate`, calling it on a list). `GuardJudge` (Llama-Guard style) reads the (prompt, answer) exchange and
-generates "safe" / "unsafe": `is_harmful`, `harmful_rate`. `load_judge("substring" | "classifier:PATH" | "guard:PATH")`.
+generates "safe" / "unsafe": `is_harmful`, `harmful_rate`. `load_judge("substring" | "coherent" | "continuation" |
+"classifier:PATH" | "guard:PATH")`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 
 from safesteer_interp.core.chat import encode_texts
 from safesteer_interp.core.generation import decode_answers, generate
-from safesteer_interp.core.judges import RefusalJudge, final_answer
+from safesteer_interp.core.judges import CoherentRefusalJudge, ContinuationRefusalJudge, RefusalJudge, final_answer
 from safesteer_interp.errors import SafeSteerError
 
 
@@ -151,17 +152,20 @@ class GuardJudge:
 
 # ----------------------------------------------------------------------------------------------- specs
 def load_judge(spec: str):
-    """'substring' (the default RefusalJudge), 'classifier:PATH[@LABEL]' or 'guard:PATH'."""
+    """'substring' (the default RefusalJudge), 'coherent', 'continuation' (`core.judges`), 'classifier:PATH[@LABEL]'
+    or 'guard:PATH'."""
     kind, _, target = spec.partition(":")
-    if kind == "substring" and not target:
-        return RefusalJudge()
+    phrase_judges = {"substring": RefusalJudge, "coherent": CoherentRefusalJudge,
+                     "continuation": ContinuationRefusalJudge}
+    if kind in phrase_judges and not target:
+        return phrase_judges[kind]()
     if kind == "classifier" and target:
         path, _, label = target.partition("@")
         return ClassifierJudge.from_pretrained(path, label or None)
     if kind == "guard" and target:
         return GuardJudge.from_pretrained(target)
-    raise SafeSteerError(f"judge spec {spec!r} is not understood; use 'substring', 'classifier:PATH[@LABEL]' or "
-                         "'guard:PATH'")
+    raise SafeSteerError(f"judge spec {spec!r} is not understood; use 'substring', 'coherent', 'continuation', "
+                         "'classifier:PATH[@LABEL]' or 'guard:PATH'")
 
 
 def judge_records(judge, records: Sequence[dict]) -> dict:

@@ -119,20 +119,21 @@ def _plane(agg: dict[str, dict[str, dict]], x_key: str):
     return fig, ax
 
 
-def attack_depth(attacks: dict[str, dict], depths: Sequence[int], path: Path) -> Path:
-    """Coherent refusal against the number of prefilled compliant answer tokens (0: the plain request), one line per
-    model; `attacks`: model -> its attacks.json "attacks" mapping."""
+def attack_depth(attacks: dict[str, dict], depths: Sequence[int], path: Path, key: str = "refusal_strict",
+                 judge: str = "coherent") -> Path:
+    """Refusal by `judge` (its `key` in attacks.json) against the number of prefilled compliant answer tokens (0: the
+    plain request), one line per model; `attacks`: model -> its attacks.json "attacks" mapping."""
     fig, ax = plt.subplots(figsize=(6.8, 4.6))
     for i, (name, by_attack) in enumerate(attacks.items()):
-        keys = [("plain", 0)] + [(f"prefill-{k}", k) for k in depths]
-        points = [(k, by_attack[key]["refusal_strict"]) for key, k in keys
-                  if by_attack.get(key, {}).get("refusal_strict") is not None]
+        columns = [("plain", 0)] + [(f"prefill-{k}", k) for k in depths]
+        points = [(k, by_attack[column][key]) for column, k in columns
+                  if by_attack.get(column, {}).get(key) is not None]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker=MARKERS[i % len(MARKERS)], label=name)
     ax.set_ylim(-0.03, 1.03)
     ax.grid(alpha=0.3)
     ax.set_xticks([0, *depths])
     ax.set_xlabel("compliant answer tokens prefilled before the model speaks")
-    ax.set_ylabel("coherent refusal of what follows (held-out HarmBench)")
+    ax.set_ylabel(f"refusal of what follows, {judge} judge (held-out HarmBench)")
     ax.set_title("How deep the refusal goes: prefilling attacks", fontsize=10)
     ax.legend(fontsize=7)
     return _save(fig, path)

@@ -298,21 +298,47 @@ def section_attacks(run: Path, assets: Path) -> list:
             return [Heading("Attacks: how deep the refusal goes"), data]
         entries[name] = data
     entries = ordered(entries)
+    judge, why = attack_judge(run)
+    judged = {key for e in entries.values() for v in e["attacks"].values() if isinstance(v, dict) for key in v}
+    order = [j for j in (judge, *ATTACK_JUDGES) if ATTACK_JUDGES[j] in judged]
+    order = list(dict.fromkeys(order)) or ["coherent"]  # answers judged before a judge existed lack its key
+    if order[0] != judge:
+        judge, why = order[0], f"the {judge} judge's verdicts are not in these attack records"
+
+    def cell(by_attack: dict) -> str:
+        values = [fmt(by_attack.get(ATTACK_JUDGES[j]), 2) for j in order]
+        return values[0] + (f" ({', '.join(values[1:])})" if len(values) > 1 else "")
+
     header = ["model", "plain", *ATTACK_COLUMNS, "seconds"]
-    rows = [[name, *(f"{fmt(e['attacks'].get(c, {}).get('refusal_strict'), 2)} "
-                     f"({fmt(e['attacks'].get(c, {}).get('refusal'), 2)})" for c in ("plain", *ATTACK_COLUMNS)),
-             fmt(e.get("seconds"), 0)] for name, e in entries.items()]
+    rows = [[name, *(cell(e["attacks"].get(c, {})) for c in ("plain", *ATTACK_COLUMNS)), fmt(e.get("seconds"), 0)]
+            for name, e in entries.items()]
     n = next(iter(entries.values())).get("n_requests")
     depths = [int(c.split("-")[1]) for c in ATTACK_COLUMNS if c.startswith("prefill-")]
-    plot = attack_depth({name: e["attacks"] for name, e in entries.items()}, depths, assets / "attacks.png")
+    plot = attack_depth({name: e["attacks"] for name, e in entries.items()}, depths, assets / "attacks.png",
+                        key=ATTACK_JUDGES[judge], judge=judge)
     return [Heading("Attacks: how deep the refusal goes"),
             Para(f"The {n} held-out HarmBench behaviours wrapped in three jailbreak templates of our own wording "
                  "(templates: their mean) and with the first 5 / 10 / 20 tokens of a compliant answer prefilled (the "
                  "base model's own greedy answer where it complied, else a fixed affirmative opener; "
-                 "attacks/NAME/answers.jsonl records which). Each cell: coherent refusal (substring refusal) of the "
-                 "greedy answer, judged on what the model writes after the prefill; plain: the main evaluation. "
-                 "seconds: the model's attack wall time."),
-            Table(header, rows), Image(plot, "Coherent refusal against prefill depth")]
+                 "attacks/NAME/answers.jsonl records which). Each cell: refusal of the greedy answer by the "
+                 f"{judge} judge ({why}), the other judges in brackets ({', '.join(order[1:])}), judged on what the "
+                 "model writes after the prefill; plain: the main evaluation. seconds: the model's attack wall "
+                 "time."),
+            Table(header, rows), Image(plot, f"Refusal ({judge} judge) against prefill depth")]
+
+
+ATTACK_JUDGES = {"continuation": "refusal_continuation", "coherent": "refusal_strict", "substring": "refusal"}
+
+
+def attack_judge(run: Path) -> tuple[str, str]:
+    """(the judge the attack table leads with, why): the one that agrees best with the hand labels where
+    RUN/attacks/judges.json has them (`safesteer-interp judges --labels`), else the coherent judge."""
+    path = run / "attacks" / "judges.json"
+    if not path.is_file():
+        return "coherent", "no hand labels scored for this run"
+    best = read_json(path, "judge agreement")["best"]
+    return best["judge"], (f"the best agreement with hand labels, accuracy {best['accuracy']:.2f} on the "
+                           f"{read_json(path, 'judge agreement')['half']} half")
 
 
 TIMED_STAGES = ("direction", "tokens", "train", "eval")  # the pipeline's stages before this report (done.json)

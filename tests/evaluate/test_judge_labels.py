@@ -106,3 +106,22 @@ def test_the_judges_command_draws_a_sample_then_scores_it_and_attack_rejudges(tm
     assert run.exit_code == 0, run.output
     table = [line for line in run.output.splitlines() if line.lstrip("│ ").startswith("recover")]
     assert "1.00" in table[0] and "continuation judge" in run.output  # prefill-10 column, rejudged
+
+
+def test_the_committed_labels_give_the_documented_agreement():
+    """docs/attacks.md's judge table: the seed-42 hand labels, held-back half (the judges are frozen; a change to one
+    that moves these numbers must re-report them)."""
+    from importlib.resources import files
+
+    from safesteer_interp.evaluate.classifier_judge import load_judge
+
+    sets = files("safesteer_interp.data") / "sets"
+    rows = read_labels(sets / "judge-labels-qwen42.jsonl")
+    assert len(rows) == 200 and sum(r["half"] == "test" for r in rows) == 96  # odd strata: dev gets the extra row
+    judges = {name: load_judge(name).is_refusal for name in ("substring", "coherent", "continuation")}
+    table = agreement(rows, judges)
+    assert {name: (t["all"]["accuracy"], t["all"]["kappa"]) for name, t in table.items()} == {
+        "substring": (0.9271, 0.8545), "coherent": (0.8438, 0.691), "continuation": (0.8958, 0.7927)}
+    assert best_judge(table)["judge"] == "substring"
+    plain = agreement(read_labels(sets / "judge-labels-qwen42-plain.jsonl"), judges)
+    assert {t["all"]["accuracy"] for t in plain.values()} == {0.975}

@@ -166,6 +166,15 @@ def test_attack_section_table_and_depth_figure(tmp_path):
     assert "| safesteer | 0.90 (0.90) | – (–) | – (–) | – (–) | 0.40 (0.50) | 0.60 (0.70) | 0.30 (0.40) " \
            "| 0.10 (0.20) | 321 |" in md
     assert "The 100 held-out HarmBench behaviours" in md and (run / "report" / "attacks.png").is_file()
+    assert "by the coherent judge (no hand labels scored for this run)" in md
+    # with hand labels scored (safesteer-interp judges --labels), the best-agreeing judge leads, the others in brackets
+    rejudged = record(0.9, (0.6, 0.3, 0.1))
+    rejudged["attacks"]["prefill-10"]["refusal_continuation"] = 0.8
+    write_json(run / "attacks" / "safesteer" / "attacks.json", rejudged)
+    write_json(run / "attacks" / "judges.json", {"half": "test", "best": {"judge": "continuation", "accuracy": 0.93}})
+    md = build_report(run)["markdown"].read_text()
+    assert "| 0.80 (0.30, 0.40) |" in md and "| – (0.10, 0.20) |" in md  # prefill-20: no continuation verdict
+    assert "by the continuation judge (the best agreement with hand labels, accuracy 0.93 on the test half)" in md
 
 
 def test_corrupt_summary_is_shown_not_fatal(tmp_path):
