@@ -224,7 +224,7 @@ def attack_command(
     the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
     from safesteer_interp.core.artifacts import read_json  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.attacks import PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
-    from safesteer_interp.evaluate.attacks import rejudge as rejudge_run
+    from safesteer_interp.evaluate.attacks import rejudge as rejudge_run  # lazy: torch
     from safesteer_interp.report.sections import attack_judge  # lazy: matplotlib
 
     judge = judge or attack_judge(Path(run))[0]
@@ -277,9 +277,18 @@ def judges_command(
 ) -> None:
     """Refusal judges against hand labels: draw a sample of attack answers to label, or score each judge's accuracy
     and Cohen's kappa on the labelled sample, per attack (RUN/attacks/judges.json)."""
-    from safesteer_interp.core.artifacts import write_json, write_jsonl
-    from safesteer_interp.core.judges import CoherentRefusalJudge, ContinuationRefusalJudge, RefusalJudge
-    from safesteer_interp.evaluate.judge_labels import agreement, best_judge, draw_sample, read_labels
+    from safesteer_interp.core.artifacts import write_json, write_jsonl  # lazy: torch (slow CLI start-up)
+    from safesteer_interp.core.judges import (  # lazy: torch (slow CLI start-up)
+        CoherentRefusalJudge,
+        ContinuationRefusalJudge,
+        RefusalJudge,
+    )
+    from safesteer_interp.evaluate.judge_labels import (  # lazy: torch (slow CLI start-up)
+        agreement,
+        best_judge,
+        draw_sample,
+        read_labels,
+    )
 
     folder = Path(run)
     if (draw is None) == (labels is None):
