@@ -205,9 +205,6 @@ def compare_command(
     console.print(f"wrote {paths['markdown']}, {paths['html']} and {paths['plot']}")
 
 
-JUDGE_KEYS = {"substring": "refusal", "coherent": "refusal_strict", "continuation": "refusal_continuation"}
-
-
 def attack_command(
     run: Annotated[str, typer.Option("--run", help="a real-model run folder (held-out HarmBench in RUN/splits.json)")],
     n: Annotated[int | None, typer.Option(min=1, help="only the first N held-out behaviours (smoke runs)")] = None,
@@ -223,14 +220,14 @@ def attack_command(
     """How deep the refusal goes: jailbreak templates and prefilled answers on the run's held-out behaviours, for
     the base, the teacher, SafeSteer and every trained baseline (RUN/attacks/)."""
     from safesteer_interp.core.artifacts import read_json  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.evaluate.attacks import PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
+    from safesteer_interp.evaluate.attacks import JUDGE_KEYS, PREFILL_DEPTHS, TEMPLATES, attack_run  # lazy: torch
     from safesteer_interp.evaluate.attacks import rejudge as rejudge_run  # lazy: torch
     from safesteer_interp.report.sections import attack_judge  # lazy: matplotlib
 
-    judge = judge or attack_judge(Path(run))[0]
+    folder = Path(run)
+    judge = judge or attack_judge(folder)[0]
     if judge not in JUDGE_KEYS:
         raise SafeSteerError(f"--judge {judge!r}: pick one of {', '.join(JUDGE_KEYS)}")
-    folder = Path(run)
     if rejudge:
         summary = rejudge_run(folder)
     else:
@@ -278,11 +275,7 @@ def judges_command(
     """Refusal judges against hand labels: draw a sample of attack answers to label, or score each judge's accuracy
     and Cohen's kappa on the labelled sample, per attack (RUN/attacks/judges.json)."""
     from safesteer_interp.core.artifacts import write_json, write_jsonl  # lazy: torch (slow CLI start-up)
-    from safesteer_interp.core.judges import (  # lazy: torch (slow CLI start-up)
-        CoherentRefusalJudge,
-        ContinuationRefusalJudge,
-        RefusalJudge,
-    )
+    from safesteer_interp.evaluate.classifier_judge import load_judge  # lazy: torch (slow CLI start-up)
     from safesteer_interp.evaluate.judge_labels import (  # lazy: torch (slow CLI start-up)
         agreement,
         best_judge,
@@ -299,10 +292,9 @@ def judges_command(
         write_jsonl(Path(draw), sample)
         console.print(f"wrote {len(sample)} rows to label into {draw} (models: {', '.join(names)}; seed {seed})")
         return
-    judges = {"substring": RefusalJudge(), "coherent": CoherentRefusalJudge(),
-              "continuation": ContinuationRefusalJudge()}
     rows = read_labels(labels)
-    table = agreement(rows, {name: j.is_refusal for name, j in judges.items()}, half=half)
+    judges = {name: load_judge(name).is_refusal for name in ("substring", "coherent", "continuation")}
+    table = agreement(rows, judges, half=half)
     best = best_judge(table)
     write_json(folder / "attacks" / "judges.json", {"labels": str(labels), "half": half, "agreement": table,
                                                     "best": best})

@@ -47,6 +47,8 @@ def template_rows(requests: Sequence[Mapping]) -> list[dict]:
 
 # summary key -> the answer row's verdict: substring, coherent and continuation judges (`core.judges`)
 VERDICTS = {"refusal": "refused", "refusal_strict": "refused_strict", "refusal_continuation": "refused_continuation"}
+# judge name (`load_judge`) -> its summary key; the report's bracket order
+JUDGE_KEYS = {"continuation": "refusal_continuation", "coherent": "refusal_strict", "substring": "refusal"}
 
 
 def summarize(judged: Sequence[dict]) -> dict[str, dict]:
@@ -170,5 +172,5 @@ def attack_run(run: str | Path, base, tokenizer, students: Mapping[str, Path], l
     return summary
 
 
-__all__ = ["PREFILL_DEPTHS", "TEMPLATES", "VERDICTS", "attack_run", "base_greedy", "held_out_requests", "rejudge",
-           "summarize", "template_rows"]
+__all__ = ["JUDGE_KEYS", "PREFILL_DEPTHS", "TEMPLATES", "VERDICTS", "attack_run", "base_greedy", "held_out_requests",
+           "rejudge", "summarize", "template_rows"]

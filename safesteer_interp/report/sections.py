@@ -10,6 +10,7 @@ from pathlib import Path
 
 from safesteer_interp.core.artifacts import read_json, read_jsonl
 from safesteer_interp.errors import SafeSteerError
+from safesteer_interp.evaluate.attacks import JUDGE_KEYS
 from safesteer_interp.evaluate.stage import read_summary
 from safesteer_interp.report.blocks import Heading, Image, NotRun, Para, Table, fmt
 from safesteer_interp.report.plots import attack_depth, selectivity_plane, tradeoff, training_curves
@@ -300,13 +301,13 @@ def section_attacks(run: Path, assets: Path) -> list:
     entries = ordered(entries)
     judge, why = attack_judge(run)
     judged = {key for e in entries.values() for v in e["attacks"].values() if isinstance(v, dict) for key in v}
-    order = [j for j in (judge, *ATTACK_JUDGES) if ATTACK_JUDGES[j] in judged]
+    order = [j for j in (judge, *JUDGE_KEYS) if JUDGE_KEYS[j] in judged]
     order = list(dict.fromkeys(order)) or ["coherent"]  # answers judged before a judge existed lack its key
     if order[0] != judge:
         judge, why = order[0], f"the {judge} judge's verdicts are not in these attack records"
 
     def cell(by_attack: dict) -> str:
-        values = [fmt(by_attack.get(ATTACK_JUDGES[j]), 2) for j in order]
+        values = [fmt(by_attack.get(JUDGE_KEYS[j]), 2) for j in order]
         return values[0] + (f" ({', '.join(values[1:])})" if len(values) > 1 else "")
 
     header = ["model", "plain", *ATTACK_COLUMNS, "seconds"]
@@ -315,7 +316,7 @@ def section_attacks(run: Path, assets: Path) -> list:
     n = next(iter(entries.values())).get("n_requests")
     depths = [int(c.split("-")[1]) for c in ATTACK_COLUMNS if c.startswith("prefill-")]
     plot = attack_depth({name: e["attacks"] for name, e in entries.items()}, depths, assets / "attacks.png",
-                        key=ATTACK_JUDGES[judge], judge=judge)
+                        key=JUDGE_KEYS[judge], judge=judge)
     return [Heading("Attacks: how deep the refusal goes"),
             Para(f"The {n} held-out HarmBench behaviours wrapped in three jailbreak templates of our own wording "
                  "(templates: their mean) and with the first 5 / 10 / 20 tokens of a compliant answer prefilled (the "
@@ -327,18 +328,16 @@ def section_attacks(run: Path, assets: Path) -> list:
             Table(header, rows), Image(plot, f"Refusal ({judge} judge) against prefill depth")]
 
 
-ATTACK_JUDGES = {"continuation": "refusal_continuation", "coherent": "refusal_strict", "substring": "refusal"}
-
-
 def attack_judge(run: Path) -> tuple[str, str]:
     """(the judge the attack table leads with, why): the one that agrees best with the hand labels where
     RUN/attacks/judges.json has them (`safesteer-interp judges --labels`), else the coherent judge."""
     path = run / "attacks" / "judges.json"
     if not path.is_file():
         return "coherent", "no hand labels scored for this run"
-    best = read_json(path, "judge agreement")["best"]
+    scored = read_json(path, "judge agreement")
+    best = scored["best"]
     return best["judge"], (f"the best agreement with hand labels, accuracy {best['accuracy']:.2f} on the "
-                           f"{read_json(path, 'judge agreement')['half']} half")
+                           f"{scored['half']} half")
 
 
 TIMED_STAGES = ("direction", "tokens", "train", "eval")  # the pipeline's stages before this report (done.json)

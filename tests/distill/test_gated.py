@@ -116,20 +116,27 @@ def test_the_contrast_rule_takes_the_smallest_n_within_the_base_plus_five_points
     assert gated.choose_contrast({0: 0.74, 16: 0.41}, base_over_refusal=0.348)["n"] is None  # missed: no n chosen
 
 
+def _stub_train_inputs(monkeypatch, pipeline, *, direction, gate_layer: int) -> dict:
+    """pipeline.train_one's inputs stubbed (no model, HARMFUL[:4] as training prompts, a gate at `gate_layer`,
+    numbered benign prompts); returns the dict that receives distill's prompts and keyword arguments."""
+    seen: dict = {}
+    monkeypatch.setattr(pipeline, "_load", lambda cfg: (None, None))
+    monkeypatch.setattr(pipeline, "load_direction", lambda run: direction)
+    monkeypatch.setattr(pipeline, "training_prompts", lambda run, cfg: HARMFUL[:4])
+    monkeypatch.setattr(pipeline, "run_gate", lambda *a, **k: type("G", (), {"row_gate": lambda self: RowGate(
+        gate_layer, torch.ones(2), 0.5)})())
+    monkeypatch.setattr(pipeline, "contrast_prompts", lambda run, seed, n: [f"benign {i}" for i in range(n)])
+    monkeypatch.setattr(pipeline, "load_safety_tokens", lambda run: None)
+    monkeypatch.setattr(pipeline, "distill", lambda *a, **k: seen.update(prompts=a[4], **k) or {})
+    return seen
+
+
 def test_a_contrast_variant_trains_on_its_harmful_prompts_and_benign_ones(tmp_path, monkeypatch):
     """pipeline.train_one passes the harmful training prompts, then the contrast set, to the gated distillation."""
     from safesteer_interp import pipeline
     from safesteer_interp.distill.variants import VARIANTS, Variant
 
-    seen = {}
-    monkeypatch.setattr(pipeline, "_load", lambda cfg: (None, None))
-    monkeypatch.setattr(pipeline, "load_direction", lambda run: None)
-    monkeypatch.setattr(pipeline, "training_prompts", lambda run, cfg: HARMFUL[:4])
-    monkeypatch.setattr(pipeline, "run_gate", lambda *a, **k: type("G", (), {"row_gate": lambda self: RowGate(
-        1, torch.ones(2), 0.5)})())
-    monkeypatch.setattr(pipeline, "contrast_prompts", lambda run, seed, n: [f"benign {i}" for i in range(n)])
-    monkeypatch.setattr(pipeline, "load_safety_tokens", lambda run: None)
-    monkeypatch.setattr(pipeline, "distill", lambda *a, **k: seen.update(prompts=a[4], **k) or {})
+    seen = _stub_train_inputs(monkeypatch, pipeline, direction=None, gate_layer=1)
     pipeline.train_one(tmp_path, tmp_path, pipeline.run_config("smollm2-135m-instruct"),
                        VARIANTS["safesteer-gated-contrast-8"], resume=False)
     assert seen["prompts"] == HARMFUL[:4] + [f"benign {i}" for i in range(8)]
@@ -168,19 +175,13 @@ def test_the_gated_recovering_variant_trains_prefilled_harm_and_plain_benign_pro
     from safesteer_interp import pipeline
     from safesteer_interp.distill.variants import RECOVER_GATED_BENIGN, VARIANTS
 
-    seen, rules = {}, []
+    rules = []
     also = (Direction(torch.ones(2), layer=0, pos=0, coeff=1.0),)
-    monkeypatch.setattr(pipeline, "_load", lambda cfg: (None, None))
-    monkeypatch.setattr(pipeline, "load_direction", lambda run: Direction(torch.ones(2), layer=1, pos=-1, coeff=1.5))
-    monkeypatch.setattr(pipeline, "training_prompts", lambda run, cfg: HARMFUL[:4])
+    seen = _stub_train_inputs(monkeypatch, pipeline, direction=Direction(torch.ones(2), layer=1, pos=-1, coeff=1.5),
+                              gate_layer=0)
     monkeypatch.setattr(pipeline, "run_splits", lambda run, seed: type("S", (), {"harmful_val": HARMFUL[4:]})())
     monkeypatch.setattr(pipeline, "deep_inputs", lambda *a, rule, **k: rules.append(rule) or (
         a[3], ["Sure", "", "Step 1", "Here"], also))
-    monkeypatch.setattr(pipeline, "run_gate", lambda *a, **k: type("G", (), {"row_gate": lambda self: RowGate(
-        0, torch.ones(2), 0.5)})())
-    monkeypatch.setattr(pipeline, "contrast_prompts", lambda run, seed, n: [f"benign {i}" for i in range(n)])
-    monkeypatch.setattr(pipeline, "load_safety_tokens", lambda run: None)
-    monkeypatch.setattr(pipeline, "distill", lambda *a, **k: seen.update(prompts=a[4], **k) or {})
     pipeline.train_one(tmp_path, tmp_path, pipeline.run_config("smollm2-135m-instruct"),
                        VARIANTS["safesteer-recover-gated"], resume=False)
     assert rules == ["prefill-answer"] and seen["teacher_also"] == also and seen["teacher_gate"].layer == 0
