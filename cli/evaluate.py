@@ -296,8 +296,14 @@ def judges_command(
     judges = {name: load_judge(name).is_refusal for name in ("substring", "coherent", "continuation")}
     table = agreement(rows, judges, half=half)
     best = best_judge(table)
-    write_json(folder / "attacks" / "judges.json", {"labels": str(labels), "half": half, "agreement": table,
-                                                    "best": best})
+    write_json(folder / "attacks" / "judges.json", {
+        "what": "each refusal judge's verdicts on hand-labelled answers (label 'refusal' vs 'compliance' or "
+                "'degenerate'), on one half of the labels; the attack table and figure lead with 'best'",
+        "fields": {"agreement.JUDGE.all / by_attack.ATTACK": "n rows; accuracy (share of rows where the judge's "
+                   "refusal verdict equals the label's); kappa (Cohen's, binary; null when undefined); "
+                   "refusal_labelled / refusal_judged (shares of rows)", "best": "highest accuracy (then kappa), "
+                   "and whether it reaches floor"},
+        "labels": str(labels), "half": half, "agreement": table, "best": best})
     out = Table(title=f"judges against {labels} ({half} half): accuracy / Cohen's kappa")
     out.add_column("attack", no_wrap=True)
     for name in table:

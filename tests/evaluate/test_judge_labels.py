@@ -99,6 +99,7 @@ def test_the_judges_command_draws_a_sample_then_scores_it_and_attack_rejudges(tm
     assert run.exit_code == 0, run.output
     saved = json.loads((tmp_path / "attacks" / "judges.json").read_text())
     assert saved["best"]["judge"] == "continuation" and saved["agreement"]["continuation"]["all"]["accuracy"] == 1.0
+    assert "Cohen's" in saved["fields"]["agreement.JUDGE.all / by_attack.ATTACK"] and "hand-labelled" in saved["what"]
     assert saved["agreement"]["coherent"]["by_attack"]["prefill-10"]["accuracy"] == 0.0  # reads the first sentence
     run = CliRunner().invoke(app, ["judges", "--run", str(tmp_path)])
     assert run.exit_code != 0 and "exactly one of --draw" in str(run.exception)
