@@ -25,7 +25,9 @@ TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "pre
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 CONTRAST_SIZES = (8, 16, 32, 64)  # benign prompts of the contrast-set rows (0 is safesteer-gated itself)
-RECOVER_GATED_BENIGN = 16  # safesteer-recover-gated's contrast set: the n the selectivity table carried to 3 seeds
+# safesteer-recover-gated's contrast set: the n the selectivity table carried to 3 seeds (seed 42's test-informed
+# choice; the val rule chose 8)
+RECOVER_GATED_BENIGN = 16
 
 
 @dataclass(frozen=True)
