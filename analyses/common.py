@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from jaxtyping import Bool, Float, Int  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from safesteer_interp.core.artifacts import atomic_path, read_json, read_jsonl, write_json  # noqa: E402
+from safesteer_interp.core.artifacts import atomic_path, read_json, read_jsonl, write_json, write_jsonl  # noqa: E402
 from safesteer_interp.core.models import is_organism, load_model  # noqa: E402
 from safesteer_interp.core.scoring import answer_logprobs  # noqa: E402
 from safesteer_interp.direction.artifact import load_direction  # noqa: E402
@@ -157,6 +157,9 @@ class Writer:
 
     def json(self, filename: str, obj) -> Path:
         return self._remember(write_json(self.folder / filename, obj))
+
+    def jsonl(self, filename: str, records) -> Path:
+        return self._remember(write_jsonl(self.folder / filename, records))
 
     def text(self, filename: str, text: str) -> Path:
         with atomic_path(self.folder / filename) as tmp:

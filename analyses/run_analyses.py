@@ -18,6 +18,7 @@ from safesteer_interp.errors import SafeSteerError
 from . import (
     contrast_sweep,
     divergence,
+    gate_form,
     loss_geometry,
     safety_depth,
     sparsity,
@@ -28,7 +29,7 @@ from . import (
 from .common import load_inputs, score_groups
 
 ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions",
-            "safety_depth", "contrast")
+            "safety_depth", "contrast", "gate_form")
 
 
 def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
@@ -53,7 +54,8 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
              "loss_geometry": lambda: loss_geometry.analyze(inputs, scored=shared),
              "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens),
              "safety_depth": lambda: safety_depth.analyze(inputs, max_new_tokens=depth_tokens),
-             "contrast": lambda: contrast_sweep.analyze(inputs, log)}
+             "contrast": lambda: contrast_sweep.analyze(inputs, log),
+             "gate_form": lambda: gate_form.analyze(inputs, log)}
     entries = []
     for name in chosen:
         started = time.perf_counter()

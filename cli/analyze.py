@@ -19,7 +19,8 @@ def analyze(
     model: Annotated[str | None, typer.Option("--model", "-m", help="base model (default: from the run)")] = None,
     only: Annotated[list[str] | None, typer.Option(help="run only this analysis (repeatable): sparsity, divergence, "
                                                         "why_tokens, training_change, loss_geometry, "
-                                                        "steering_positions, safety_depth")] = None,
+                                                        "steering_positions, safety_depth, contrast (real runs "
+                                                        "with a gated row), gate_form (idem)")] = None,
     n_prompts: Annotated[int, typer.Option(min=1, help="held-out prompts per group (harmful, harmless)")] = 8,
     samples: Annotated[int, typer.Option(min=1, help="student answers sampled per prompt")] = 2,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 24,

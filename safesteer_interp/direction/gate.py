@@ -1,6 +1,7 @@
 """The harm gate: a condition direction (mean harmful minus mean benign `resid_pre` at the steering position, from
 train prompts) read at a layer at or before the steering layer; a prompt opens the gate when its residual's
-projection on the unit direction reaches a threshold, and only then does a gated teacher steer it.
+projection on the unit direction reaches a threshold, and only then does a gated teacher steer it. A second kind,
+`refusal_gate`, reads stage 1's own direction where it was found: the model's leaning to refuse, not a contrast.
 
 The rule, fixed before any run (`RULE`, also written into gate.json):
 Gate layer and threshold are chosen on validation prompts only: harmful (HarmBench val), lookalike (our look-alike
@@ -231,6 +232,27 @@ def fit_gate(model, tokenizer, direction: Direction, *, harmful_train: Sequence[
     return Gate(directions[layer], layer, direction.pos, threshold, direction.layer, RULE, table["reason"], fit)
 
 
+def refusal_gate(model, tokenizer, direction: Direction, *, harmful_val: Sequence[str], lookalike_val: Sequence[str],
+                 harmless_val: Sequence[str], base_refusal: dict[str, float], slack: float = 0.05,
+                 batch_size: int = 32, log: Callable[[str], None] = print) -> Gate:
+    """Stage 1's own direction as the gate, read where it was found (its layer and position): the model's leaning to
+    refuse, not a harm-minus-benign contrast of train prompts. Only the threshold is chosen, by `RULE` on val."""
+    start = time.perf_counter()
+    vectors = {direction.layer: direction.vector.float()}
+    prompts = {"harmful": harmful_val, "lookalike": lookalike_val, "harmless": harmless_val}
+    val = {name: projections(model, tokenizer, list(p), vectors, direction.pos, batch_size)
+           for name, p in prompts.items()}
+    layer, threshold, table = choose_gate(val, [direction.layer], base_refusal, slack)
+    log(f"refusal gate chosen: {table['reason']}")
+    (chosen,) = table["per_layer"]
+    fit = {"skipped_layers": [], "slack": slack,
+           "base_refusal": {name: float(base_refusal[name]) for name in BENIGN_SETS}, "table": table["per_layer"],
+           "val_rates": {name: chosen[name] for name in VAL_SETS},
+           "n": {f"{name}_val": len(p) for name, p in prompts.items()},
+           "seconds": round(time.perf_counter() - start, 2)}
+    return Gate(direction.vector.float(), layer, direction.pos, threshold, direction.layer, RULE, table["reason"], fit)
+
+
 # ----------------------------------------------------------------------------------------------- artifact
 def save_gate(folder: str | Path, gate: Gate, record: dict | None = None) -> dict:
     """Write `folder/gate.safetensors` (the vector) and `folder/gate.json` (the caller's `record`, then where the gate
@@ -268,4 +290,4 @@ def load_gate(folder: str | Path) -> Gate:
 
 
 __all__ = ["RULE", "VAL_SETS", "Gate", "choose_gate", "condition_directions", "fit_gate", "load_gate",
-           "projections", "save_gate"]
+           "projections", "refusal_gate", "save_gate"]

@@ -333,7 +333,7 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, depth_tokens=6, log=lambda _line: None)
     assert [e["name"] for e in index["analyses"]] == list(ANALYSES)
     for entry in index["analyses"]:
-        if entry["name"] == "contrast":  # a run without a gated teacher has no contrast sweep: said, not drawn
+        if entry["name"] in ("contrast", "gate_form"):  # a run without a gated teacher: said, not drawn
             assert entry["skipped"].startswith("no RUN/gate/gate.json") and entry["files"] == []
             continue
         assert entry["files"] and all((tiny_run / f).is_file() for f in entry["files"]), entry
@@ -378,7 +378,7 @@ def test_cli_analyze_and_bad_name(tiny_run):
     from typer.testing import CliRunner
 
     from safesteer_interp import SafeSteerError
-    from safesteer_interp.analyses.run_analyses import analyze_run
+    from safesteer_interp.analyses.run_analyses import ANALYSES, analyze_run
     from safesteer_interp.cli.analyze import analyze
 
     app = typer.Typer()
@@ -389,7 +389,7 @@ def test_cli_analyze_and_bad_name(tiny_run):
     assert result.exit_code == 0, result.output
     assert "paper_frac_negative_harmful" in result.output and "S_over_V" not in result.output
     index = json.loads((tiny_run / "analysis" / "index.json").read_text())
-    assert len(index["analyses"]) == 8  # the other analyses' entries are kept
+    assert len(index["analyses"]) == len(ANALYSES)  # the other analyses' entries are kept
     settings = {e["name"]: e["settings"] for e in index["analyses"]}
     assert settings["loss_geometry"]["n_prompts"] == 1 and settings["sparsity"]["n_prompts"] == 2
     with pytest.raises(SafeSteerError, match="unknown analysis nope"):

@@ -185,3 +185,18 @@ def test_load_gate_names_the_file_of_a_missing_or_malformed_artifact(tmp_path):
 
 def test_the_rule_in_the_docstring_is_the_rule_in_the_artifact():
     assert " ".join(RULE.split()) in " ".join(gate_module.__doc__.split())
+
+
+def test_refusal_gate_reads_stage_1s_direction_where_it_was_found(qwen2):
+    model, tok = qwen2
+    direction = Direction(torch.randn(model.config.hidden_size), layer=2, pos=-1)
+    base = {"lookalike": 0.34, "harmless": 0.0}
+    gate = gate_module.refusal_gate(model, tok, direction, harmful_val=PROMPTS, lookalike_val=LOOKALIKE,
+                                    harmless_val=HARMLESS, base_refusal=base, log=lambda _: None)
+    val = {name: projections(model, tok, p, {2: direction.vector}, -1)
+           for name, p in (("harmful", PROMPTS), ("lookalike", LOOKALIKE), ("harmless", HARMLESS))}
+    layer, threshold, table = choose_gate(val, [2], base)
+    assert (gate.layer, gate.pos, gate.steer_layer, gate.threshold) == (2, -1, 2, threshold)
+    assert torch.allclose(gate.unit, direction.vector / direction.vector.norm()) and gate.rule == RULE
+    assert gate.fit["table"] == table["per_layer"] and gate.fit["val_rates"]["harmless"] == 0.0
+    assert gate.fit["n"] == {"harmful_val": 4, "lookalike_val": 3, "harmless_val": 3}
