@@ -300,8 +300,9 @@ def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume:
                       + ") + prefilled answers")
     gate = None
     if variant.gated:
-        gate = run_gate(run, model, tok, cfg.seed, log).row_gate()
-        described += f" + gated teacher (layer {gate.layer}, threshold {gate.threshold:.4g})"
+        gate = run_gate(run, model, tok, cfg.seed, log, variant.gate_kind).row_gate()
+        kind = "" if variant.gate_kind == "task" else f"{variant.gate_kind} gate: "  # task rows keep their identity
+        described += f" + gated teacher ({kind}layer {gate.layer}, threshold {gate.threshold:.4g})"
     if variant.benign:  # a contrast set: the benign prompts join the harmful ones (more prompts, more steps)
         benign = contrast_prompts(run, cfg.seed, variant.benign)
         prompts = prompts + benign
@@ -351,8 +352,10 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
         spec = real_eval_spec(run, run_splits(run, cfg.seed), cfg.eval_n, cfg.eval_reasoning_tokens,
                               cfg.eval_lengths)
         # a gated variant's teacher gets its own row: is it selective before anything is distilled?
-        teachers = ({"teacher-gated": gated_teacher(run, base, tok, cfg.seed, log)}
-                    if any(v.gated for v in baselines(cfg).values()) else {})
+        kinds = sorted({v.gate_kind for v in baselines(cfg).values() if v.gated})
+        teachers = {"teacher-gated" + ("" if kind == "task" else f"-{kind}"): gated_teacher(run, base, tok, cfg.seed,
+                                                                                           log, kind)
+                    for kind in kinds}
         models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens,
                               teachers=teachers)
     return {"models": models}

@@ -76,9 +76,13 @@ def test_baselines_of_a_run():
     assert set(organism) - set(real) == {"opd-topk"}
     assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor",
                                          "safesteer-gated", "safesteer-binned-anchor", "safesteer-recover-gated",
-                                         *(f"safesteer-gated-contrast-{n}" for n in (8, 16, 32, 64))}
+                                         *(f"safesteer-gated-contrast-{n}" for n in (8, 16, 32, 64)),
+                                         "safesteer-gated-refusal", "safesteer-gated-refusal-contrast-16"}
     assert real["safesteer-binned-anchor"].loss == "safe/binned/reverse + anchor 1.0"
     assert {v.benign for v in real.values() if v.benign} == {8, 16, 32, 64}
+    assert {name for name, v in real.items() if v.gated and v.gate_kind == "refusal"} == {
+        "safesteer-gated-refusal", "safesteer-gated-refusal-contrast-16"}
+    assert {v.gate_kind for v in real.values()} == {"task", "refusal"}
     assert real["safesteer-anchor"].loss == "safe/paper/reverse + anchor 1.0"
     assert (real["safesteer-deep"].restrict, real["safesteer-deep"].teacher_rule) == ("binned", "prefill-coeff")
     assert (real["safesteer-recover"].teacher_rule, real["safesteer-recover"].anchor_weight) == ("prefill-answer", 0)

@@ -20,8 +20,9 @@ Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own sam
 # compliant prefill (`distill.deepen`: a multiple of stage 1's coefficient, or stage 1's teacher plus a refusing-answer
 # direction); the prefill rules also begin most training answers with a compliant prefill. "gated": stage 1's teacher
 # steering only the prompts a harm gate passes, the gate's layer and threshold chosen on val (`direction.gate`);
-# "prefill-answer-gated": the prefill-answer teacher behind that gate, read where the request ends (issue 36).
-TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "prefill-answer-gated"]
+# "prefill-answer-gated": the prefill-answer teacher behind that gate, read where the request ends (issue 36);
+# "gated-refusal": stage 1's teacher behind a gate that reads stage 1's own direction (`distill.gated.GATE_KINDS`).
+TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "prefill-answer-gated", "gated-refusal"]
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 CONTRAST_SIZES = (8, 16, 32, 64)  # benign prompts of the contrast-set rows (0 is safesteer-gated itself)
@@ -68,7 +69,12 @@ class Variant:
     @property
     def gated(self) -> bool:
         """The teacher steers only the prompts the run's harm gate passes (`distill.gated`)."""
-        return self.teacher_rule in ("gated", "prefill-answer-gated")
+        return self.teacher_rule in ("gated", "prefill-answer-gated", "gated-refusal")
+
+    @property
+    def gate_kind(self) -> str:
+        """Which of the run's gates a gated teacher reads (`distill.gated.GATE_KINDS`; "task": RUN/gate/)."""
+        return "refusal" if self.teacher_rule == "gated-refusal" else "task"
 
     @property
     def needs_real(self) -> bool:
@@ -116,6 +122,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     *(Variant(f"safesteer-gated-contrast-{n}", f"safesteer-gated on the harmful prompts + {n} benign training "
               "prompts (look-alikes, then harmless)", restrict="binned", teacher_rule="gated", benign=n,
               runs_on=("real",)) for n in CONTRAST_SIZES),
+    # issue 34: stage 1's teacher behind a gate reading stage 1's own direction (it opens on XSTest's unsafe questions,
+    # the task gate on none: analyses/gate_form.py), on the harmful prompts alone and with the three-seed row's 16
+    *(Variant(f"safesteer-gated-refusal{'' if n == 0 else f'-contrast-{n}'}", "binned, stage 1's teacher behind a "
+              f"gate on stage 1's own direction (threshold chosen on val){f', + {n} benign prompts' if n else ''}",
+              restrict="binned", teacher_rule="gated-refusal", benign=n, runs_on=("real",))
+      for n in (0, RECOVER_GATED_BENIGN)),
     # issue 36: safesteer-recover's teacher (chosen on prefilled val exactly as there) behind the run's gate, read at
     # the request's end, distilled on the prefilled harmful prompts plus the contrast set of the three-seed
     # selectivity row (16 benign prompts, answered plainly): deep where harmful, the base where not

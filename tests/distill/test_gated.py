@@ -146,6 +146,20 @@ def test_a_contrast_variant_trains_on_its_harmful_prompts_and_benign_ones(tmp_pa
         Variant("typo", "a contrast set for the plain teacher", benign=8)
 
 
+def test_a_refusal_gated_variant_reads_the_runs_refusal_gate(tmp_path, monkeypatch):
+    from safesteer_interp import pipeline
+    from safesteer_interp.distill.variants import VARIANTS
+
+    seen = _stub_train_inputs(monkeypatch, pipeline, direction=None, gate_layer=3)
+    kinds = []
+    gate = pipeline.run_gate
+    monkeypatch.setattr(pipeline, "run_gate", lambda run, model, tok, seed, log, kind: kinds.append(kind) or gate())
+    pipeline.train_one(tmp_path, tmp_path, pipeline.run_config("smollm2-135m-instruct"),
+                       VARIANTS["safesteer-gated-refusal-contrast-16"], resume=False)
+    assert kinds == ["refusal"] and seen["prompts"] == HARMFUL[:4] + [f"benign {i}" for i in range(16)]
+    assert "+ gated teacher (refusal gate: layer 3" in seen["provenance"]["variant"]
+
+
 def test_a_gated_teacher_reads_its_gate_where_the_request_ends_not_after_a_prefill(qwen2):
     """safesteer-recover-gated: a begun answer joins the prompt block, and the gate still reads the request's end."""
     model, tok = qwen2
