@@ -30,7 +30,6 @@ from .common import RunInputs, Writer
 GROUPS = (("harmbench-val-task", "steer"), ("harmbench-val-question", "steer"), ("harmbench-test-task", "steer"),
           ("harmbench-test-question", "steer"), ("xstest-unsafe", "steer"), ("lookalike-test", "leave"),
           ("harmless-test", "leave"), ("xstest-safe", "leave"), ("edgy", "leave"))
-GATES = GATE_KINDS
 LABELS = {"task": "condition direction, HarmBench tasks (RUN/gate: the teacher's)",
           "matched": "condition direction, tasks + the same as questions", "refusal": "stage 1's refusal direction"}
 
@@ -91,7 +90,7 @@ def plot(rates: dict[str, dict[str, dict]]):
     """Grouped bars: each gate's rate per group, the groups a gate should steer left of the line."""
     names = [g for g, _ in GROUPS if all(g in group_rates for group_rates in rates.values())]
     fig, ax = plt.subplots(figsize=(9.5, 4.2))
-    gates = [k for k in GATES if k in rates]
+    gates = [k for k in GATE_KINDS if k in rates]
     width = 0.8 / len(gates)
     for i, gate in enumerate(gates):
         xs = [j + (i - (len(gates) - 1) / 2) * width for j in range(len(names))]
@@ -111,7 +110,7 @@ def plot(rates: dict[str, dict[str, dict]]):
 
 
 def analyze(inputs: RunInputs, log: Callable[[str], None] = print) -> dict:
-    """`analyze --only gate_form`: the form-matched gate (fitted once), then both gates' rates on every group."""
+    """`analyze --only gate_form`: every gate kind of the run (each fitted once), then its rates on every group."""
     run, title = inputs.run, "Harm or form: where the harm gate opens"
     if not (gate_folder(run) / "gate.json").is_file():  # the organism, or a real run without a gated row
         return {"title": title, "files": [], "headline": {},
@@ -128,7 +127,7 @@ def analyze(inputs: RunInputs, log: Callable[[str], None] = print) -> dict:
     writer = Writer(run, "gate_form")
     writer.jsonl("gate_form_prompts.jsonl", prompts)
     writer.figure("gate_form.png", plot(rates))
-    headline = {f"{name}_{g}": r["rate"] for name in GATES for g, r in rates[name].items()}
+    headline = {f"{name}_{g}": r["rate"] for name in GATE_KINDS for g, r in rates[name].items()}
     writer.json("gate_form.json", {
         "what": "where each harm gate opens: the run's (fitted and chosen on HarmBench's task form), one fitted and "
                 "chosen the same way on task + question forms of the same behaviours, and stage 1's refusal "
