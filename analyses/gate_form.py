@@ -17,7 +17,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from safesteer_interp.core.artifacts import read_json
-from safesteer_interp.data.forms import as_question
+from safesteer_interp.data.forms import questions
 from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.data.splits import run_splits
 from safesteer_interp.direction.gate import Gate, projections
@@ -43,8 +43,7 @@ def prompt_groups(run: Path, seed: int) -> dict[str, list[dict]]:
     splits = run_splits(run, seed)
     held = [r["instruction"] for r in splits.held_out]
     groups = {"harmbench-val-task": splits.harmful_val, "harmbench-test-task": held,
-              "harmbench-val-question": [as_question(t)[0] for t in splits.harmful_val],
-              "harmbench-test-question": [as_question(t)[0] for t in held],
+              "harmbench-val-question": questions(splits.harmful_val), "harmbench-test-question": questions(held),
               "lookalike-test": read_instructions("lookalike-test"),
               "harmless-test": read_instructions("harmless-test")}
     rows = {name: [{"prompt": p, "type": name} for p in prompts] for name, prompts in groups.items()}
