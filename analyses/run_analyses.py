@@ -20,6 +20,7 @@ from . import (
     divergence,
     gate_form,
     loss_geometry,
+    null_space,
     safety_depth,
     sparsity,
     steering_positions,
@@ -29,7 +30,7 @@ from . import (
 from .common import load_inputs, score_groups
 
 ANALYSES = ("sparsity", "divergence", "why_tokens", "training_change", "loss_geometry", "steering_positions",
-            "safety_depth", "contrast", "gate_form")
+            "safety_depth", "contrast", "gate_form", "null_space")
 
 
 def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str] | None = None, n_prompts: int = 8,
@@ -55,7 +56,8 @@ def analyze_run(run: str | Path, *, model: str | None = None, only: Sequence[str
              "steering_positions": lambda: steering_positions.analyze(inputs, max_new_tokens=max_new_tokens),
              "safety_depth": lambda: safety_depth.analyze(inputs, max_new_tokens=depth_tokens),
              "contrast": lambda: contrast_sweep.analyze(inputs, log),
-             "gate_form": lambda: gate_form.analyze(inputs, log)}
+             "gate_form": lambda: gate_form.analyze(inputs, log),
+             "null_space": lambda: null_space.analyze(inputs, log)}
     entries = []
     for name in chosen:
         started = time.perf_counter()

@@ -20,7 +20,8 @@ def analyze(
     only: Annotated[list[str] | None, typer.Option(help="run only this analysis (repeatable): sparsity, divergence, "
                                                         "why_tokens, training_change, loss_geometry, "
                                                         "steering_positions, safety_depth, contrast (real runs "
-                                                        "with a gated row), gate_form (idem)")] = None,
+                                                        "with a gated row), gate_form (idem), null_space (real "
+                                                        "runs with a safesteer-null-space row)")] = None,
     n_prompts: Annotated[int, typer.Option(min=1, help="held-out prompts per group (harmful, harmless)")] = 8,
     samples: Annotated[int, typer.Option(min=1, help="student answers sampled per prompt")] = 2,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 24,

@@ -28,6 +28,7 @@ from safesteer_interp.direction.stage import direction_config, find_direction, r
 from safesteer_interp.distill.config import DistillConfig
 from safesteer_interp.distill.deepen import deep_inputs
 from safesteer_interp.distill.gated import contrast_prompts, gated_teacher, run_gate
+from safesteer_interp.distill.null_space import null_space_teacher, run_null_space
 from safesteer_interp.distill.sft import sft
 from safesteer_interp.distill.trainer import default_prompts, distill
 from safesteer_interp.distill.variants import SAFESTEER, VARIANTS, Variant
@@ -303,6 +304,10 @@ def train_one(run: Path, target: Path, cfg: RunConfig, variant: Variant, resume:
         gate = run_gate(run, model, tok, cfg.seed, log, variant.gate_kind).row_gate()
         kind = "" if variant.gate_kind == "task" else f"{variant.gate_kind} gate: "  # task rows keep their identity
         described += f" + gated teacher ({kind}layer {gate.layer}, threshold {gate.threshold:.4g})"
+    if variant.mapped:
+        steering = run_null_space(run, model, tok, cfg.seed, log)
+        gate = steering.row_map()
+        described += f" + null-space teacher (layer {steering.layer}, ratio {steering.ratio}, ridge {steering.ridge:g})"
     if variant.benign:  # a contrast set: the benign prompts join the harmful ones (more prompts, more steps)
         benign = contrast_prompts(run, cfg.seed, variant.benign)
         prompts = prompts + benign
@@ -356,6 +361,8 @@ def stage_eval(run: Path, cfg: RunConfig, log) -> dict:
         teachers = {"teacher-gated" + ("" if kind == "task" else f"-{kind}"): gated_teacher(run, base, tok, cfg.seed,
                                                                                            log, kind)
                     for kind in kinds}
+        if any(v.mapped for v in baselines(cfg).values()):
+            teachers["teacher-null-space"] = null_space_teacher(run, base, tok, cfg.seed, log)
         models = evaluate_run(run, base, tok, students, log, spec=spec, max_new_tokens=cfg.eval_tokens,
                               teachers=teachers)
     return {"models": models}

@@ -8,7 +8,8 @@ student share one copy of the weights.
 Contrast pairs: `teacher.encode` / `teacher.logits` is pi_T on the teacher's view of a prompt, `teacher.base_encode` /
 `teacher.base_logits` is pi_0 on the student's view (the same ids for the vector teacher; the reference's empty
 system prompt for the prompt teacher). The gated teacher steers only the prompts a harm gate passes (CAST-style):
-on every other prompt it *is* the base model.
+on every other prompt it *is* the base model. The mapped teacher steers each prompt by its own vector, h @ a matrix
+fitted to vanish on benign prompts (AlphaSteer's null-space map): a soft gate.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from safesteer_interp.core.chat import ChatBatch, encode_prompts, has_system_role
 from safesteer_interp.core.generation import Generation, generate
-from safesteer_interp.core.hooks import Positions, RowGate, add_to_resid, gated_addition
+from safesteer_interp.core.hooks import Positions, RowGate, RowMap, add_to_resid, gated_addition, mapped_addition
 from safesteer_interp.core.scoring import forward_logits
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
@@ -32,7 +33,7 @@ from safesteer_interp.errors import SafeSteerError
 SAFETY_SYSTEM_PROMPT = ("You are a safety-conscious assistant. Never produce harmful, unsafe, or disallowed "
                         "content")  # the reference's wording, without a trailing period, as published
 
-TeacherKind = Literal["vector", "prompt", "gated"]
+TeacherKind = Literal["vector", "prompt", "gated", "mapped"]
 
 
 class Teacher(Protocol):
@@ -210,6 +211,34 @@ class GatedTeacher(SteeredTeacher):
         return GatedPositions(super().scoring_positions(input_ids, prompt_length), end)
 
 
+class MappedTeacher(GatedTeacher):
+    """pi_T adding coeff * (h @ matrix) per row, h the row's prompt `resid_pre` at the map's layer and position
+    (`core.hooks.mapped_addition`): a null-space map sends benign prompts' h to ~0 (the base model there) and
+    harmful prompts' to ~ stage 1's direction (`direction.null_space`). Stage 1's direction names the layer, the
+    position and the coefficient; its vector is what the map was fitted to reproduce."""
+
+    kind: TeacherKind = "mapped"
+
+    def __init__(self, model, tokenizer, direction: Direction, row_map: RowMap, *, coeff: float | None = None,
+                 positions: Positions | None = None):
+        if row_map.layer != direction.layer:
+            raise SafeSteerError(f"the steering map reads layer {row_map.layer} but the direction steers layer "
+                                 f"{direction.layer}: fit the map at the direction's layer")
+        super().__init__(model, tokenizer, direction, RowGate(direction.layer, direction.unit, float("-inf")),
+                         coeff=coeff, positions=positions)
+        self.gate = row_map  # what decides how far each row is steered (train/config.json, the resume identity)
+
+    @contextmanager
+    def active(self, positions: Positions | GatedPositions | None = None) -> Iterator[None]:
+        """The teacher's view: adapters off, each row's own vector added. `positions` as `GatedTeacher.active`."""
+        steer, end = (positions.steer, positions.prompt_end) if isinstance(positions, GatedPositions) else (
+            self.positions if positions is None else positions, None)
+        with adapters_disabled(self.model), mapped_addition(self.model, self.gate, self.coeff, steer,
+                                                            prompt_end=end) as state:
+            self.last_gate = state
+            yield
+
+
 class PromptTeacher:
     """The reference's second mode: the unsteered model with a safety system prompt in front of each request."""
 
@@ -250,5 +279,5 @@ def make_teacher(model, tokenizer, kind: TeacherKind = "vector", direction: Dire
     raise SafeSteerError(f"--teacher must be 'vector' or 'prompt', not {kind!r}")
 
 
-__all__ = ["SAFETY_SYSTEM_PROMPT", "GatedPositions", "GatedTeacher", "PromptTeacher", "SteeredTeacher", "Teacher",
-           "TeacherKind", "adapters_disabled", "make_teacher"]
+__all__ = ["SAFETY_SYSTEM_PROMPT", "GatedPositions", "GatedTeacher", "MappedTeacher", "PromptTeacher",
+           "SteeredTeacher", "Teacher", "TeacherKind", "adapters_disabled", "make_teacher"]

@@ -317,6 +317,50 @@ def gated_addition(model: nn.Module, additions: Sequence[tuple[Tensor, int, floa
         yield state
 
 
+@dataclass(frozen=True)
+class RowMap:
+    """A steering vector per row, read off its prompt: h @ matrix, h being `blocks.{layer}.hook_resid_pre` at prompt
+    position `pos` (from the prompt's end). A matrix that sends benign prompts' h to ~0 steers them by ~nothing
+    (AlphaSteer's null-space map, `direction.null_space`)."""
+
+    layer: int
+    matrix: Float[Tensor, "d_model d_model"]
+    pos: int = -1
+
+
+@contextmanager
+def mapped_addition(model: nn.Module, row_map: RowMap, coeff: float = 1.0, positions: Positions = "all", *,
+                    prompt_end: int | Tensor | None = None) -> Iterator[dict[str, Tensor]]:
+    """x + coeff * (h @ matrix) at `positions` of `blocks.{layer}.hook_resid_pre`, one vector per row, h read on the
+    prompt before the addition (Sheng et al., AlphaSteer, ICLR 2026). As `gated_addition`: read on every forward
+    that carries the prompt (`prompt_end` for a teacher-forced pass), reused by decoding steps, rows kept. Yields
+    {"vector": [batch, d_model]} of the last prompt forward."""
+    check_layer(model, row_map.layer)
+    width = d_model(model)
+    if tuple(row_map.matrix.shape) != (width, width) or not torch.isfinite(row_map.matrix).all():
+        raise SafeSteerError(f"a steering map must be a finite [d_model, d_model] = [{width}, {width}] matrix, not "
+                             f"one of shape {tuple(row_map.matrix.shape)}; refit it on this model")
+    matrix = _Cast(row_map.matrix.float())
+    state: dict[str, Tensor] = {}
+
+    def steer(x: Tensor, kwargs: dict) -> Tensor:
+        if not is_decode_step(kwargs):
+            columns = _gate_columns(x, prompt_end, row_map.pos)
+            h = x[torch.arange(x.shape[0], device=x.device), columns].float()
+            state["vector"] = h @ matrix.like(h)
+        vector = state.get("vector")
+        if vector is None or vector.shape[0] != x.shape[0]:
+            raise SafeSteerError(f"mapped steering saw {x.shape[0]} rows after a prompt read on "
+                                 f"{None if vector is None else vector.shape[0]}: decoding must keep every row")
+        delta = coeff * vector.to(device=x.device, dtype=x.dtype)[:, None, :]
+        mask = _position_mask(positions, x, kwargs)
+        return x + delta if mask is None else x + mask * delta
+
+    steer.keeps_rows = True
+    with hooks(model, {f"blocks.{row_map.layer}.hook_resid_pre": steer}):
+        yield state
+
+
 def project_out(x: Float[Tensor, "... d_model"], unit: Float[Tensor, " d_model"]) -> Float[Tensor, "... d_model"]:
     """x minus its component along the unit vector."""
     return x - (x @ unit)[..., None] * unit
@@ -342,6 +386,7 @@ def ablate_direction(model: nn.Module, direction: Float[Tensor, " d_model"]) -> 
         yield
 
 
-__all__ = ["HOOK_KINDS", "RowGate", "ablate_direction", "add_to_resid", "addition", "cache_activations",
+__all__ = ["HOOK_KINDS", "RowGate", "RowMap", "ablate_direction", "add_to_resid", "addition", "cache_activations",
            "check_layer", "check_vector", "everywhere", "gated_addition", "hook_names", "hooked", "hooks",
-           "is_decode_step", "position_dependent_hooks", "project_out", "registered_hooks", "row_bound_hooks"]
+           "is_decode_step", "mapped_addition", "position_dependent_hooks", "project_out", "registered_hooks",
+           "row_bound_hooks"]

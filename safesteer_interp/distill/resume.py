@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from safesteer_interp.core.artifacts import write_jsonl
-from safesteer_interp.core.hooks import RowGate
+from safesteer_interp.core.hooks import RowGate, RowMap
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.distill.checkpoints import latest_checkpoint, load_checkpoint
 from safesteer_interp.distill.config import DistillConfig
@@ -30,7 +30,7 @@ def fingerprint(obj) -> str:
 def run_identity(cfg: DistillConfig, instructions: Sequence[str], anchor_prompts: Sequence[str],
                  direction: Direction, safety_ids: Tensor | None, world_size: int,
                  prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
-                 teacher_gate: RowGate | None = None) -> dict:
+                 teacher_gate: RowGate | RowMap | None = None) -> dict:
     """What must not change between a run and its resumption (prefills, the teacher's further directions and its
     gate only where there are any, so that a run trained before they existed still resumes)."""
     return {"config": asdict(cfg), "prompts": fingerprint(list(instructions)),
@@ -40,14 +40,23 @@ def run_identity(cfg: DistillConfig, instructions: Sequence[str], anchor_prompts
             **({"prefills": fingerprint(list(prefills))} if prefills else {}),
             **({"teacher_also": fingerprint([[d.vector.tolist(), d.layer, d.coeff] for d in teacher_also])}
                if teacher_also else {}),
-            **({"teacher_gate": fingerprint([teacher_gate.unit.tolist(), teacher_gate.layer, teacher_gate.threshold,
-                                             teacher_gate.pos])} if teacher_gate is not None else {})}
+            **({"teacher_gate": _gate_fingerprint(teacher_gate)} if teacher_gate is not None else {})}
 
 
-def gate_record(gate: RowGate | None) -> dict:
-    """train/config.json's account of the teacher's gate ({} without one)."""
+def _gate_fingerprint(gate: RowGate | RowMap) -> str:
+    if isinstance(gate, RowMap):
+        matrix = hashlib.sha256(gate.matrix.float().contiguous().numpy().tobytes()).hexdigest()
+        return fingerprint([matrix, gate.layer, gate.pos])
+    return fingerprint([gate.unit.tolist(), gate.layer, gate.threshold, gate.pos])
+
+
+def gate_record(gate: RowGate | RowMap | None) -> dict:
+    """train/config.json's account of the teacher's gate or map ({} without one)."""
     if gate is None:
         return {}
+    if isinstance(gate, RowMap):
+        return {"map": {"layer": gate.layer, "pos": gate.pos, "what": "the teacher adds coeff * (h @ matrix) per "
+                        "prompt, h its resid_pre at (layer, pos): a null-space map (RUN/null-space/)"}}
     return {"gate": {"layer": gate.layer, "pos": gate.pos, "threshold": gate.threshold,
                      "what": "the teacher steers only prompts whose resid_pre at (layer, pos) projects >= threshold "
                              "on the gate's unit vector"}}

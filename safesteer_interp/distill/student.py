@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 from safesteer_interp.core.anatomy import base_model
-from safesteer_interp.core.hooks import RowGate
+from safesteer_interp.core.hooks import RowGate, RowMap
 from safesteer_interp.direction.artifact import Direction
 from safesteer_interp.errors import SafeSteerError
-from safesteer_interp.teacher import GatedTeacher, SteeredTeacher, Teacher
+from safesteer_interp.teacher import GatedTeacher, MappedTeacher, SteeredTeacher, Teacher
 
 ALL_LINEAR = "all-linear"  # peft: every linear layer except the output head
 
@@ -66,14 +66,15 @@ def lora_student(model: nn.Module, r: int = 16, alpha: float | None = None, targ
 def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: bool = False, lora_r: int = 16,
               lora_alpha: float | None = None, lora_targets: str | list[str] = ALL_LINEAR,
               teacher_device: str | None = None, teacher_positions: str | None = None,
-              teacher_also: Sequence[Direction] = (), teacher_gate: RowGate | None = None) -> tuple[nn.Module, Teacher]:
+              teacher_also: Sequence[Direction] = (), teacher_gate: RowGate | RowMap | None = None,
+              ) -> tuple[nn.Module, Teacher]:
     """(student, teacher). The teacher never has gradients; the student's trainable parameters are the only ones.
 
     `teacher_positions`: where the teacher steers, "all" (the reference), "prompt" (prompt tokens only) or "last"
     (the last prompt token only);
     None: the direction's own choice (`Direction.positions`, set by the direction stage). `teacher_also`: further
     directions the teacher adds (`SteeredTeacher.also`). `teacher_gate`: the teacher steers only the prompts this
-    gate passes (`GatedTeacher`).
+    gate passes (`GatedTeacher`), or each prompt by its own vector from this map (`MappedTeacher`).
     """
     disable_dropout(model)
     if full_ft:
@@ -89,9 +90,13 @@ def make_pair(model: nn.Module, tokenizer, direction: Direction, *, full_ft: boo
 
 
 def _teacher(model, tokenizer, direction: Direction, positions: str | None, also: Sequence[Direction],
-             gate: RowGate | None) -> SteeredTeacher:
+             gate: RowGate | RowMap | None) -> SteeredTeacher:
     if gate is None:
         return SteeredTeacher(model, tokenizer, direction, positions=positions, also=also)
+    if isinstance(gate, RowMap):
+        if also:
+            raise SafeSteerError("a mapped teacher adds stage 1's direction only; it takes no further directions")
+        return MappedTeacher(model, tokenizer, direction, gate, positions=positions)
     return GatedTeacher(model, tokenizer, direction, gate, positions=positions, also=also)
 
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from safesteer_interp.core.anatomy import base_model, vocab_size
 from safesteer_interp.core.artifacts import write_json
 from safesteer_interp.core.generation import eos_token_ids
-from safesteer_interp.core.hooks import RowGate
+from safesteer_interp.core.hooks import RowGate, RowMap
 from safesteer_interp.core.models import is_organism
 from safesteer_interp.core.progress import log_ticks
 from safesteer_interp.data.prompts import sample
@@ -77,7 +77,7 @@ class Distiller:
     def __init__(self, run: str | Path, model, tokenizer, direction: Direction, instructions: Sequence[str],
                  cfg: DistillConfig, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
                  provenance: dict | None = None, prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
-                 teacher_gate: RowGate | None = None):
+                 teacher_gate: RowGate | RowMap | None = None):
         self.cfg, self.tokenizer, self.instructions = cfg.check(), tokenizer, list(instructions)
         self.prefills = list(prefills)  # empty, or the begun answer of each instruction ("" for none; `deepen`)
         check_inputs(cfg, self.instructions, safety_ids, anchor_prompts, self.prefills)
@@ -109,7 +109,7 @@ class Distiller:
         return Accelerator(cpu=not gpu, mixed_precision="bf16" if self.cfg.bf16 and gpu else "no")
 
     def _pair(self, model: nn.Module, tokenizer, direction: Direction, teacher_also: Sequence[Direction],
-              teacher_gate: RowGate | None):
+              teacher_gate: RowGate | RowMap | None):
         cfg = self.cfg
         targets = cfg.lora_targets if cfg.lora_targets == ALL_LINEAR else cfg.lora_targets.split(",")
         torch.manual_seed(cfg.seed)  # LoRA A matrices are drawn from the global RNG: same seed, same student
@@ -203,7 +203,8 @@ def distill(run: str | Path, model, tokenizer, direction: Direction, instruction
             cfg: DistillConfig | None = None, *, safety_ids: Tensor | None = None, anchor_prompts: Sequence[str] = (),
             resume: bool = False, save_every: int = 10, keep_checkpoints: int = 2, progress: bool = True,
             on_checkpoint: Callable[[int, Path], None] | None = None, provenance: dict | None = None,
-            prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (), teacher_gate: RowGate | None = None,
+            prefills: Sequence[str] = (), teacher_also: Sequence[Direction] = (),
+            teacher_gate: RowGate | RowMap | None = None,
             log: Callable[[str], None] | None = None) -> dict:
     """Train `model` into RUN/train/ (metrics.jsonl, checkpoints/, model/, adapter/) and return the summary.
     `prefills` (one per instruction) begin the student's answers: it is trained on what it writes after them.

@@ -21,8 +21,11 @@ Trainer = Literal["opd", "sft"]  # on-policy distillation (the student's own sam
 # direction); the prefill rules also begin most training answers with a compliant prefill. "gated": stage 1's teacher
 # steering only the prompts a harm gate passes, the gate's layer and threshold chosen on val (`direction.gate`);
 # "prefill-answer-gated": the prefill-answer teacher behind that gate, read where the request ends (issue 36);
-# "gated-refusal": stage 1's teacher behind a gate that reads stage 1's own direction (`distill.gated.GATE_KINDS`).
-TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "prefill-answer-gated", "gated-refusal"]
+# "gated-refusal": stage 1's teacher behind a gate that reads stage 1's own direction (`distill.gated.GATE_KINDS`);
+# "null-space": stage 1's steering, each prompt by its own vector from a map fitted to vanish on benign prompts
+# (`distill.null_space`, AlphaSteer).
+TeacherRule = Literal["stage1", "prefill-coeff", "prefill-answer", "gated", "prefill-answer-gated", "gated-refusal",
+                      "null-space"]
 ModelKind = Literal["organism", "real"]
 TRAINERS, TEACHER_RULES, MODEL_KINDS = get_args(Trainer), get_args(TeacherRule), get_args(ModelKind)
 CONTRAST_SIZES = (8, 16, 32, 64)  # benign prompts of the contrast-set rows (0 is safesteer-gated itself)
@@ -55,8 +58,9 @@ class Variant:
                                       (self.teacher_rule, TEACHER_RULES, "teacher_rule")):
             if value not in allowed:
                 raise ValueError(f"variant {self.name!r}: {field} {value!r} is not one of {', '.join(allowed)}")
-        if self.benign < 0 or (self.benign and not self.gated):
-            raise ValueError(f"variant {self.name!r}: benign {self.benign} needs a gated teacher and must be >= 0 "
+        if self.benign < 0 or (self.benign and not (self.gated or self.mapped)):
+            raise ValueError(f"variant {self.name!r}: benign {self.benign} needs a gated or mapped teacher and must be "
+                             ">= 0 "
                              "(stage 1's teacher refuses benign prompts as well)")
         if not set(self.runs_on) <= set(MODEL_KINDS):
             raise ValueError(f"variant {self.name!r}: runs_on {self.runs_on} names an unknown model kind")
@@ -70,6 +74,11 @@ class Variant:
     def gated(self) -> bool:
         """The teacher steers only the prompts the run's harm gate passes (`distill.gated`)."""
         return self.teacher_rule in ("gated", "prefill-answer-gated", "gated-refusal")
+
+    @property
+    def mapped(self) -> bool:
+        """The teacher steers each prompt by its own vector from the run's null-space map (`distill.null_space`)."""
+        return self.teacher_rule == "null-space"
 
     @property
     def gate_kind(self) -> str:
@@ -128,6 +137,12 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
               f"gate on stage 1's own direction (threshold chosen on val){f', + {n} benign prompts' if n else ''}",
               restrict="binned", teacher_rule="gated-refusal", benign=n, runs_on=("real",))
       for n in (0, RECOVER_GATED_BENIGN)),
+    # issue 34: AlphaSteer's construction, the second the issue names: a steering map that is ~0 on benign prompts by
+    # construction (fitted on benign train activations), no threshold; alone, and with the three-seed row's 16
+    *(Variant(f"safesteer-null-space{'' if n == 0 else f'-contrast-{n}'}", "binned, stage 1's steering through a "
+              "null-space map fitted on benign train prompts (AlphaSteer; ridge chosen on val)"
+              f"{f', + {n} benign prompts' if n else ''}", restrict="binned", teacher_rule="null-space", benign=n,
+              runs_on=("real",)) for n in (0, RECOVER_GATED_BENIGN)),
     # issue 36: safesteer-recover's teacher (chosen on prefilled val exactly as there) behind the run's gate, read at
     # the request's end, distilled on the prefilled harmful prompts plus the contrast set of the three-seed
     # selectivity row (16 benign prompts, answered plainly): deep where harmful, the base where not

@@ -333,8 +333,9 @@ def test_analyze_run_writes_every_analysis(tiny_run):
     index = analyze_run(tiny_run, n_prompts=2, samples=2, max_new_tokens=6, depth_tokens=6, log=lambda _line: None)
     assert [e["name"] for e in index["analyses"]] == list(ANALYSES)
     for entry in index["analyses"]:
-        if entry["name"] in ("contrast", "gate_form"):  # a run without a gated teacher: said, not drawn
-            assert entry["skipped"].startswith("no RUN/gate/gate.json") and entry["files"] == []
+        if entry["name"] in ("contrast", "gate_form", "null_space"):  # no gated or mapped teacher: said, not drawn
+            assert entry["skipped"].startswith(("no RUN/gate/gate.json", "no RUN/null-space/")), entry
+            assert entry["files"] == []
             continue
         assert entry["files"] and all((tiny_run / f).is_file() for f in entry["files"]), entry
     on_disk = json.loads((tiny_run / "analysis" / "index.json").read_text())

@@ -142,7 +142,7 @@ def test_a_contrast_variant_trains_on_its_harmful_prompts_and_benign_ones(tmp_pa
                        VARIANTS["safesteer-gated-contrast-8"], resume=False)
     assert seen["prompts"] == HARMFUL[:4] + [f"benign {i}" for i in range(8)]
     assert seen["teacher_gate"].layer == 1 and "+ 8 benign prompts + gated teacher" in seen["provenance"]["variant"]
-    with pytest.raises(ValueError, match="benign 8 needs a gated teacher"):  # stage 1's teacher refuses them too
+    with pytest.raises(ValueError, match="benign 8 needs a gated or mapped teacher"):  # stage 1 refuses them too
         Variant("typo", "a contrast set for the plain teacher", benign=8)
 
 
