@@ -77,7 +77,8 @@ def test_baselines_of_a_run():
     assert set(real) - set(organism) == {"safesteer-deep", "safesteer-recover", "safesteer-recover-anchor",
                                          "safesteer-gated", "safesteer-binned-anchor", "safesteer-recover-gated",
                                          *(f"safesteer-gated-contrast-{n}" for n in (8, 16, 32, 64)),
-                                         "safesteer-gated-refusal", "safesteer-gated-refusal-contrast-16"}
+                                         "safesteer-gated-refusal", "safesteer-gated-refusal-contrast-16",
+                                         "safesteer-null-space", "safesteer-null-space-contrast-16"}
     assert real["safesteer-binned-anchor"].loss == "safe/binned/reverse + anchor 1.0"
     assert {v.benign for v in real.values() if v.benign} == {8, 16, 32, 64}
     assert {name for name, v in real.items() if v.gated and v.gate_kind == "refusal"} == {
