@@ -190,13 +190,18 @@ class GatedTeacher(SteeredTeacher):
     def active(self, positions: Positions | GatedPositions | None = None) -> Iterator[None]:
         """The teacher's view: adapters off, the additions on the rows the gate passes. `positions`: a
         `GatedPositions` from `scoring_positions` for a teacher-forced pass, else where to steer in `generate`."""
-        steer, end = (positions.steer, positions.prompt_end) if isinstance(positions, GatedPositions) else (
-            self.positions if positions is None else positions, None)
+        steer, end = self._where(positions)
         additions = [(self.direction.vector, self.direction.layer, self.coeff, steer),
                      *((d.vector, d.layer, d.coeff, "all") for d in self.also)]
         with adapters_disabled(self.model), gated_addition(self.model, additions, self.gate, prompt_end=end) as state:
             self.last_gate = state
             yield
+
+    def _where(self, positions: Positions | GatedPositions | None) -> tuple[Positions, int | Tensor | None]:
+        """(where to steer, where each prompt ends): a teacher-forced pass's `GatedPositions`, else `generate`'s."""
+        if isinstance(positions, GatedPositions):
+            return positions.steer, positions.prompt_end
+        return (self.positions if positions is None else positions), None
 
     def scoring_positions(self, input_ids: Int[Tensor, "batch pos"], prompt_length: int | Int[Tensor, " batch"] | None,
                           prefill_tokens: Int[Tensor, " batch"] | None = None) -> GatedPositions:
@@ -231,8 +236,7 @@ class MappedTeacher(GatedTeacher):
     @contextmanager
     def active(self, positions: Positions | GatedPositions | None = None) -> Iterator[None]:
         """The teacher's view: adapters off, each row's own vector added. `positions` as `GatedTeacher.active`."""
-        steer, end = (positions.steer, positions.prompt_end) if isinstance(positions, GatedPositions) else (
-            self.positions if positions is None else positions, None)
+        steer, end = self._where(positions)
         with adapters_disabled(self.model), mapped_addition(self.model, self.gate, self.coeff, steer,
                                                             prompt_end=end) as state:
             self.last_gate = state

@@ -51,15 +51,21 @@ def gate_sets(run: Path, seed: int, form: str = "task") -> dict[str, list[str]]:
             "harmless_val": splits.harmless_val}
 
 
-def base_refusal(model, tokenizer, sets: dict[str, list[str]]) -> dict[str, float]:
-    """The base model's substring-judge refusal rate on lookalike and harmless val: the gate may fire on benign
-    prompts at most this often (plus the rule's slack)."""
+def val_refusal(model, tokenizer, sets: dict[str, list[str]], names: tuple[str, ...]) -> dict[str, float]:
+    """The substring-judge refusal rate of `model` (as it is inside any active hooks) on each `{name}_val` set,
+    greedy answers as long as the evaluation's."""
     judge = RefusalJudge()
     rates = {}
-    for name in ("lookalike", "harmless"):
+    for name in names:
         answers = generate_answers(model, tokenizer, sets[f"{name}_val"], max_new_tokens=ANSWER_TOKENS)
         rates[name] = sum(map(judge.is_refusal, answers)) / len(answers)
     return rates
+
+
+def base_refusal(model, tokenizer, sets: dict[str, list[str]]) -> dict[str, float]:
+    """The base model's refusal rate on lookalike and harmless val: the gate may fire on benign prompts at most this
+    often (plus the rule's slack)."""
+    return val_refusal(model, tokenizer, sets, ("lookalike", "harmless"))
 
 
 # The gates a run can fit (RUN/gate/ for "task", RUN/gate-KIND/ else): a condition direction from HarmBench's task form
@@ -152,4 +158,5 @@ def gated_teacher(run: str | Path, model, tokenizer, seed: int, log: Callable[[s
 
 
 __all__ = ["ANSWER_TOKENS", "CONTRAST_RULE", "CONTRAST_SLACK", "GATE_FORMS", "GATE_KINDS", "base_refusal",
-           "choose_contrast", "contrast_prompts", "gate_folder", "gate_sets", "gated_teacher", "run_gate"]
+           "choose_contrast", "contrast_prompts", "gate_folder", "gate_sets", "gated_teacher", "run_gate",
+           "val_refusal"]

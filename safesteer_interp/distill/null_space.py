@@ -13,15 +13,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from safesteer_interp.core.generation import generate_answers
-from safesteer_interp.core.judges import RefusalJudge
 from safesteer_interp.data.forms import questions
 from safesteer_interp.data.prompts import read_instructions
 from safesteer_interp.data.splits import run_splits
 from safesteer_interp.direction.artifact import load_direction
 from safesteer_interp.direction.gate import load_gate
 from safesteer_interp.direction.null_space import SteeringMap, fit_map, load_map, map_share, prompt_states, save_map
-from safesteer_interp.distill.gated import ANSWER_TOKENS, GATE_KINDS, base_refusal, gate_folder
+from safesteer_interp.distill.gated import GATE_KINDS, base_refusal, gate_folder, val_refusal
 from safesteer_interp.teacher import MappedTeacher
 
 RATIO = 0.45  # the share of d_model kept as the benign null space: the middle of AlphaSteer's 0.3-0.6
@@ -46,14 +44,10 @@ def fit_sets(run: Path, seed: int) -> dict[str, list[str]]:
 
 
 def teacher_refusal(teacher: MappedTeacher, sets: dict[str, list[str]]) -> dict[str, float]:
-    """The teacher's substring-judge refusal rate on each val set, greedy, as long as the evaluation's answers."""
-    judge, rates = RefusalJudge(), {}
-    for name in ("harmful", "lookalike", "harmless"):
-        with teacher.active():
-            answers = generate_answers(teacher.model, teacher.tokenizer, sets[f"{name}_val"],
-                                       max_new_tokens=ANSWER_TOKENS)
-        rates[name] = round(sum(map(judge.is_refusal, answers)) / len(answers), 4)
-    return rates
+    """The teacher's refusal rate on each val set (`distill.gated.val_refusal`), to 4 places."""
+    with teacher.active():
+        rates = val_refusal(teacher.model, teacher.tokenizer, sets, ("harmful", "lookalike", "harmless"))
+    return {name: round(rate, 4) for name, rate in rates.items()}
 
 
 def choose_ridge(candidates: list[dict], base: dict[str, float]) -> tuple[dict, str]:

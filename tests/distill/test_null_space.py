@@ -15,7 +15,7 @@ from safesteer_interp.core.hooks import RowMap, cache_activations, hooks, mapped
 from safesteer_interp.data.splits import RunSplits
 from safesteer_interp.direction.artifact import Direction, save_direction
 from safesteer_interp.direction.null_space import SteeringMap, fit_map, load_map, map_share, null_basis, save_map
-from safesteer_interp.distill import null_space
+from safesteer_interp.distill import gated, null_space
 from safesteer_interp.distill.student import make_pair
 from safesteer_interp.distill.variants import VARIANTS
 from safesteer_interp.teacher import MappedTeacher
@@ -103,7 +103,7 @@ def test_the_run_map_is_chosen_on_val_kept_and_read_back(qwen2, tmp_path, monkey
     splits = RunSplits(seed=0, harmful_train=PROMPTS, harmful_val=PROMPTS[:2], held_out=[],
                        harmless_train=["write a poem", "hi"], harmless_val=["thanks", "what is water ?"])
     monkeypatch.setattr(null_space, "run_splits", lambda run, seed: splits)
-    monkeypatch.setattr(null_space, "ANSWER_TOKENS", 3)
+    monkeypatch.setattr(gated, "ANSWER_TOKENS", 3)  # val_refusal reads it there
     monkeypatch.setattr(null_space, "RIDGES", (1.0, 10.0))
     monkeypatch.setattr(null_space, "base_refusal", lambda *a: {"lookalike": 1.0, "harmless": 1.0})
     logs: list[str] = []
